@@ -1,0 +1,3 @@
+"""FasterVLM: LLaVA with visual tokens pruned by [CLS] attention before the language model."""
+
+__version__ = "0.1.0"
