@@ -1,0 +1,105 @@
+"""LLaVA on transformers' Llama: `LlavaLlamaForCausalLM` with FasterVLM pruning before the language model."""
+
+from __future__ import annotations
+
+import torch
+from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+
+from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
+from llava.model.pruning import PruningConfig
+
+
+class LlavaConfig(LlamaConfig):
+    """Llama config plus LLaVA's `mm_*` fields, which are kept as plain attributes.
+
+    The liuhaotian checkpoints say `model_type: "llava"`, which transformers registers for its own
+    `LlavaConfig`; the loader therefore builds this class from config.json directly instead of via AutoConfig.
+    """
+
+    model_type = "llava_llama"
+
+
+class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
+    config_class = LlavaConfig
+
+    def __init__(self, config: LlamaConfig):
+        super().__init__(config)
+        self.init_multimodal_modules(config)
+
+
+class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
+    config_class = LlavaConfig
+    # LLaVA-1.6 checkpoints carry the vision tower; the loader reads those weights itself (see builder.py).
+    _keys_to_ignore_on_load_unexpected = [r"model\.vision_tower\..*"]
+
+    def __init__(self, config: LlamaConfig):
+        LlamaForCausalLM.__init__(self, config)
+        self.model = LlavaLlamaModel(config)
+        self.pruning: PruningConfig | None = None  # set with the vision tower (attach_vision_tower)
+        self.post_init()
+
+    def forward(
+        self,
+        input_ids: torch.LongTensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        position_ids: torch.LongTensor | None = None,
+        inputs_embeds: torch.FloatTensor | None = None,
+        images: torch.Tensor | list | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
+        **kwargs,
+    ):
+        """Causal LM forward; with `images`, ids holding IMAGE_TOKEN_INDEX are turned into embeddings first.
+
+        With images and several samples the batch is re-padded on the left (attention_mask is rebuilt).
+        The kept visual-token counts and [CLS] attention of the call are in `self.last_visual`.
+        """
+        if images is not None and inputs_embeds is None:
+            inputs_embeds, attention_mask, v_counts, cls_attn = self.prepare_multimodal_inputs(
+                input_ids, attention_mask, images, image_sizes
+            )
+            self.last_visual = (v_counts, cls_attn)
+            input_ids, position_ids = None, None
+        return super().forward(
+            input_ids=input_ids,
+            attention_mask=attention_mask,
+            position_ids=position_ids,
+            inputs_embeds=inputs_embeds,
+            **kwargs,
+        )
+
+    @torch.no_grad()
+    def generate(
+        self,
+        inputs: torch.Tensor | None = None,
+        images: torch.Tensor | list | None = None,
+        image_sizes: list[tuple[int, int]] | None = None,
+        **kwargs,
+    ):
+        """Generate from prompt ids (B, L) holding IMAGE_TOKEN_INDEX where `<image>` stood.
+
+        Returns `(output_ids, v_token_num, cls_attn)` as the original FasterVLM:
+          output_ids   the NEW tokens only (B, T) (transformers' convention when generating from embeddings), or
+                       transformers' GenerateOutput when `return_dict_in_generate=True`;
+          v_token_num  visual tokens spliced into the prompt: an int for batch 1, a list of ints for B > 1;
+          cls_attn     [CLS] attention of every crop, crops of all images stacked (base crop first for anyres):
+                       a (crops, P) tensor for batch 1, a list of such tensors for B > 1.
+        Several prompts are left-padded, each keeps its own visual tokens.
+        """
+        if "input_ids" in kwargs:
+            inputs = kwargs.pop("input_ids")
+        if kwargs.get("inputs_embeds") is not None:
+            raise ValueError("pass prompt ids (with IMAGE_TOKEN_INDEX) and images, not inputs_embeds")
+        attention_mask = kwargs.pop("attention_mask", None)
+        kwargs.pop("position_ids", None)
+        if images is None:
+            if inputs is not None and (inputs < 0).any():
+                raise ValueError("the prompt holds an <image> placeholder but no images were given")
+            embeds = self.get_model().embed_tokens(inputs)
+            out = super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+            return out, 0, None
+        embeds, mask, v_counts, cls_attn = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
+        self.last_visual = (v_counts, cls_attn)
+        out = super().generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        if len(v_counts) == 1:
+            return out, v_counts[0], cls_attn[0]
+        return out, v_counts, cls_attn

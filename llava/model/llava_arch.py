@@ -1,0 +1,313 @@
+"""The multimodal path of LLaVA with FasterVLM pruning, as small stages:
+
+    encode  -> the vision tower gives patch features (N, P, C) and [CLS] attention (N, P) for all N crops
+    select  -> the pruning method keeps k patch indices per crop (N, k), sorted (raster order)
+    project -> only the kept features go through the projector (N, k, D)
+    merge   -> per image, crops are laid out as one token sequence (base crop, then the grid; LLaVA-1.6 only)
+    splice  -> the visual tokens replace the `<image>` placeholder (IMAGE_TOKEN_INDEX) in the text embeddings
+
+`VisualTokens` carries the result of the first four stages from one to the next.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.model.multimodal_projector.builder import build_vision_projector
+from llava.model.pruning import PruningConfig, get_selector
+
+
+@dataclass
+class VisualTokens:
+    """Per image: the embeddings to splice (n_i, D), the [CLS] attention of its crops (crops_i, P)."""
+
+    embeds: list[torch.Tensor]
+    cls_attn: list[torch.Tensor]
+
+    @property
+    def counts(self) -> list[int]:
+        return [e.shape[0] for e in self.embeds]
+
+
+@dataclass
+class GridLayout:
+    """Where the grid crops of one LLaVA-1.6 image sit: `cols` x `rows` crops of `side` x `side` patches."""
+
+    cols: int
+    rows: int
+    side: int
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# merge: pure functions over kept indices, so they can be tested without a model
+# ---------------------------------------------------------------------------------------------------------------
+def grid_positions(keep: torch.Tensor, layout: GridLayout) -> tuple[torch.Tensor, torch.Tensor]:
+    """Global (row, col) on the stitched patch grid of each kept token of the grid crops.
+
+    keep: (n_grid, k) patch indices per grid crop, crops in raster order. Returns two (n_grid * k,) tensors.
+    """
+    n_grid, k = keep.shape
+    crop = torch.arange(n_grid, device=keep.device).unsqueeze(1).expand(n_grid, k)
+    row = (crop // layout.cols) * layout.side + keep // layout.side
+    col = (crop % layout.cols) * layout.side + keep % layout.side
+    return row.reshape(-1), col.reshape(-1)
+
+
+def unpad_window(image_size: tuple[int, int], height: int, width: int) -> tuple[int, int, int, int]:
+    """Rows [r0, r1) and columns [c0, c1) of a (height, width) patch grid that hold the image and not the padding
+    added when it was fitted to the grid resolution (upstream LLaVA-1.6's `unpad_image`). image_size is (w, h)."""
+    orig_w, orig_h = image_size
+    if orig_w / orig_h > width / height:
+        new_h = int(round(orig_h * (width / orig_w), 7))
+        pad = (height - new_h) // 2
+        return pad, height - pad, 0, width
+    new_w = int(round(orig_w * (height / orig_h), 7))
+    pad = (width - new_w) // 2
+    return 0, height, pad, width - pad
+
+
+def merge_grid_paper(grid_embeds: torch.Tensor, keep: torch.Tensor, layout: GridLayout) -> torch.Tensor:
+    """Original FasterVLM order for the grid crops: kept tokens in raster order over the stitched grid (a whole
+    patch row across all crops of a crop row, then the next). grid_embeds (n_grid, k, D) -> (n_grid * k, D)."""
+    row, col = grid_positions(keep, layout)
+    order = (row * layout.cols * layout.side + col).argsort()
+    return grid_embeds.reshape(-1, grid_embeds.shape[-1])[order]
+
+
+def merge_grid_upstream(
+    grid_embeds: torch.Tensor, keep: torch.Tensor, layout: GridLayout, image_size: tuple[int, int],
+    newline: torch.Tensor,
+) -> torch.Tensor:
+    """Upstream LLaVA-1.6 `spatial_unpad`: drop tokens in the padding, raster order, `newline` (D,) after every
+    remaining patch row. Newlines are never pruned. grid_embeds (n_grid, k, D) -> (kept_in_window + rows, D)."""
+    height, width = layout.rows * layout.side, layout.cols * layout.side
+    r0, r1, c0, c1 = unpad_window(image_size, height, width)
+    row, col = grid_positions(keep, layout)
+    inside = (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
+    tokens = grid_embeds.reshape(-1, grid_embeds.shape[-1])[inside]
+    # Sort key: a row's newline comes after every column of that row.
+    token_key = row[inside] * (width + 1) + col[inside]
+    rows = torch.arange(r0, r1, device=keep.device)
+    newline_key = rows * (width + 1) + width
+    sequence = torch.cat([tokens, newline.to(tokens.dtype).expand(len(rows), -1)])
+    return sequence[torch.cat([token_key, newline_key]).argsort()]
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# splice
+# ---------------------------------------------------------------------------------------------------------------
+def count_placeholders(input_ids: torch.Tensor, attention_mask: torch.Tensor | None) -> list[int]:
+    ids = input_ids if attention_mask is None else input_ids.masked_fill(~attention_mask.bool(), 0)
+    return (ids == IMAGE_TOKEN_INDEX).sum(dim=1).tolist()
+
+
+def check_image_count(placeholders: list[int], num_images: int) -> None:
+    """The prompts must hold exactly one `<image>` per image: both directions are errors, said plainly."""
+    total = sum(placeholders)
+    if total != num_images:
+        raise ValueError(
+            f"the prompt(s) hold {total} <image> placeholder(s) (per sample: {placeholders}) but {num_images} "
+            f"image(s) were given; put one <image> in the prompt for each image (tokenizer_image_token turns it into "
+            f"IMAGE_TOKEN_INDEX={IMAGE_TOKEN_INDEX})"
+        )
+
+
+def splice(
+    ids: torch.Tensor, embed_tokens: nn.Module, images: list[torch.Tensor]
+) -> torch.Tensor:
+    """One sample: text embeddings of `ids` (L,) with each IMAGE_TOKEN_INDEX replaced by the next image's tokens.
+
+    Returns (L - len(images) + sum(n_i), D).
+    """
+    spots = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    if len(spots) != len(images):
+        raise ValueError(f"sample has {len(spots)} <image> placeholders but {len(images)} image(s) were assigned")
+    text = embed_tokens(ids.clamp(min=0))  # (L, D); placeholder rows are replaced below
+    pieces, start = [], 0
+    for spot, image in zip(spots, images):
+        pieces += [text[start:spot], image.to(text.dtype)]
+        start = spot + 1
+    pieces.append(text[start:])
+    return torch.cat(pieces)
+
+
+def left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (L_i, D) sequences into (B, L, D) with left padding and the matching (B, L) attention mask."""
+    longest = max(s.shape[0] for s in sequences)
+    embeds = sequences[0].new_zeros(len(sequences), longest, sequences[0].shape[-1])
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=sequences[0].device)
+    for i, s in enumerate(sequences):
+        embeds[i, longest - s.shape[0]:] = s
+        mask[i, longest - s.shape[0]:] = 1
+    return embeds, mask
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the model mixins
+# ---------------------------------------------------------------------------------------------------------------
+class LlavaMetaModel:
+    """Adds the projector (and LLaVA-1.6's `image_newline`) to the language model's base model.
+
+    The vision tower is attached by the loader (`attach_vision_tower`): it is not part of LLaVA-1.5 checkpoints.
+    """
+
+    def init_multimodal_modules(self, config) -> None:
+        self.vision_tower = None
+        if getattr(config, "mm_hidden_size", None) is None:
+            return
+        self.mm_projector = build_vision_projector(config)
+        if getattr(config, "image_aspect_ratio", None) == "anyres":
+            self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
+
+    def get_vision_tower(self):
+        return self.vision_tower
+
+
+class LlavaMetaForCausalLM:
+    """encode -> select -> project -> merge -> splice, on top of a causal LM's `self.model`."""
+
+    pruning: PruningConfig
+
+    def get_model(self):
+        return self.model
+
+    def get_vision_tower(self):
+        return self.get_model().get_vision_tower()
+
+    def attach_vision_tower(self, tower: nn.Module, pruning: PruningConfig | None = None) -> None:
+        """Attach the tower; without `pruning` the model keeps every token (vanilla LLaVA)."""
+        self.get_model().vision_tower = tower
+        if pruning is None:
+            pruning = PruningConfig(visual_token_num=tower.num_patches, tokens_per_crop=tower.num_patches)
+        self.set_pruning(pruning)
+
+    def set_pruning(self, pruning: PruningConfig) -> None:
+        """Change method / budget / anyres mode of a loaded model. The config was validated when it was built;
+        here it must also fit the attached tower. `config.anyres_mode` follows, so `process_images` agrees."""
+        tower = self.get_vision_tower()
+        if tower is not None and pruning.tokens_per_crop != tower.num_patches:
+            pruning = pruning.replace(tokens_per_crop=tower.num_patches)
+        self.pruning = pruning
+        self.config.anyres_mode = pruning.anyres_mode
+
+    # -- stages -----------------------------------------------------------------------------------------------
+    def encode(self, crops: torch.Tensor):
+        """crops (N, 3, S, S) -> TowerOutput(features (N, P, C), cls_attn (N, P))."""
+        tower = self.get_vision_tower()
+        if tower is None:
+            raise RuntimeError("this model has no vision tower attached; load it with load_pretrained_model")
+        return tower(crops)
+
+    def select(self, features: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
+        """Kept patch indices (N, k), ascending per crop; k = pruning.visual_token_num."""
+        selector = get_selector(self.pruning.method)
+        return selector(features, cls_attn, self.pruning.visual_token_num, seed=self.pruning.seed)
+
+    def project(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+        """Project only the kept tokens: features (N, P, C), keep (N, k) -> (N, k, D)."""
+        kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (N, k, C)
+        projector = self.get_model().mm_projector
+        return projector(kept.to(next(projector.parameters()).dtype))
+
+    def merge(self, embeds: torch.Tensor, keep: torch.Tensor, image_size: tuple[int, int] | None) -> torch.Tensor:
+        """One image's crops as one sequence. embeds (crops, k, D), keep (crops, k) -> (n, D).
+
+        A single crop (LLaVA-1.5) is returned as is. LLaVA-1.6: the base crop first, then the grid crops merged as
+        the pruning config's `anyres_mode` says (see `merge_grid_paper` / `merge_grid_upstream`).
+        """
+        if getattr(self.config, "image_aspect_ratio", None) != "anyres":
+            return embeds.reshape(-1, embeds.shape[-1])
+        base, grid, grid_keep = embeds[0], embeds[1:], keep[1:]
+        upstream = self.pruning.anyres_mode == "upstream"
+        if grid.shape[0] == 0:
+            if upstream:  # upstream appends one newline to a lone base crop
+                return torch.cat([base, self.get_model().image_newline.to(base.dtype)[None]])
+            return base
+        layout = self.grid_layout(image_size)
+        if layout.cols * layout.rows != grid.shape[0]:
+            raise ValueError(
+                f"image of size {image_size} maps to a {layout.cols}x{layout.rows} crop grid but {grid.shape[0]} grid "
+                f"crops were given: process the image with the same anyres_mode ({self.pruning.anyres_mode!r})"
+            )
+        if upstream:
+            grid_seq = merge_grid_upstream(grid, grid_keep, layout, image_size, self.get_model().image_newline)
+        else:
+            grid_seq = merge_grid_paper(grid, grid_keep, layout)
+        return torch.cat([base, grid_seq])
+
+    def grid_layout(self, image_size: tuple[int, int]) -> GridLayout:
+        from llava.mm_utils import get_anyres_image_grid_shape
+
+        tower = self.get_vision_tower()
+        cols, rows = get_anyres_image_grid_shape(
+            image_size, self.config.image_grid_pinpoints, tower.config.image_size, self.pruning.anyres_mode
+        )
+        return GridLayout(cols=cols, rows=rows, side=tower.num_patches_per_side)
+
+    def visual_tokens(self, images, image_sizes=None) -> VisualTokens:
+        """encode -> select -> project -> merge for a batch of images.
+
+        images: a (B, 3, S, S) tensor (one crop per image), a (B, crops, 3, S, S) tensor, or a list of
+        (crops_i, 3, S, S) / (3, S, S) tensors. image_sizes: (width, height) per image, needed for LLaVA-1.6.
+        """
+        per_image = _as_crop_list(images)
+        counts = [c.shape[0] for c in per_image]
+        out = self.encode(torch.cat(per_image))
+        keep = self.select(out.features, out.cls_attn)  # (N, k)
+        projected = self.project(out.features, keep)  # (N, k, D)
+        embeds, attn = [], []
+        for i, (e, k, a) in enumerate(
+            zip(projected.split(counts), keep.split(counts), out.cls_attn.split(counts))
+        ):
+            size = image_sizes[i] if image_sizes is not None else None
+            embeds.append(self.merge(e, k, size))
+            attn.append(a)
+        self._check_budget(embeds, counts)
+        return VisualTokens(embeds=embeds, cls_attn=attn)
+
+    def _check_budget(self, embeds: list[torch.Tensor], crops: list[int]) -> None:
+        """Where the count is known up front (no unpadding), kept tokens must equal budget x crops."""
+        if self.pruning.anyres_mode == "upstream" and getattr(self.config, "image_aspect_ratio", None) == "anyres":
+            return  # unpadding removes a data-dependent number of tokens and adds one newline per row
+        for i, (e, n) in enumerate(zip(embeds, crops)):
+            expected = self.pruning.visual_token_num * n
+            if e.shape[0] != expected:
+                raise RuntimeError(
+                    f"image {i}: {e.shape[0]} visual tokens after pruning, expected {expected} "
+                    f"({self.pruning.visual_token_num} per crop x {n} crops); method {self.pruning.method!r} is broken"
+                )
+
+    def prepare_multimodal_inputs(self, input_ids, attention_mask, images, image_sizes=None):
+        """Token ids with IMAGE_TOKEN_INDEX placeholders -> left-padded inputs_embeds (B, L, D), attention_mask
+        (B, L), the kept visual-token count per sample and the [CLS] attention per sample ((crops, P) each)."""
+        placeholders = count_placeholders(input_ids, attention_mask)
+        visual = self.visual_tokens(images, image_sizes)
+        check_image_count(placeholders, len(visual.embeds))
+        embed_tokens = self.get_model().embed_tokens
+        sequences, v_counts, cls_attn, start = [], [], [], 0
+        for b, n in enumerate(placeholders):
+            ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
+            mine = slice(start, start + n)
+            sequences.append(splice(ids, embed_tokens, visual.embeds[mine]))
+            v_counts.append(sum(visual.counts[mine]))
+            cls_attn.append(torch.cat(visual.cls_attn[mine]) if n else visual.cls_attn[0].new_zeros(0, 0))
+            start += n
+        inputs_embeds, mask = left_pad(sequences)
+        return inputs_embeds, mask, v_counts, cls_attn
+
+
+def _as_crop_list(images) -> list[torch.Tensor]:
+    if isinstance(images, torch.Tensor):
+        if images.ndim == 4:
+            return list(images.unsqueeze(1).unbind(0))
+        if images.ndim == 5:
+            return list(images.unbind(0))
+        raise ValueError(f"images tensor must be (B, 3, S, S) or (B, crops, 3, S, S), got shape {tuple(images.shape)}")
+    crops = [img.unsqueeze(0) if img.ndim == 3 else img for img in images]
+    if not crops:
+        raise ValueError("no images given")
+    return crops

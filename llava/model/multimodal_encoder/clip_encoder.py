@@ -1,0 +1,136 @@
+"""CLIP vision tower that returns the selected layer's patch features and that layer's [CLS] attention.
+
+The public FasterVLM asked CLIP for every layer's attention maps (`output_attentions=True`), which forces eager
+attention and stores 24 x heads x 577 x 577 maps to use one row of one layer. Here the layers run with whatever
+attention backend the tower was built with (eager, sdpa, flash_attention_2); at the selected layer the query and
+key projections are captured with forward hooks and only the [CLS] query row is scored; the layers after the
+selected one are never run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+
+
+@dataclass
+class TowerOutput:
+    features: torch.Tensor  # (N, P, C) patch (or cls_patch) features of the selected layer
+    cls_attn: torch.Tensor  # (N, P) head-mean softmax of the [CLS] query at that layer, patch columns only
+
+
+def cls_attention_from_qk(q: torch.Tensor, k: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """Head-averaged attention of token 0 ([CLS]) over all keys.
+
+    q, k: (N, T, C) projections of one layer. Returns (N, T) in float32; each row sums to 1.
+    Computed in float32 because softmax over 577 keys in fp16 loses the small weights the ranking needs.
+    """
+    n, t, c = k.shape
+    head_dim = c // num_heads
+    q_cls = q[:, :1].float().view(n, 1, num_heads, head_dim).transpose(1, 2)  # (N, H, 1, D)
+    keys = k.float().view(n, t, num_heads, head_dim).transpose(1, 2)  # (N, H, T, D)
+    scores = (q_cls @ keys.transpose(-1, -2)) * scale  # (N, H, 1, T)
+    return scores.softmax(dim=-1).mean(dim=1).squeeze(1)  # (N, T)
+
+
+class ClsAttentionTower(nn.Module):
+    """Shared logic for ViTs with a leading [CLS] token; subclasses say where embeddings, layers and q/k live."""
+
+    select_feature_options = ("patch", "cls_patch")
+
+    def __init__(self, vision_tower: nn.Module, select_layer: int = -2, select_feature: str = "patch"):
+        super().__init__()
+        if select_feature not in self.select_feature_options:
+            raise ValueError(
+                f"unknown mm_vision_select_feature {select_feature!r}; supported: {self.select_feature_options}"
+            )
+        self.vision_tower = vision_tower
+        self.select_feature = select_feature
+        n_layers = len(self.layers())
+        # hidden_states[s] is the output of layer s-1 (hidden_states[0] is the embedding output).
+        s = select_layer if select_layer >= 0 else n_layers + 1 + select_layer
+        if not 1 <= s <= n_layers:
+            raise ValueError(
+                f"mm_vision_select_layer={select_layer} does not name a transformer layer of a {n_layers}-layer tower"
+            )
+        self.select_layer = select_layer
+        self.attn_layer = s - 1  # the layer whose output is selected, and whose [CLS] attention ranks tokens
+
+    # --- per-architecture hooks -------------------------------------------------------------------------------
+    def layers(self) -> nn.ModuleList:
+        raise NotImplementedError
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def qk_modules(self, layer: nn.Module) -> tuple[nn.Module, nn.Module, int, float]:
+        """(query projection, key projection, number of heads, score scale) of one layer."""
+        raise NotImplementedError
+
+    def run_layer(self, layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        out = layer(hidden, None)
+        return out[0] if isinstance(out, tuple) else out
+
+    # --- shared ------------------------------------------------------------------------------------------------
+    @property
+    def config(self):
+        return self.vision_tower.config
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.vision_tower.parameters()).dtype
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.vision_tower.parameters()).device
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.hidden_size
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side**2
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> TowerOutput:
+        """pixel_values (N, 3, S, S) -> features (N, P, C) and cls_attn (N, P), P = (S / patch)^2."""
+        hidden = self.embed(pixel_values.to(device=self.device, dtype=self.dtype))  # (N, 1 + P, C)
+        layers = self.layers()
+        for layer in layers[: self.attn_layer]:
+            hidden = self.run_layer(layer, hidden)
+
+        captured: dict[str, torch.Tensor] = {}
+        q_mod, k_mod, num_heads, scale = self.qk_modules(layers[self.attn_layer])
+        handles = [
+            q_mod.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
+            k_mod.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
+        ]
+        try:
+            hidden = self.run_layer(layers[self.attn_layer], hidden)
+        finally:
+            for h in handles:
+                h.remove()
+        cls_attn = cls_attention_from_qk(captured["q"], captured["k"], num_heads, scale)[:, 1:]  # (N, P)
+        features = hidden[:, 1:] if self.select_feature == "patch" else hidden
+        return TowerOutput(features=features, cls_attn=cls_attn)
+
+
+class CLIPVisionTower(ClsAttentionTower):
+    """Wraps transformers' `CLIPVisionModel` (kept as `.vision_tower`, so the module path matches LLaVA's)."""
+
+    def layers(self) -> nn.ModuleList:
+        return self.vision_tower.encoder.layers
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        return self.vision_tower.pre_layrnorm(self.vision_tower.embeddings(pixel_values))
+
+    def qk_modules(self, layer: nn.Module):
+        attn = layer.self_attn
+        return attn.q_proj, attn.k_proj, attn.num_heads, attn.scale

@@ -1,0 +1,50 @@
+"""The one pruning configuration object, validated once and carried on the model."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+ANYRES_MODES = ("paper", "upstream")
+
+
+@dataclass
+class PruningConfig:
+    """How visual tokens are pruned before the language model.
+
+    method:            name of a registered selection method (see `llava.model.pruning.METHODS`).
+    visual_token_num:  tokens kept **per crop** (LLaVA-1.6 keeps this many in each of its 1 + grid crops).
+    tokens_per_crop:   patch tokens one crop produces (576 for CLIP ViT-L/14-336); the upper bound of the budget.
+    anyres_mode:       LLaVA-1.6 only. "paper" reproduces the original FasterVLM (spatial merge, no unpadding,
+                       no image_newline, its own grid rule); "upstream" follows the checkpoint config
+                       (spatial_unpad + image_newline, upstream LLaVA's grid rule).
+    seed:              seed for stochastic methods (e.g. "random"), so runs are reproducible.
+    """
+
+    method: str = "fastervlm"
+    visual_token_num: int = 576
+    tokens_per_crop: int = 576
+    anyres_mode: str = "paper"
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    def validate(self) -> None:
+        from llava.model.pruning import METHODS  # local import: the registry imports this module
+
+        if self.method not in METHODS:
+            raise ValueError(f"unknown pruning method {self.method!r}; registered methods: {sorted(METHODS)}")
+        if isinstance(self.visual_token_num, bool) or not isinstance(self.visual_token_num, int):
+            raise TypeError(f"visual_token_num must be an int, got {type(self.visual_token_num).__name__}")
+        if not 1 <= self.visual_token_num <= self.tokens_per_crop:
+            raise ValueError(
+                f"visual_token_num={self.visual_token_num} is out of range: it is the number of visual tokens kept "
+                f"per crop and must be between 1 and {self.tokens_per_crop} (the tokens one crop produces)"
+            )
+        if self.anyres_mode not in ANYRES_MODES:
+            raise ValueError(f"anyres_mode must be one of {ANYRES_MODES}, got {self.anyres_mode!r}")
+
+    def replace(self, **changes) -> "PruningConfig":
+        """A validated copy with some fields changed."""
+        fields = {**self.__dict__, **changes}
+        return PruningConfig(**fields)

@@ -1,0 +1,74 @@
+"""Small helpers shared by the loaders: reading checkpoint tensors from the layouts HF directories use."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import torch
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
+
+
+def find_weight_files(directory: str | os.PathLike) -> list[Path]:
+    """The weight files of a checkpoint directory: a single file, or the shards listed by an index.
+
+    Raises FileNotFoundError naming the directory and the file names looked for when there are none.
+    """
+    d = Path(directory)
+    for index in INDEX_FILES:
+        if (d / index).is_file():
+            shards = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
+            missing = [s for s in shards if not (d / s).is_file()]
+            if missing:
+                raise FileNotFoundError(f"{d}: {index} lists shards that are not there: {missing}")
+            return [d / s for s in shards]
+    for name in WEIGHT_FILES:
+        if (d / name).is_file():
+            return [d / name]
+    raise FileNotFoundError(
+        f"no model weights in {d}: expected one of {list(WEIGHT_FILES)} or a sharded index {list(INDEX_FILES)}"
+    )
+
+
+def _load_file(path: Path, keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors import safe_open
+
+        out = {}
+        with safe_open(str(path), framework="pt") as f:
+            for k in f.keys():
+                if keys is None or k in keys:
+                    out[k] = f.get_tensor(k)
+        return out
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    return state if keys is None else {k: v for k, v in state.items() if k in keys}
+
+
+def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors whose names start with `prefix`, read from a checkpoint file or directory, prefix stripped.
+
+    With a sharded safetensors or .bin index only the shards holding matching keys are opened.
+    """
+    p = Path(directory_or_file)
+    files = [p] if p.is_file() else find_weight_files(p)
+    wanted_files = files
+    if p.is_dir():
+        for index in INDEX_FILES:
+            if (p / index).is_file():
+                weight_map = json.loads((p / index).read_text())["weight_map"]
+                wanted_files = sorted({p / f for k, f in weight_map.items() if k.startswith(prefix)})
+                break
+    out: dict[str, torch.Tensor] = {}
+    for f in wanted_files:
+        for k, v in _load_file(f).items():
+            if k.startswith(prefix):
+                out[k[len(prefix):]] = v
+    return out
+
+
+def disable_torch_init() -> None:
+    """Kept for notebooks that call it (as in LLaVA); loading already skips random init on the meta device."""
+    return None
