@@ -1,0 +1,232 @@
+"""End to end on tiny liuhaotian-layout checkpoints: loading, parity with transformers' own LLaVA classes,
+kept-token counts, generation."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llava.constants import IMAGE_TOKEN_INDEX
+from llava.conversation import conv_templates
+from llava.mm_utils import process_images, tokenizer_image_token
+from llava.utils import load_state_dict
+from tests.conftest import pil_image
+from tests.tiny_checkpoints import PATCHES, PINPOINTS, clip_vision_config_dict
+
+
+def prompt_ids(tokenizer, question="what is in this image?", n_images=1):
+    conv = conv_templates["vicuna_v1"].copy()
+    conv.append_message(conv.roles[0], "<image>\n" * n_images + question)
+    conv.append_message(conv.roles[1], None)
+    return tokenizer_image_token(conv.get_prompt(), tokenizer, return_tensors="pt").unsqueeze(0)
+
+
+# --- parity with transformers' LlavaForConditionalGeneration / LlavaNextForConditionalGeneration ---------------
+def to_hf_state(ckpt_dir, clip_dir, vocab):
+    """Our checkpoint (+ the tower it uses) renamed to transformers' llava layout, with one extra vocab row for
+    transformers' image token."""
+    ours = load_state_dict(ckpt_dir)
+    tower = {k[len("model.vision_tower.vision_tower.vision_model."):]: v for k, v in ours.items()
+             if k.startswith("model.vision_tower.vision_tower.vision_model.")}
+    if not tower:
+        tower = {k[len("vision_model."):]: v for k, v in load_state_dict(clip_dir).items()
+                 if k.startswith("vision_model.")}
+    hf = {"model.vision_tower." + k: v for k, v in tower.items() if not k.endswith("position_ids")}
+    for k, v in ours.items():
+        if k.startswith("model.mm_projector."):
+            idx, name = k.split(".")[2:]
+            hf[f"model.multi_modal_projector.linear_{1 if idx == '0' else 2}.{name}"] = v
+        elif k == "model.image_newline":
+            hf[k] = v
+        elif k.startswith("model.") and not k.startswith("model.vision_tower."):
+            hf["model.language_model." + k[len("model."):]] = v
+        elif k == "lm_head.weight":
+            hf[k] = v
+    for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+        hf[k] = torch.cat([hf[k], torch.zeros(1, hf[k].shape[1])])
+    return hf
+
+
+def hf_model(kind, ckpt_dir, clip_dir):
+    from transformers import CLIPVisionConfig, LlamaConfig
+
+    cfg = json.loads((ckpt_dir / "config.json").read_text())
+    vocab = cfg["vocab_size"]
+    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=4, vocab_size=vocab + 1, max_position_embeddings=512, rms_norm_eps=1e-5,
+                       tie_word_embeddings=False)
+    common = dict(vision_config=CLIPVisionConfig(**clip_vision_config_dict()), text_config=text,
+                  image_token_index=vocab, projector_hidden_act="gelu", vision_feature_layer=-2,
+                  vision_feature_select_strategy="default")
+    if kind == "llava":
+        from transformers import LlavaConfig, LlavaForConditionalGeneration as cls
+        config = LlavaConfig(**common)
+    else:
+        from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration as cls
+        config = LlavaNextConfig(**common, image_grid_pinpoints=PINPOINTS)
+    model = cls._from_config(config, attn_implementation="eager").eval()
+    missing, unexpected = model.load_state_dict(to_hf_state(ckpt_dir, clip_dir, vocab), strict=False)
+    assert not unexpected and all("post_layernorm" in k or "rotary" in k for k in missing), (missing, unexpected)
+    return model, vocab
+
+
+def expand_image_tokens(ids, n_tokens, image_token_id):
+    spot = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().item()
+    return torch.cat([ids[0, :spot], torch.full((n_tokens,), image_token_id), ids[0, spot + 1:]]).unsqueeze(0)
+
+
+def test_full_budget_v15_matches_transformers_llava(v15_dir, clip_dir, load):
+    tok, model, proc, _ = load(v15_dir)
+    image = pil_image(40, 24)  # non-square: exercises the pad-to-square path
+    pixels = process_images([image], proc, model.config)
+    ids = prompt_ids(tok)
+    ours = model(ids, images=pixels).logits
+    ref_model, vocab = hf_model("llava", v15_dir, clip_dir)
+    with torch.no_grad():
+        ref = ref_model(input_ids=expand_image_tokens(ids, PATCHES, vocab), pixel_values=pixels).logits[..., :vocab]
+    assert ours.shape == ref.shape == (1, ids.shape[1] - 1 + PATCHES, vocab)
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+@pytest.mark.parametrize("size", [(40, 40), (80, 30), (30, 70)])
+def test_full_budget_v16_upstream_matches_transformers_llava_next(v16_dir, clip_dir, load, size):
+    tok, model, proc, _ = load(v16_dir, anyres_mode="upstream")
+    image = pil_image(*size, seed=1)
+    pixels = process_images([image], proc, model.config)  # (1, 1 + crops, 3, 32, 32)
+    ids = prompt_ids(tok)
+    ours = model(ids, images=pixels, image_sizes=[image.size]).logits
+    n_visual = model.last_visual[0][0]
+    ref_model, vocab = hf_model("llava_next", v16_dir, clip_dir)
+    w, h = image.size
+    with torch.no_grad():
+        ref = ref_model(input_ids=expand_image_tokens(ids, n_visual, vocab), pixel_values=pixels,
+                        image_sizes=torch.tensor([[h, w]])).logits[..., :vocab]  # transformers: (height, width)
+    assert ours.shape == ref.shape
+    torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
+# --- kept-token counts -------------------------------------------------------------------------------------------
+def test_v15_v_token_num_and_cls_attn_shape(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir, visual_token_num=5)
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    out, v_token_num, cls_attn = model.generate(prompt_ids(tok), images=pixels, max_new_tokens=3, do_sample=False)
+    assert v_token_num == 5 and isinstance(v_token_num, int)
+    assert cls_attn.shape == (1, PATCHES)
+
+
+@pytest.mark.parametrize("size,grid", [((40, 40), (2, 2)), ((80, 30), (3, 1)), ((30, 70), (1, 2))])
+def test_v16_paper_mode_keeps_budget_per_crop(v16_dir, load, size, grid):
+    from llava.mm_utils import get_anyres_image_grid_shape
+
+    assert get_anyres_image_grid_shape(size, PINPOINTS, 32, "paper") == grid
+    tok, model, proc, _ = load(v16_dir, visual_token_num=3)
+    pixels = process_images([pil_image(*size)], proc, model.config)
+    crops = 1 + grid[0] * grid[1]
+    assert pixels.shape[1] == crops
+    _, v_token_num, cls_attn = model.generate(prompt_ids(tok), images=pixels, image_sizes=[size], max_new_tokens=2,
+                                              do_sample=False)
+    assert v_token_num == 3 * crops
+    assert cls_attn.shape == (crops, PATCHES)
+
+
+def test_v16_upstream_mode_counts_unpadded_tokens_and_newlines(v16_dir, load):
+    tok, model, proc, _ = load(v16_dir, anyres_mode="upstream")
+    size = (80, 30)
+    # upstream rule: 96x32 has the largest effective resolution (85x32 fitted, capped at 80*30) -> 3x1 crops.
+    # The patch grid is 4 rows x 12 cols; the image spans 80 * 4/30 = 10.67 -> 10 cols, 1 padded col each side.
+    pixels = process_images([pil_image(*size)], proc, model.config)
+    assert pixels.shape[1] == 4
+    model(prompt_ids(tok), images=pixels, image_sizes=[size])
+    assert model.last_visual[0] == [16 + 4 * (10 + 1)]  # base crop + 4 rows x (10 patches + newline)
+
+
+def test_pruned_generation_is_deterministic_and_prompt_shrinks(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir, visual_token_num=4)
+    pixels = process_images([pil_image(32, 32, seed=5)], proc, model.config)
+    ids = prompt_ids(tok)
+    embeds, _, counts, _ = model.prepare_multimodal_inputs(ids, None, pixels)
+    assert embeds.shape[1] == ids.shape[1] - 1 + 4 and counts == [4]
+    full_tok, full_model, _, _ = load(v15_dir)
+    full_embeds, _, _, _ = full_model.prepare_multimodal_inputs(ids, None, pixels)
+    assert full_embeds.shape[1] - embeds.shape[1] == PATCHES - 4
+    a = model.generate(ids, images=pixels, max_new_tokens=6, do_sample=False)[0]
+    b = model.generate(ids, images=pixels, max_new_tokens=6, do_sample=False)[0]
+    assert torch.equal(a, b) and a.shape == (1, 6)  # new tokens only
+
+
+def test_kept_tokens_are_the_top_cls_attention_patches(v15_dir, load):
+    _, model, proc, _ = load(v15_dir, visual_token_num=4)
+    pixels = process_images([pil_image(32, 32, seed=2)], proc, model.config)
+    out = model.encode(pixels)
+    keep = model.select(out.features, out.cls_attn)
+    expected = sorted(out.cls_attn[0].argsort(descending=True)[:4].tolist())
+    assert keep[0].tolist() == expected
+    projected = model.project(out.features, keep)
+    torch.testing.assert_close(projected[0], model.get_model().mm_projector(out.features[0, expected]))
+
+
+def test_batched_generation_matches_batch_one(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir, visual_token_num=6)
+    images = [pil_image(32, 32, seed=s) for s in (7, 8)]
+    prompts = [prompt_ids(tok, "what is in this image?")[0], prompt_ids(tok, "describe")[0]]
+    singles = [model.generate(p[None], images=process_images([im], proc, model.config), max_new_tokens=5,
+                              do_sample=False)[0][0] for p, im in zip(prompts, images)]
+    longest = max(len(p) for p in prompts)
+    ids = torch.stack([torch.cat([torch.zeros(longest - len(p), dtype=torch.long), p]) for p in prompts])
+    mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]).long() for p in prompts])
+    out, counts, attn = model.generate(ids, attention_mask=mask, images=process_images(images, proc, model.config),
+                                       max_new_tokens=5, do_sample=False)
+    assert counts == [6, 6] and len(attn) == 2 and attn[0].shape == (1, PATCHES)
+    for row, single in zip(out, singles):
+        assert row.tolist() == single.tolist()
+
+
+# --- tower weights -----------------------------------------------------------------------------------------------
+def test_v16_uses_its_own_fine_tuned_tower_weights(v16_dir, clip_dir, load):
+    _, model, _, _ = load(v16_dir)
+    loaded = model.get_vision_tower().vision_tower.state_dict()
+    own = load_state_dict(v16_dir, prefix="model.vision_tower.vision_tower.vision_model.")
+    base = load_state_dict(clip_dir, prefix="vision_model.")
+    key = "encoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(own[key], base[key])
+    for k, v in own.items():
+        assert torch.equal(loaded[k], v), k
+
+
+def test_v15_uses_the_mm_vision_tower_weights(v15_dir, clip_dir, load):
+    _, model, _, _ = load(v15_dir)
+    loaded = model.get_vision_tower().vision_tower.state_dict()
+    for k, v in load_state_dict(clip_dir, prefix="vision_model.").items():
+        if not k.endswith("position_ids"):
+            assert torch.equal(loaded[k], v), k
+
+
+def test_vision_tower_override_and_missing_tower_error(v15_dir, clip_dir, tmp_path, load, monkeypatch):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(v15_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["mm_vision_tower"] = "openai/clip-vit-large-patch14-336"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
+    monkeypatch.delenv("FASTERVLM_VISION_TOWER", raising=False)
+    with pytest.raises(FileNotFoundError, match="vision_tower_path=DIR.*FASTERVLM_VISION_TOWER"):
+        load(ckpt)
+    _, model, _, _ = load(ckpt, vision_tower_path=str(clip_dir))
+    assert model.get_vision_tower().num_patches == PATCHES
+    monkeypatch.setenv("FASTERVLM_VISION_TOWER", str(clip_dir))
+    assert load(ckpt)[1].get_vision_tower() is not None
+
+
+def test_projector_only_checkpoint_with_model_base(v15_dir, tmp_path, load):
+    proj = tmp_path / "llava-v1.5-tiny-pretrain"
+    proj.mkdir()
+    shutil.copy(v15_dir / "config.json", proj / "config.json")
+    state = {k: v * 2 for k, v in load_state_dict(v15_dir).items() if k.startswith("model.mm_projector.")}
+    torch.save(state, proj / "mm_projector.bin")
+    with pytest.raises(ValueError, match="pass the base LLM as model_base"):
+        load(proj)
+    from llava.model.builder import load_pretrained_model
+
+    _, model, _, _ = load_pretrained_model(str(proj), str(v15_dir), "llava-v1.5-tiny-pretrain", device="cpu")
+    torch.testing.assert_close(model.get_model().mm_projector[0].weight, state["model.mm_projector.0.weight"])
