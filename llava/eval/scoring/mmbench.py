@@ -1,0 +1,253 @@
+"""MMBench / MMBench-CN: local circular-evaluation accuracy (dev) and the submission xlsx.
+
+Inputs
+  annotation file  the benchmark tsv (``mmbench_dev_20230712.tsv``, ``mmbench_dev_cn_20231003.tsv``,
+                   test splits): columns ``index``, ``question``, ``hint``, ``A``-``D``,
+                   ``answer`` (dev only), ``category``, ``l2-category``, ``image`` (base64), ...
+  result file      answers jsonl; ``question_id`` is the row's ``index``, ``round_id``
+                   the rotation (0 when absent)
+
+Circular evaluation. A question is asked once per rotation of its options and
+counts as right only if every rotation is answered right. Two layouts are read:
+
+* the benchmark's own: rotations are extra tsv rows whose ``index`` is the
+  original's plus a multiple of 1,000,000 (rows are grouped by index mod 1e6);
+* LLaVA's ``--all-rounds``: one row, answers with ``round_id`` r = 0..n-1 where
+  round r showed the options rotated left by r under the letters A, B, ...
+  (the letter shown at position i is original option (i + r) mod n).
+
+A group with a rotation that has no answer is not scored and is reported as
+missing. ``accuracy`` is the circular accuracy; ``single_round_accuracy``
+scores only the original rows' round 0 (the non-circular number).
+
+Letter extraction (:func:`extract_option_letter`) is a local stand-in for the
+official matcher (which falls back to an LLM): a bare letter, a leading
+"B." / "(B)", "the answer is B" / "答案是B", exactly one standalone option
+letter, or exactly one option text contained in the answer.
+
+The submission xlsx keeps the tsv's columns except the base64 ``image`` and
+adds ``prediction`` after the last option column; each row gets the answer to
+its own index, round 0. Writing it needs ``openpyxl``.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+import re
+import sys
+
+from .common import MatchReport, base_parser, emit, load_answers, percent, qid_key, require_file
+
+LETTERS = "ABCD"
+CIRCULAR_OFFSET = 1_000_000
+
+_BARE = re.compile(r"^\(?([A-Z])\)?[.:)：。]?$")
+_LEADING = re.compile(r"^\(?([A-Z])[.:)：、]\s*\S")
+_ANSWER_IS = re.compile(r"(?:(?i:answer\s+is|answer\s*:)|答案是|答案为|答案[:：])\s*\(?([A-Z])(?![A-Za-z])")
+_STANDALONE = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
+_ARTICLE_AFTER = re.compile(r"\s+[a-z]")
+
+
+def is_blank(value) -> bool:
+    """Empty cells as LLaVA's MMBench loader sees them ('', nan, none)."""
+    return value is None or str(value).strip() == "" or str(value).strip().lower() in ("nan", "none")
+
+
+def row_options(row: dict) -> list[str]:
+    """Option texts in letter order, up to the first blank one."""
+    options = []
+    for letter in LETTERS:
+        if is_blank(row.get(letter)):
+            break
+        options.append(str(row[letter]))
+    return options
+
+
+def extract_option_letter(text: str, options: dict[str, str]) -> str | None:
+    """The option letter an answer picks among ``options`` (letter -> text), or None."""
+    answer = text.strip()
+    if not answer:
+        return None
+    for pattern in (_BARE, _LEADING, _ANSWER_IS):
+        match = pattern.search(answer)
+        if match and match.group(1) in options:
+            return match.group(1)
+    letters = set()
+    for match in _STANDALONE.finditer(answer):
+        letter = match.group(1)
+        # "A dog is ..." uses A as an article, not an option.
+        if letter == "A" and _ARTICLE_AFTER.match(answer, match.end()):
+            continue
+        if letter in options:
+            letters.add(letter)
+    if len(letters) == 1:
+        return letters.pop()
+    lowered = answer.lower().strip(" .。")
+    exact = [k for k, v in options.items() if v.strip().lower().strip(" .。") == lowered]
+    if len(exact) == 1:
+        return exact[0]
+    contained = [k for k, v in options.items() if v.strip() and v.strip().lower() in lowered]
+    return contained[0] if len(contained) == 1 else None
+
+
+def read_tsv(path: str) -> list[dict]:
+    require_file(path, "MMBench tsv")
+    csv.field_size_limit(2**31 - 1)  # base64 images exceed the default field limit
+    with open(path, newline="", encoding="utf-8") as f:
+        reader = csv.DictReader(f, delimiter="\t")
+        rows = list(reader)
+        header = reader.fieldnames or []
+    for needed in ("index", "question", "A", "B"):
+        if needed not in header:
+            raise ValueError(f"{path}: no {needed!r} column (has {header})")
+    for line_no, row in enumerate(rows, start=2):
+        try:
+            row["index"] = int(float(row["index"]))
+        except (TypeError, ValueError):
+            raise ValueError(f"{path}:{line_no}: index {row['index']!r} is not an integer") from None
+    return rows
+
+
+def tsv_header(path: str) -> list[str]:
+    with open(path, newline="", encoding="utf-8") as f:
+        return next(csv.reader(f, delimiter="\t"))
+
+
+def _answer_index(answer: dict) -> int | None:
+    try:
+        return int(float(answer["question_id"]))
+    except (TypeError, ValueError):
+        return None
+
+
+def round_correct(row: dict, round_id: int, text: str) -> bool:
+    """Whether ``text``, answering ``row`` with options rotated by ``round_id``, is right."""
+    options = row_options(row)
+    n = len(options)
+    shown = options[round_id % n:] + options[:round_id % n]
+    letter = extract_option_letter(text, dict(zip(LETTERS, shown)))
+    if letter is None:
+        return False
+    original = LETTERS[(LETTERS.index(letter) + round_id) % n]
+    return original == str(row["answer"]).strip()
+
+
+def score_mmbench(rows: list[dict], answers: list[dict]) -> dict:
+    if any(is_blank(row.get("answer")) for row in rows):
+        raise ValueError("this MMBench tsv has rows without an 'answer' (a test split?); only the submission xlsx can be made")
+    rows_by_index = {row["index"]: row for row in rows}
+    all_rounds = any(int(answer.get("round_id", 0) or 0) > 0 for answer in answers)
+
+    report = MatchReport(n_results=len(answers))
+    by_unit: dict[tuple[int, int], str] = {}
+    for answer in answers:
+        index = _answer_index(answer)
+        if index not in rows_by_index:
+            report.unknown_ids.append(qid_key(answer["question_id"]))
+            continue
+        unit = (index, int(answer.get("round_id", 0) or 0))
+        if unit in by_unit:
+            report.duplicate_ids.append(f"{unit[0]}/round{unit[1]}")
+        by_unit[unit] = answer["text"]
+
+    groups: dict[int, list[tuple[int, int]]] = {}
+    for row in rows:
+        rounds = range(len(row_options(row))) if all_rounds else (0,)
+        groups.setdefault(row["index"] % CIRCULAR_OFFSET, []).extend((row["index"], r) for r in rounds)
+    report.n_annotations = len(groups)
+
+    tallies: dict[str, list[int]] = {}
+
+    def add(group: str, correct: bool) -> None:
+        tally = tallies.setdefault(group, [0, 0])
+        tally[0] += correct
+        tally[1] += 1
+
+    single = [0, 0]
+    for base, units in groups.items():
+        head = rows_by_index.get(base, rows_by_index[units[0][0]])
+        if (base, 0) in by_unit:
+            single[0] += round_correct(head, 0, by_unit[(base, 0)])
+            single[1] += 1
+        missing = [unit for unit in units if unit not in by_unit]
+        if missing:
+            report.missing_ids.extend(f"{i}/round{r}" for i, r in missing)
+            continue
+        correct = all(round_correct(rows_by_index[i], r, by_unit[(i, r)]) for i, r in units)
+        add("all", correct)
+        add(f"category/{head.get('category', '')}", correct)
+        add(f"l2/{head.get('l2-category', '')}", correct)
+    report.n_matched = tallies.get("all", [0, 0])[1]
+
+    def by_prefix(prefix: str) -> dict:
+        return {g[len(prefix):]: percent(*tallies[g]) for g in sorted(tallies) if g.startswith(prefix)}
+
+    return {
+        "accuracy": percent(*tallies.get("all", (0, 0))),
+        "single_round_accuracy": percent(*single),
+        "n_questions": report.n_matched,
+        "layout": "round_id rotations" if all_rounds else "tsv rows (index mod 1e6)",
+        "category": by_prefix("category/"),
+        "l2_category": by_prefix("l2/"),
+        "report": report.to_dict(),
+    }
+
+
+def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[dict], path: str) -> dict:
+    """The upload file: tsv columns minus ``image``, plus ``prediction``. Returns counts."""
+    try:
+        from openpyxl import Workbook
+        from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
+    except ImportError as err:
+        raise ImportError("writing the MMBench xlsx needs openpyxl: pip install openpyxl") from err
+    predictions: dict[int, str] = {}
+    for answer in answers:
+        if int(answer.get("round_id", 0) or 0) == 0 and _answer_index(answer) is not None:
+            predictions[_answer_index(answer)] = answer["text"]
+    header = [column for column in tsv_header(annotation_file) if column != "image"]
+    last_option = max(header.index(letter) for letter in LETTERS if letter in header)
+    columns = header[:last_option + 1] + ["prediction"] + header[last_option + 1:]
+
+    def cell(value):
+        if value is None or value == "":
+            return None
+        return ILLEGAL_CHARACTERS_RE.sub("", value) if isinstance(value, str) else value
+
+    book = Workbook()
+    sheet = book.active
+    sheet.append(columns)
+    for row in rows:
+        values = dict(row, prediction=predictions.get(row["index"]))
+        sheet.append([cell(values.get(column)) for column in columns])
+    parent = os.path.dirname(path)
+    if parent:
+        os.makedirs(parent, exist_ok=True)
+    book.save(path)
+    missing = [row["index"] for row in rows if row["index"] not in predictions]
+    return {"path": path, "n_rows": len(rows), "n_without_prediction": len(missing),
+            "without_prediction": [str(i) for i in missing[:10]]}
+
+
+def evaluate(result_file: str, annotation_file: str, upload_file: str | None = None) -> dict:
+    rows = read_tsv(annotation_file)
+    answers = load_answers(result_file)
+    has_answers = bool(rows) and not any(is_blank(row.get("answer")) for row in rows)
+    metrics = score_mmbench(rows, answers) if has_answers else {"note": "no answers in the tsv: not scored"}
+    if upload_file:
+        metrics["submission"] = write_submission_xlsx(annotation_file, rows, answers, upload_file)
+    return metrics
+
+
+def main(argv=None) -> dict:
+    parser = base_parser("MMBench circular accuracy (dev) and submission xlsx.")
+    parser.add_argument("--annotation-file", required=True, help="the MMBench tsv")
+    parser.add_argument("--upload-file", default=None, help="write the submission xlsx here")
+    args = parser.parse_args(argv)
+    metrics = evaluate(args.result_file, args.annotation_file, args.upload_file)
+    emit(metrics, args.output_json)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

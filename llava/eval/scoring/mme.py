@@ -1,0 +1,268 @@
+"""MME: per-subtask acc and acc+, perception and cognition totals, and the eval_tool layout.
+
+Inputs
+  result file     answers jsonl; LLaVA's ``llava_mme.jsonl`` sets ``question_id`` to the
+                  image path inside the benchmark (``<subtask>/[images/]<name>.<ext>``)
+                  and the prompt to the question plus an answer-format instruction
+  ground truth    either ``--mme-dir``: the ``MME_Benchmark_release_version`` folder,
+                  one folder per subtask, each image ``<name>.<ext>`` with a
+                  ``<name>.txt`` of ``question<TAB>yes|no`` lines (next to the image, or
+                  in ``questions_answers_YN/`` when the images sit in ``images/``);
+                  or a question file whose records carry ``answer`` (yes/no)
+  question file   optional; its ``category`` gives the subtask (else the first
+                  component of ``question_id``)
+
+A prediction is read as MME's ``calculation.py`` does: lower-case; "yes"/"no"
+as is, otherwise "yes" if "yes" occurs in its first 4 characters, else "no" if
+"no" does, else "other" (always wrong).
+
+Per subtask: acc = correct / questions; acc+ = images whose questions are all
+correct / images; score = 100 * (acc + acc+). Perception is the sum over its 10
+subtasks (max 2000), cognition over its 4 (max 800). Every MME image has two
+questions; the official tool pairs consecutive lines, here questions are
+grouped by image explicitly, so line order does not matter.
+
+``--eval-tool-dir DIR`` also writes ``DIR/<subtask>.txt`` with
+``image<TAB>question<TAB>gt<TAB>prediction`` lines (an image's questions
+adjacent), the layout MME's ``eval_tool/calculation.py --results_dir`` reads.
+``--results-dir DIR`` scores such a folder instead of an answers file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+from dataclasses import dataclass
+
+from .common import (MatchReport, emit, load_answers, percent, qid_key, read_jsonl, require_dir,
+                     require_fields)
+
+PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
+              "landmark", "artwork", "OCR")
+COGNITION = ("commonsense_reasoning", "numerical_calculation", "text_translation", "code_reasoning")
+
+# Instructions LLaVA's prompts may carry that the benchmark's own questions lack
+# or write differently ("? Please answer yes or no." with one or two spaces).
+_INSTRUCTIONS = ("Answer the question using a single word or phrase.", "Please answer yes or no.")
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass
+class MMEItem:
+    subtask: str
+    image: str  # image file name, e.g. "0020.png"
+    question: str  # the benchmark's wording
+    gt: str  # "yes" / "no"
+    pred: str  # raw model answer
+
+
+def parse_pred(text: str) -> str:
+    """MME's reading of an answer: 'yes', 'no' or 'other'."""
+    text = text.lower()
+    if text in ("yes", "no"):
+        return text
+    head = text[:4]
+    if "yes" in head:
+        return "yes"
+    if "no" in head:
+        return "no"
+    return "other"
+
+
+def canonical_question(text: str) -> str:
+    """Question text without answer-format instructions and with single spaces."""
+    for instruction in _INSTRUCTIONS:
+        text = text.replace(instruction, " ")
+    return _SPACES.sub(" ", text).strip()
+
+
+def _stem(path: str) -> str:
+    return os.path.splitext(os.path.basename(path))[0]
+
+
+def load_ground_truth(mme_dir: str) -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    """(subtask, image stem, canonical question) -> (image file name, question, gt)."""
+    require_dir(mme_dir, "MME benchmark")
+    truth = {}
+    for subtask in sorted(os.listdir(mme_dir)):
+        root = os.path.join(mme_dir, subtask)
+        if not os.path.isdir(root):
+            continue
+        if os.path.isdir(os.path.join(root, "images")):
+            image_dir, qa_dir = os.path.join(root, "images"), os.path.join(root, "questions_answers_YN")
+            require_dir(qa_dir, f"MME {subtask} questions_answers_YN")
+        else:
+            image_dir = qa_dir = root
+        images = {_stem(name): name for name in os.listdir(image_dir) if not name.endswith(".txt")}
+        for name in sorted(os.listdir(qa_dir)):
+            if not name.endswith(".txt"):
+                continue
+            path = os.path.join(qa_dir, name)
+            with open(path, encoding="utf-8") as f:
+                for line_no, line in enumerate(f, start=1):
+                    if not line.strip():
+                        continue
+                    parts = line.rstrip("\n").split("\t")
+                    if len(parts) != 2:
+                        raise ValueError(f"{path}:{line_no}: expected 'question<TAB>answer'")
+                    question, gt = parts
+                    stem = _stem(name)
+                    truth[(subtask, stem, canonical_question(question))] = (
+                        images.get(stem, stem), question, gt.strip().lower())
+    if not truth:
+        raise ValueError(f"no MME question files found under {mme_dir}")
+    return truth
+
+
+def truth_from_questions(questions: list[dict], path: str) -> dict[tuple[str, str, str], tuple[str, str, str]]:
+    truth = {}
+    for i, question in enumerate(questions, start=1):
+        require_fields(question, ("question_id", "text", "answer"), f"{path}: question #{i}")
+        subtask = question.get("category") or qid_key(question["question_id"]).split("/")[0]
+        image = os.path.basename(question.get("image") or qid_key(question["question_id"]))
+        truth[(subtask, _stem(image), canonical_question(question["text"]))] = (
+            image, canonical_question(question["text"]), str(question["answer"]).strip().lower())
+    return truth
+
+
+def match_answers(answers: list[dict], truth: dict, categories: dict[str, str] | None = None) -> tuple[list[MMEItem], MatchReport]:
+    """Join answers to ground truth by (subtask, image, question); ``categories`` maps
+    question_id -> subtask (from the question file)."""
+    report = MatchReport(n_results=len(answers), n_annotations=len(truth))
+    matched: dict[tuple[str, str, str], MMEItem] = {}
+    for answer in answers:
+        qid = qid_key(answer["question_id"])
+        subtask = (categories or {}).get(qid) or qid.split("/")[0]
+        key = (subtask, _stem(qid), canonical_question(answer.get("prompt", "")))
+        if key not in truth:
+            report.unknown_ids.append(f"{qid} | {key[2][:60]}")
+            continue
+        if key in matched:
+            report.duplicate_ids.append(f"{qid} | {key[2][:60]}")
+        image, question, gt = truth[key]
+        matched[key] = MMEItem(subtask, image, question, gt, answer["text"])
+    report.missing_ids = [f"{s}/{stem} | {q[:60]}" for (s, stem, q) in truth if (s, stem, q) not in matched]
+    report.n_matched = len(matched)
+    return list(matched.values()), report
+
+
+def score_items(items: list[MMEItem]) -> dict:
+    """acc, acc+ and score per subtask; perception / cognition totals."""
+    by_subtask: dict[str, dict[str, list[bool]]] = {}  # subtask -> image -> [correct...]
+    for item in items:
+        if item.gt not in ("yes", "no"):
+            raise ValueError(f"MME ground truth must be yes/no, got {item.gt!r} for {item.subtask}/{item.image}")
+        correct = parse_pred(item.pred) == item.gt
+        by_subtask.setdefault(item.subtask, {}).setdefault(item.image, []).append(correct)
+
+    subtasks, warnings = {}, []
+    for subtask, images in by_subtask.items():
+        n_questions = sum(len(v) for v in images.values())
+        n_correct = sum(sum(v) for v in images.values())
+        n_images_right = sum(all(v) for v in images.values())
+        odd = [name for name, v in images.items() if len(v) != 2]
+        if odd:
+            warnings.append(f"{subtask}: {len(odd)} images do not have exactly 2 answered questions (e.g. {odd[0]})")
+        acc, acc_plus = percent(n_correct, n_questions), percent(n_images_right, len(images))
+        subtasks[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus,
+                             "n_questions": n_questions, "n_images": len(images)}
+
+    def total(names: tuple[str, ...]) -> dict:
+        present = [name for name in names if name in subtasks]
+        absent = [name for name in names if name not in subtasks]
+        if present and absent:
+            warnings.append(f"total over {len(present)}/{len(names)} subtasks; absent: {absent}")
+        return {"total": sum(subtasks[name]["score"] for name in present),
+                **{name: subtasks[name]["score"] for name in present}}
+
+    metrics = {"perception": total(PERCEPTION), "cognition": total(COGNITION), "subtasks": subtasks}
+    others = sorted(set(subtasks) - set(PERCEPTION) - set(COGNITION))
+    if others:
+        warnings.append(f"subtasks outside perception/cognition (not in the totals): {others}")
+    if warnings:
+        metrics["warnings"] = warnings
+    return metrics
+
+
+def _clean_field(text: str) -> str:
+    return text.replace("\t", " ").replace("\r", " ").replace("\n", " ")
+
+
+def write_eval_tool(items: list[MMEItem], out_dir: str) -> list[str]:
+    """Write ``<subtask>.txt`` files for MME's calculation.py; returns the paths."""
+    os.makedirs(out_dir, exist_ok=True)
+    by_subtask: dict[str, dict[str, list[MMEItem]]] = {}
+    for item in items:
+        by_subtask.setdefault(item.subtask, {}).setdefault(item.image, []).append(item)
+    paths = []
+    for subtask, images in by_subtask.items():
+        path = os.path.join(out_dir, f"{subtask}.txt")
+        with open(path, "w", encoding="utf-8") as f:
+            for group in images.values():  # calculation.py pairs consecutive lines
+                for item in group:
+                    f.write("\t".join((item.image, _clean_field(item.question), item.gt, _clean_field(item.pred))) + "\n")
+        paths.append(path)
+    return paths
+
+
+def read_eval_tool(results_dir: str) -> list[MMEItem]:
+    """Items from a folder of ``<subtask>.txt`` files (image, question, gt, prediction)."""
+    require_dir(results_dir, "MME results")
+    items = []
+    for name in sorted(os.listdir(results_dir)):
+        if not name.endswith(".txt"):
+            continue
+        path = os.path.join(results_dir, name)
+        with open(path, encoding="utf-8") as f:
+            for line_no, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
+                parts = line.rstrip("\n").split("\t")
+                if len(parts) != 4:
+                    raise ValueError(f"{path}:{line_no}: expected 4 tab-separated fields, got {len(parts)}")
+                image, question, gt, pred = parts
+                items.append(MMEItem(name[:-4], image, question, gt.strip().lower(), pred))
+    return items
+
+
+def evaluate(result_file: str, mme_dir: str | None = None, question_file: str | None = None,
+             eval_tool_dir: str | None = None) -> dict:
+    questions = read_jsonl(question_file, role="MME question file") if question_file else []
+    categories = {qid_key(q["question_id"]): q["category"] for q in questions if "category" in q}
+    if mme_dir:
+        truth = load_ground_truth(mme_dir)
+    elif questions:
+        truth = truth_from_questions(questions, question_file)
+    else:
+        raise ValueError("MME needs ground truth: pass --mme-dir, or a --question-file with 'answer' fields")
+    items, report = match_answers(load_answers(result_file), truth, categories)
+    metrics = score_items(items)
+    metrics["report"] = report.to_dict()
+    if eval_tool_dir:
+        metrics["eval_tool_files"] = write_eval_tool(items, eval_tool_dir)
+    return metrics
+
+
+def main(argv=None) -> dict:
+    import argparse
+
+    parser = argparse.ArgumentParser(description="MME perception / cognition scores (acc + acc+ per subtask).")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--result-file", help="answers jsonl written by the eval runner")
+    source.add_argument("--results-dir", help="score an existing eval_tool folder of <subtask>.txt files")
+    parser.add_argument("--mme-dir", help="MME_Benchmark_release_version (ground truth)")
+    parser.add_argument("--question-file", help="question jsonl (category; 'answer' if no --mme-dir)")
+    parser.add_argument("--eval-tool-dir", help="also write <subtask>.txt files for MME's calculation.py here")
+    parser.add_argument("--output-json", default=None, help="also write the metrics to this JSON file")
+    args = parser.parse_args(argv)
+    if args.results_dir:
+        metrics = score_items(read_eval_tool(args.results_dir))
+    else:
+        metrics = evaluate(args.result_file, args.mme_dir, args.question_file, args.eval_tool_dir)
+    emit(metrics, args.output_json)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

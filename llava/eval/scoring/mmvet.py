@@ -1,0 +1,60 @@
+"""MM-Vet: the json the GPT grader reads.
+
+Input: answers jsonl; ``question_id`` is MM-Vet's number (0, 1, ...) or its id
+(``v1_0``). Output: ``{"v1_<n>": answer}`` (LLaVA's ``convert_mmvet_for_eval``),
+answers verbatim -- the grader compares free-form text. Optionally checked
+against MM-Vet's ``mm-vet.json`` (id -> question) for unknown and missing ids.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from .common import (MatchReport, base_parser, emit, index_by_id, load_answers, qid_key, read_json,
+                     write_json)
+
+ID_PREFIX = "v1_"
+
+
+def mmvet_id(question_id) -> str:
+    key = qid_key(question_id)
+    return key if key.startswith(ID_PREFIX) else ID_PREFIX + key
+
+
+def submission(answers: list[dict], known_ids=None) -> tuple[dict[str, str], dict]:
+    report = MatchReport(n_results=len(answers))
+    results = index_by_id([dict(a, question_id=mmvet_id(a["question_id"])) for a in answers], report)
+    entries = {key: result["text"] for key, result in results.items()}
+    if known_ids is not None:
+        known = [str(k) for k in known_ids]
+        report.n_annotations = len(known)
+        report.unknown_ids = [key for key in entries if key not in set(known)]
+        report.missing_ids = [key for key in known if key not in entries]
+        report.n_matched = len(entries) - len(report.unknown_ids)
+    else:
+        report.n_matched = len(entries)
+    return entries, report.to_dict()
+
+
+def evaluate(result_file: str, upload_file: str | None = None, annotation_file: str | None = None) -> dict:
+    known = read_json(annotation_file, role="MM-Vet mm-vet.json") if annotation_file else None
+    entries, report = submission(load_answers(result_file), known)
+    metrics = {"n_answers": len(entries), "report": report}
+    if upload_file:
+        write_json(upload_file, entries)
+        metrics["upload_file"] = upload_file
+    return metrics
+
+
+def main(argv=None) -> dict:
+    parser = base_parser("MM-Vet grader input json {v1_<id>: answer}.")
+    parser.add_argument("--upload-file", required=True, help="write the json here")
+    parser.add_argument("--annotation-file", default=None, help="MM-Vet mm-vet.json, to check ids")
+    args = parser.parse_args(argv)
+    metrics = evaluate(args.result_file, args.upload_file, args.annotation_file)
+    emit(metrics, args.output_json)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,178 @@
+"""POPE (COCO adversarial / popular / random): accuracy, precision, recall, F1, yes-ratio.
+
+Inputs
+  annotation dir  ``coco_pope_<category>.json`` files, each one JSON object per line
+                  with ``question_id``, ``image``, ``text`` (the question), ``label`` (yes/no)
+  question file   LLaVA's ``llava_pope_test.jsonl``: ``question_id`` (unique over all
+                  categories), ``image``, ``text``, ``category``
+  result file     answers jsonl
+
+Answer parsing is LLaVA's ``eval_pope``: keep the text before the first ``.``,
+drop commas, split on spaces; the answer is "no" if one of the words is exactly
+``No``, ``no`` or ``not``, otherwise "yes" (so an empty or off-topic answer is a yes).
+
+Labels are joined to questions by (image, question text) within a category.
+LLaVA zipped the category's answers with the label lines by position; that is
+used only when a category's questions carry no matching (image, question) keys
+and the counts agree, and the output says so.
+
+Undefined ratios: with no "yes" prediction precision is 0/0, with no "yes" label
+recall is 0/0; both are reported as 0 and listed under ``undefined``. LLaVA's
+script raised ZeroDivisionError there.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from .common import (MatchReport, base_parser, emit, index_by_id, percent, qid_key, read_jsonl,
+                     load_answers, require_dir, require_fields)
+
+CATEGORIES = ("adversarial", "popular", "random")
+_PREFIX, _SUFFIX = "coco_pope_", ".json"
+
+
+def parse_yes_no(text: str) -> str:
+    """LLaVA's POPE answer rule: 'no' if the first sentence has the word No/no/not, else 'yes'."""
+    first_sentence = text.split(".")[0]
+    words = first_sentence.replace(",", "").split(" ")
+    return "no" if ("No" in words or "no" in words or "not" in words) else "yes"
+
+
+def binary_metrics(preds: list[str], labels: list[str]) -> dict:
+    """Metrics of yes/no predictions against yes/no labels ("yes" is the positive class)."""
+    if len(preds) != len(labels):
+        raise ValueError(f"{len(preds)} predictions for {len(labels)} labels")
+    tp = sum(p == "yes" and l == "yes" for p, l in zip(preds, labels))
+    fp = sum(p == "yes" and l == "no" for p, l in zip(preds, labels))
+    tn = sum(p == "no" and l == "no" for p, l in zip(preds, labels))
+    fn = sum(p == "no" and l == "yes" for p, l in zip(preds, labels))
+    n = len(preds)
+    undefined = []
+    if tp + fp == 0:
+        undefined.append("precision (no 'yes' predictions)")
+    if tp + fn == 0:
+        undefined.append("recall (no 'yes' labels)")
+    precision = tp / (tp + fp) if tp + fp else 0.0
+    recall = tp / (tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    return {
+        "n": n,
+        "TP": tp, "FP": fp, "TN": tn, "FN": fn,
+        "accuracy": percent(tp + tn, n),
+        "precision": 100.0 * precision,
+        "recall": 100.0 * recall,
+        "f1": 100.0 * f1,
+        "yes_ratio": percent(tp + fp, n),
+        "undefined": undefined,
+    }
+
+
+def load_labels(annotation_dir: str) -> dict[str, list[dict]]:
+    """category -> the label records of ``coco_pope_<category>.json`` (file order)."""
+    require_dir(annotation_dir, "POPE annotation")
+    labels = {}
+    for name in sorted(os.listdir(annotation_dir)):
+        if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
+            continue
+        path = os.path.join(annotation_dir, name)
+        records = read_jsonl(path, role="POPE annotation file")
+        for i, record in enumerate(records, start=1):
+            require_fields(record, ("label",), f"{path}: record #{i}")
+            if record["label"] not in ("yes", "no"):
+                raise ValueError(f"{path}: record #{i}: label must be 'yes' or 'no', got {record['label']!r}")
+        labels[name[len(_PREFIX):-len(_SUFFIX)]] = records
+    if not labels:
+        raise FileNotFoundError(f"no {_PREFIX}<category>{_SUFFIX} files in {annotation_dir}")
+    return labels
+
+
+def _question_key(record: dict) -> tuple[str, str] | None:
+    if "image" not in record or "text" not in record:
+        return None
+    return record["image"], record["text"].split("\n")[0].strip()
+
+
+def label_questions(questions: list[dict], labels: dict[str, list[dict]]) -> tuple[dict[str, tuple[str, str]], list[str]]:
+    """question_id -> (category, label), plus notes on how each category was joined."""
+    by_category: dict[str, list[dict]] = {}
+    for question in questions:
+        by_category.setdefault(question["category"], []).append(question)
+    labelled: dict[str, tuple[str, str]] = {}
+    notes = []
+    for category, records in labels.items():
+        cat_questions = by_category.get(category, [])
+        keyed = {_question_key(r): r["label"] for r in records if _question_key(r) is not None}
+        hits = [q for q in cat_questions if _question_key(q) in keyed]
+        if hits:
+            for question in hits:
+                labelled[qid_key(question["question_id"])] = (category, keyed[_question_key(question)])
+            if len(hits) < len(cat_questions):
+                notes.append(f"{category}: {len(cat_questions) - len(hits)} questions have no label with the same image and question")
+        elif cat_questions and len(cat_questions) == len(records):
+            notes.append(f"{category}: no (image, question) keys matched; joined by position as LLaVA does")
+            for question, record in zip(cat_questions, records):
+                labelled[qid_key(question["question_id"])] = (category, record["label"])
+        elif cat_questions:
+            raise ValueError(
+                f"POPE category {category!r}: {len(cat_questions)} questions and {len(records)} labels "
+                "share no (image, question) key and differ in number; cannot join them")
+    unlabelled = sorted(set(by_category) - set(labels))
+    if unlabelled:
+        notes.append(f"question categories without a coco_pope_<category>.json: {unlabelled}")
+    return labelled, notes
+
+
+def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict]) -> dict:
+    """Per-category and averaged metrics; ``labelled`` is question_id -> (category, label)."""
+    report = MatchReport(n_results=len(answers), n_annotations=len(labelled))
+    results = index_by_id(answers, report)
+    report.unknown_ids = [key for key in results if key not in labelled]
+    per_category: dict[str, tuple[list[str], list[str]]] = {}
+    for key, (category, label) in labelled.items():
+        if key not in results:
+            report.missing_ids.append(key)
+            continue
+        preds, gold = per_category.setdefault(category, ([], []))
+        preds.append(parse_yes_no(results[key]["text"]))
+        gold.append(label)
+    report.n_matched = sum(len(preds) for preds, _ in per_category.values())
+
+    metrics: dict = {}
+    ordered = [c for c in CATEGORIES if c in per_category] + sorted(set(per_category) - set(CATEGORIES))
+    for category in ordered:
+        metrics[category] = binary_metrics(*per_category[category])
+    if metrics:
+        # LLaVA-style tables quote the mean over the three categories.
+        metrics["average"] = {
+            name: sum(metrics[c][name] for c in ordered) / len(ordered)
+            for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")
+        }
+    metrics["report"] = report.to_dict()
+    return metrics
+
+
+def evaluate(result_file: str, annotation_dir: str, question_file: str) -> dict:
+    questions = read_jsonl(question_file, role="POPE question file")
+    for i, question in enumerate(questions, start=1):
+        require_fields(question, ("question_id", "category"), f"{question_file}: question #{i}")
+    labelled, notes = label_questions(questions, load_labels(annotation_dir))
+    metrics = score_pope(labelled, load_answers(result_file))
+    if notes:
+        metrics["warnings"] = notes
+    return metrics
+
+
+def main(argv=None) -> dict:
+    parser = base_parser("POPE accuracy / precision / recall / F1 / yes-ratio per category.")
+    parser.add_argument("--annotation-dir", required=True, help="directory with coco_pope_<category>.json")
+    parser.add_argument("--question-file", required=True, help="llava_pope_test.jsonl (carries the category)")
+    args = parser.parse_args(argv)
+    metrics = evaluate(args.result_file, args.annotation_dir, args.question_file)
+    emit(metrics, args.output_json)
+    return metrics
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
