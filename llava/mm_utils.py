@@ -65,6 +65,11 @@ def load_images(image_files: Sequence[str | os.PathLike]) -> list[Image.Image]:
 # --------------------------------------------------------------------------- image processor
 
 
+# What a CLIP processor's pixels depend on; copied when converting another backend's processor.
+_PROCESSOR_SETTINGS = ("do_resize", "size", "resample", "do_center_crop", "crop_size", "do_rescale",
+                       "rescale_factor", "do_normalize", "image_mean", "image_std", "do_convert_rgb")
+
+
 def load_image_processor(path_or_config: Any):
     """The CLIP image processor on the PIL (slow) backend, whose pixels LLaVA was trained on.
 
@@ -90,8 +95,7 @@ def load_image_processor(path_or_config: Any):
         if getattr(path_or_config, "backend", None) == "pil":
             return path_or_config
         settings = path_or_config.to_dict()
-        settings.pop("image_processor_type", None)
-        return CLIPImageProcessorPil(**settings)
+        return CLIPImageProcessorPil(**{k: settings[k] for k in _PROCESSOR_SETTINGS if k in settings})
     if isinstance(path_or_config, Mapping):
         return CLIPImageProcessorPil(**path_or_config)
     image_size = getattr(path_or_config, "image_size", None)
@@ -108,7 +112,7 @@ def _crop_size(processor) -> int:
 
 def _base_size(processor) -> int:
     """Side the whole image is resized to for the anyres base crop (upstream: shortest_edge)."""
-    shortest = processor.size["shortest_edge"]
+    shortest = processor.size.get("shortest_edge")
     return shortest if shortest else _crop_size(processor)
 
 
@@ -180,7 +184,8 @@ def _best_paper(original_size, resolutions):
     return best
 
 
-def select_best_resolution(original_size: tuple[int, int], possible_resolutions, rule: str = "paper") -> tuple[int, int]:
+def select_best_resolution(original_size: tuple[int, int], possible_resolutions,
+                           rule: str = "paper") -> tuple[int, int]:
     """Pick the anyres canvas for an image.
 
     Args:

@@ -182,6 +182,20 @@ def test_load_image_processor_from_clip_dir_is_pil(tmp_path):
     assert load_image_processor(processor) is processor
 
 
+def test_load_image_processor_converts_other_backends_to_pil():
+    from transformers import CLIPImageProcessorPil
+
+    class TorchvisionLike(CLIPImageProcessorPil):  # stands in for the torchvision CLIPImageProcessor
+        @property
+        def backend(self):
+            return "torchvision"
+
+    other = TorchvisionLike(size={"shortest_edge": 48}, crop_size={"height": 48, "width": 48}, image_mean=[0.5] * 3)
+    processor = load_image_processor(other)
+    assert type(processor) is CLIPImageProcessorPil and processor.backend == "pil"
+    assert processor.size["shortest_edge"] == 48 and processor.image_mean == (0.5, 0.5, 0.5)
+
+
 def test_load_image_processor_from_vision_config():
     processor = load_image_processor(SimpleNamespace(image_size=16))
     assert processor.backend == "pil" and processor.crop_size["height"] == 16
