@@ -72,11 +72,39 @@ def _tokenizer_dir(model_dir: Path, base_dir: Path | None) -> Path:
 
 
 def _has_full_weights(d: Path) -> bool:
-    try:
+    """Whether the directory holds (or claims to hold, via an index) full model weights; shards that an index
+    lists but that are missing are reported by `find_weight_files`."""
+    from llava.utils import INDEX_FILES, WEIGHT_FILES
+
+    if any((d / f).is_file() for f in INDEX_FILES + WEIGHT_FILES):
         find_weight_files(d)
         return True
-    except FileNotFoundError:
-        return False
+    return False
+
+
+def _projector_file(d: Path) -> Path | None:
+    for name in ("mm_projector.bin", "mm_projector.safetensors"):
+        if (d / name).is_file():
+            return d / name
+    return None
+
+
+def _weights_kind(model_dir: Path, base_dir: Path | None) -> str:
+    """"full" (LLM + projector in model_dir) or "projector" (mm_projector.bin + the LLM of model_base)."""
+    if _has_full_weights(model_dir):
+        return "full"
+    if (model_dir / "adapter_config.json").is_file():
+        raise NotImplementedError(f"{model_dir} is a LoRA checkpoint; merge it into its base model first")
+    if _projector_file(model_dir) is not None:
+        if base_dir is None:
+            raise ValueError(f"{model_dir} holds only the projector (mm_projector.bin): pass the base LLM as model_base")
+        if not _has_full_weights(base_dir):
+            raise FileNotFoundError(f"no model weights in the model_base directory {base_dir}")
+        return "projector"
+    raise FileNotFoundError(
+        f"no model weights in {model_dir}: expected model*.safetensors / pytorch_model*.bin (with an index when "
+        f"sharded), or mm_projector.bin together with model_base"
+    )
 
 
 def _pick_dtype(device: str, dtype, torch_dtype) -> torch.dtype:
@@ -131,6 +159,8 @@ def load_pretrained_model(
     model_dir = resolve_local_dir(model_path)
     base_dir = resolve_local_dir(model_base) if model_base else None
     config = read_llava_config(model_dir)
+    weights = _weights_kind(model_dir, base_dir)  # fail on a wrong layout before anything heavy is read
+    tokenizer_dir = _tokenizer_dir(model_dir, base_dir)
     tower_dir = resolve_vision_tower_path(config.mm_vision_tower, vision_tower_path)
     per_crop = _tokens_per_crop(tower_dir)
     pruning = PruningConfig(  # validated here, before any weights are read
@@ -158,29 +188,20 @@ def load_pretrained_model(
         )
     load_kwargs.update(kwargs)
 
-    if _has_full_weights(model_dir):
+    if weights == "full":
         model = LlavaLlamaForCausalLM.from_pretrained(model_dir, config=config, **load_kwargs)
-    elif (model_dir / "adapter_config.json").is_file():
-        raise NotImplementedError(f"{model_dir} is a LoRA checkpoint; merge it into its base model first")
-    elif (model_dir / "mm_projector.bin").is_file() or (model_dir / "mm_projector.safetensors").is_file():
-        if base_dir is None:
-            raise ValueError(f"{model_dir} holds only the projector (mm_projector.bin): pass the base LLM as model_base")
+    else:
         model = LlavaLlamaForCausalLM.from_pretrained(base_dir, config=config, **load_kwargs)
-        projector_file = next(f for f in (model_dir / "mm_projector.bin", model_dir / "mm_projector.safetensors")
-                              if f.is_file())
+        projector_file = _projector_file(model_dir)
         state = load_state_dict(projector_file, prefix="model.mm_projector.")
         model.get_model().mm_projector.load_state_dict(state)
-    else:
-        raise FileNotFoundError(
-            f"no model weights in {model_dir}: expected model*.safetensors / pytorch_model*.bin (with an index when "
-            f"sharded), or mm_projector.bin together with model_base"
-        )
+        model.get_model().mm_projector.to(device=model.device, dtype=torch_dtype_)
 
-    tokenizer = AutoTokenizer.from_pretrained(_tokenizer_dir(model_dir, base_dir), use_fast=False)
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
     _add_image_tokens(model, tokenizer)
 
     tower = build_vision_tower(config, tower_dir, attn_implementation=attn, dtype=torch_dtype_)
-    own = load_state_dict(model_dir, prefix=TOWER_PREFIX) if _has_full_weights(model_dir) else {}
+    own = load_state_dict(model_dir, prefix=TOWER_PREFIX) if weights == "full" else {}
     if own:  # LLaVA-1.6 fine-tuned its tower: these weights win over the mm_vision_tower copy
         load_tower_weights(tower.vision_tower, clip_vision_state_dict(own), source=f"{model_dir} ({TOWER_PREFIX}*)")
     tower.to(device=model.device, dtype=torch_dtype_)

@@ -1,0 +1,102 @@
+"""Every documented bad input raises an error that names the problem."""
+
+import json
+import shutil
+
+import pytest
+import torch
+
+from llava.mm_utils import process_images
+from llava.model.pruning import PruningConfig
+from tests.conftest import pil_image
+from tests.test_model import prompt_ids
+
+
+@pytest.mark.parametrize("budget", [0, -3, 17])
+def test_budget_out_of_range(v15_dir, load, budget):
+    with pytest.raises(ValueError, match=f"visual_token_num={budget} is out of range.*between 1 and 16"):
+        load(v15_dir, visual_token_num=budget)
+
+
+def test_unknown_method_and_anyres_mode():
+    with pytest.raises(ValueError, match="unknown pruning method 'topk'.*fastervlm"):
+        PruningConfig(method="topk")
+    with pytest.raises(ValueError, match="anyres_mode must be one of"):
+        PruningConfig(anyres_mode="spatial")
+
+
+def test_prompt_without_image_placeholder(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir)
+    ids = tok("USER: hello ASSISTANT:", return_tensors="pt").input_ids
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    with pytest.raises(ValueError, match=r"hold 0 <image> placeholder\(s\).*but 1 image\(s\) were given"):
+        model.generate(ids, images=pixels, max_new_tokens=2)
+
+
+def test_more_placeholders_than_images(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir)
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    with pytest.raises(ValueError, match=r"hold 2 <image> placeholder\(s\).*but 1 image\(s\)"):
+        model.generate(prompt_ids(tok, n_images=2), images=pixels, max_new_tokens=2)
+    with pytest.raises(ValueError, match="no images were given"):
+        model.generate(prompt_ids(tok), max_new_tokens=2)
+
+
+def test_two_images_two_placeholders_work(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir, visual_token_num=3)
+    pixels = process_images([pil_image(32, 32), pil_image(32, 32, seed=1)], proc, model.config)
+    _, n, cls_attn = model.generate(prompt_ids(tok, n_images=2), images=pixels, max_new_tokens=2, do_sample=False)
+    assert n == 6 and cls_attn.shape == (2, 16)
+
+
+@pytest.mark.parametrize("remove,message", [
+    ("config.json", "config.json is missing"),
+    ("weights", "no model weights in"),
+    ("tokenizer.model", "no tokenizer in"),
+])
+def test_incomplete_checkpoint_directory(v15_dir, tmp_path, load, remove, message):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(v15_dir, ckpt)
+    doomed = [p for p in ckpt.iterdir() if p.name.startswith("pytorch_model")] if remove == "weights" else [ckpt / remove]
+    for p in doomed:
+        p.unlink()
+    with pytest.raises(FileNotFoundError, match=message):
+        load(ckpt)
+
+
+def test_missing_shard_is_named(v15_dir, tmp_path, load):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(v15_dir, ckpt)
+    (ckpt / "pytorch_model-00002-of-00002.bin").unlink()
+    with pytest.raises(FileNotFoundError, match="pytorch_model-00002-of-00002.bin"):
+        load(ckpt)
+
+
+def test_not_a_llava_checkpoint(v15_dir, tmp_path, load):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(v15_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    del cfg["mm_vision_tower"]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match="no mm_vision_tower: not a LLaVA checkpoint"):
+        load(ckpt)
+
+
+@pytest.mark.parametrize("field,value,message", [
+    ("mm_projector_type", "qformer", "unknown mm_projector_type 'qformer'"),
+    ("mm_vision_select_feature", "pooled", "unknown mm_vision_select_feature 'pooled'"),
+])
+def test_unknown_config_values(v15_dir, tmp_path, load, field, value, message):
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(v15_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg[field] = value
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ValueError, match=message):
+        load(ckpt)
+
+
+def test_wrong_image_tensor_shape(v15_dir, load):
+    tok, model, _, _ = load(v15_dir)
+    with pytest.raises(ValueError, match=r"images tensor must be \(B, 3, S, S\)"):
+        model.generate(prompt_ids(tok), images=torch.zeros(3, 32, 32), max_new_tokens=1)
