@@ -1,0 +1,144 @@
+"""MME: answer reading, acc / acc+ per image, totals, and the eval_tool layout round trip."""
+
+import json
+import random
+
+import pytest
+
+from llava.eval.scoring import mme
+from llava.eval.scoring.mme import MMEItem, parse_pred, score_items
+
+LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
+
+
+def write_jsonl(path, records):
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return str(path)
+
+
+@pytest.mark.parametrize("text, label", [
+    ("Yes", "yes"), ("no", "no"), ("No.", "no"), ("Yes, there is a dog.", "yes"),
+    ("nope", "no"),                # "no" within the first 4 characters
+    ("The answer is yes", "other"),
+    ("I don't know", "other"),
+    ("eyes", "yes"),               # MME's prefix rule, kept as is
+])
+def test_parse_pred(text, label):
+    assert parse_pred(text) == label
+
+
+@pytest.fixture
+def mme_dir(tmp_path):
+    """A miniature MME_Benchmark_release_version with both folder layouts."""
+    root = tmp_path / "MME_Benchmark_release_version"
+    existence = root / "existence"
+    existence.mkdir(parents=True)
+    for stem, lines in {
+        "0001": ["Is there a dog in this image? Please answer yes or no.\tYes",
+                 "Is there a cat in this image? Please answer yes or no.\tNo"],
+        "0002": ["Is there a car in this image? Please answer yes or no.\tYes",
+                 "Is there a bus in this image? Please answer yes or no.\tNo"],
+    }.items():
+        (existence / f"{stem}.jpg").write_bytes(b"")
+        (existence / f"{stem}.txt").write_text("\n".join(lines) + "\n")
+    artwork = root / "artwork"
+    (artwork / "images").mkdir(parents=True)
+    (artwork / "questions_answers_YN").mkdir()
+    (artwork / "images" / "10.jpg").write_bytes(b"")
+    # The benchmark itself has "?  Please" with two spaces in places.
+    (artwork / "questions_answers_YN" / "10.txt").write_text(
+        "Is this artwork created by X? Please answer yes or no.\tYes\n"
+        "Is this artwork created by Y?  Please answer yes or no.\tNo\n")
+    code = root / "code_reasoning"
+    code.mkdir()
+    (code / "0020.png").write_bytes(b"")
+    (code / "0020.txt").write_text("Is a python code shown in the picture? Please answer yes or no.\tYes\n"
+                                   "Is a c++ code shown in the picture? Please answer yes or no.\tNo\n")
+    return str(root)
+
+
+ANSWERS = [
+    # existence 0001: both right; 0002: one wrong -> acc 3/4, acc+ 1/2 -> 75 + 50 = 125
+    {"question_id": "existence/0001.jpg", "prompt": "Is there a dog in this image?" + LLAVA_SUFFIX, "text": "Yes"},
+    {"question_id": "existence/0001.jpg", "prompt": "Is there a cat in this image?" + LLAVA_SUFFIX, "text": "No"},
+    {"question_id": "existence/0002.jpg", "prompt": "Is there a car in this image?" + LLAVA_SUFFIX, "text": "Yes"},
+    {"question_id": "existence/0002.jpg", "prompt": "Is there a bus in this image?" + LLAVA_SUFFIX,
+     "text": "Yes, there is a bus"},
+    # artwork: both right -> 100 + 100 = 200
+    {"question_id": "artwork/images/10.jpg", "prompt": "Is this artwork created by X?" + LLAVA_SUFFIX, "text": "yes"},
+    {"question_id": "artwork/images/10.jpg", "prompt": "Is this artwork created by Y?" + LLAVA_SUFFIX, "text": "No."},
+    # code_reasoning: "other" + right -> acc 1/2, acc+ 0 -> 50
+    {"question_id": "code_reasoning/0020.png", "prompt": "Is a python code shown in the picture?" + LLAVA_SUFFIX,
+     "text": "I don't know"},
+    {"question_id": "code_reasoning/0020.png", "prompt": "Is a c++ code shown in the picture?" + LLAVA_SUFFIX,
+     "text": "no"},
+]
+
+
+def test_mme_scores(tmp_path, mme_dir):
+    result = write_jsonl(tmp_path / "answers.jsonl", ANSWERS)
+    m = mme.evaluate(result, mme_dir=mme_dir)
+    ex = m["subtasks"]["existence"]
+    assert (ex["acc"], ex["acc_plus"], ex["score"]) == (75.0, 50.0, 125.0)
+    assert m["subtasks"]["artwork"]["score"] == 200.0
+    code = m["subtasks"]["code_reasoning"]
+    assert (code["acc"], code["acc_plus"]) == (50.0, 0.0)
+    assert m["perception"]["total"] == 325.0
+    assert m["cognition"]["total"] == 50.0
+    assert any("absent" in w for w in m["warnings"])  # a miniature benchmark lacks most subtasks
+    assert m["report"]["n_missing"] == 0 and m["report"]["n_unknown"] == 0
+
+
+def test_mme_acc_plus_does_not_depend_on_answer_order(tmp_path, mme_dir):
+    shuffled = ANSWERS[:]
+    random.Random(0).shuffle(shuffled)
+    m = mme.evaluate(write_jsonl(tmp_path / "answers.jsonl", shuffled), mme_dir=mme_dir)
+    assert m["subtasks"]["existence"]["acc_plus"] == 50.0
+
+
+def test_mme_acc_plus_needs_both_questions_of_an_image():
+    items = [MMEItem("count", "a.jpg", "q1", "yes", "Yes"), MMEItem("count", "a.jpg", "q2", "no", "Yes"),
+             MMEItem("count", "b.jpg", "q1", "yes", "Yes"), MMEItem("count", "b.jpg", "q2", "no", "No")]
+    sub = score_items(items)["subtasks"]["count"]
+    assert sub["acc"] == 75.0 and sub["acc_plus"] == 50.0 and sub["score"] == 125.0
+
+
+def test_mme_missing_and_unknown(tmp_path, mme_dir):
+    answers = ANSWERS[:-1] + [{"question_id": "existence/0009.jpg", "prompt": "Is there a dog?", "text": "Yes"}]
+    m = mme.evaluate(write_jsonl(tmp_path / "answers.jsonl", answers), mme_dir=mme_dir)
+    assert m["report"]["n_missing"] == 1 and m["report"]["n_unknown"] == 1
+    assert any("exactly 2" in w for w in m["warnings"])
+
+
+def test_mme_eval_tool_round_trip(tmp_path, mme_dir):
+    out = tmp_path / "eval_tool" / "answers" / "run"
+    result = write_jsonl(tmp_path / "answers.jsonl", ANSWERS)
+    direct = mme.evaluate(result, mme_dir=mme_dir, eval_tool_dir=str(out))
+    lines = (out / "existence.txt").read_text().splitlines()
+    assert lines[0] == "0001.jpg\tIs there a dog in this image? Please answer yes or no.\tyes\tYes"
+    assert all(len(line.split("\t")) == 4 for line in lines)
+    # calculation.py pairs consecutive lines: an image's two questions are adjacent.
+    assert [line.split("\t")[0] for line in lines] == ["0001.jpg", "0001.jpg", "0002.jpg", "0002.jpg"]
+    reread = mme.main(["--results-dir", str(out)])
+    assert reread["subtasks"] == direct["subtasks"]
+
+
+def test_mme_ground_truth_from_question_file(tmp_path):
+    questions = write_jsonl(tmp_path / "q.jsonl", [
+        {"question_id": "color/1.jpg", "image": "color/1.jpg", "text": "Is it red?" + LLAVA_SUFFIX,
+         "category": "color", "answer": "Yes"},
+        {"question_id": "color/1.jpg", "image": "color/1.jpg", "text": "Is it blue?" + LLAVA_SUFFIX,
+         "category": "color", "answer": "No"},
+    ])
+    answers = write_jsonl(tmp_path / "a.jsonl", [
+        {"question_id": "color/1.jpg", "prompt": "Is it red?" + LLAVA_SUFFIX, "text": "Yes"},
+        {"question_id": "color/1.jpg", "prompt": "Is it blue?" + LLAVA_SUFFIX, "text": "Yes"},
+    ])
+    m = mme.evaluate(answers, question_file=questions)
+    assert m["subtasks"]["color"]["score"] == 50.0  # acc 50, acc+ 0
+
+
+def test_mme_needs_ground_truth(tmp_path):
+    answers = write_jsonl(tmp_path / "a.jsonl", ANSWERS[:1])
+    with pytest.raises(ValueError, match="ground truth"):
+        mme.evaluate(answers)
