@@ -46,7 +46,8 @@ _BARE = re.compile(r"^\(?([A-Z])\)?[.:)：。]?$")
 _LEADING = re.compile(r"^\(?([A-Z])[.:)：、]\s*\S")
 _ANSWER_IS = re.compile(r"(?:(?i:answer\s+is|answer\s*:)|答案是|答案为|答案[:：])\s*\(?([A-Z])(?![A-Za-z])")
 _STANDALONE = re.compile(r"(?<![A-Za-z])([A-Z])(?![A-Za-z])")
-_ARTICLE_AFTER = re.compile(r"\s+[a-z]")
+# "A dog ..." (article) but not "A or B", "A and C", "A is right".
+_ARTICLE_AFTER = re.compile(r"\s+(?!(?:or|and|is)\b)[a-z]")
 
 
 def is_blank(value) -> bool:

@@ -154,10 +154,11 @@ def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict]) -> dic
 
 
 def evaluate(result_file: str, annotation_dir: str, question_file: str) -> dict:
+    labels = load_labels(annotation_dir)
     questions = read_jsonl(question_file, role="POPE question file")
     for i, question in enumerate(questions, start=1):
         require_fields(question, ("question_id", "category"), f"{question_file}: question #{i}")
-    labelled, notes = label_questions(questions, load_labels(annotation_dir))
+    labelled, notes = label_questions(questions, labels)
     metrics = score_pope(labelled, load_answers(result_file))
     if notes:
         metrics["warnings"] = notes
