@@ -230,3 +230,16 @@ def test_projector_only_checkpoint_with_model_base(v15_dir, tmp_path, load):
 
     _, model, _, _ = load_pretrained_model(str(proj), str(v15_dir), "llava-v1.5-tiny-pretrain", device="cpu")
     torch.testing.assert_close(model.get_model().mm_projector[0].weight, state["model.mm_projector.0.weight"])
+
+
+def test_generate_returns_llm_attentions_for_the_analyses(v15_dir, load):
+    """return_dict_in_generate + output_attentions (needs eager attention in the LLM) still gives the triple."""
+    tok, model, proc, _ = load(v15_dir, visual_token_num=4, attn_implementation="eager")
+    ids = prompt_ids(tok)
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    out, v_token_num, cls_attn = model.generate(ids, images=pixels, max_new_tokens=3, do_sample=False,
+                                                return_dict_in_generate=True, output_attentions=True)
+    prompt_len = ids.shape[1] - 1 + 4
+    assert out.sequences.shape == (1, 3) and v_token_num == 4 and cls_attn.shape == (1, PATCHES)
+    assert len(out.attentions) == 3  # one entry per generated token
+    assert out.attentions[0][0].shape == (1, 4, prompt_len, prompt_len)  # layer 0 over the pruned prompt

@@ -102,7 +102,8 @@ def make_clip_dir(path: Path, seed: int = 0, layers: int = 3, image_size: int = 
     config = CLIPConfig(
         vision_config=clip_vision_config_dict(layers, image_size, patch_size),
         text_config=dict(hidden_size=16, intermediate_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         vocab_size=50, max_position_embeddings=16, projection_dim=16),
+                         vocab_size=50, max_position_embeddings=16, projection_dim=16,
+                         bos_token_id=0, eos_token_id=1, pad_token_id=1),
         projection_dim=16,
     )
     model = CLIPModel(config)
