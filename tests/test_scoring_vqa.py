@@ -24,7 +24,7 @@ def write_jsonl(path, records):
     ("3.5", "3.5"),              # a period before a digit is a decimal point
     ("yes, it is", "yes it is"), # ", " -> deleted (mark next to a space)
     ("hello-world", "hello world"),  # "-" inside a word -> space
-    ("a.m.", "am"),              # periods not followed by a digit go, then "a" is not an article here
+    ("a.m.", "am"),              # periods not followed by a digit go ("am" is one word, no article)
     ("An apple\n", "apple"),
     ("ten", "10"),
     ("eleven", "eleven"),        # only zero..ten are mapped

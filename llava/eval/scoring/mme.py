@@ -99,7 +99,7 @@ def load_ground_truth(mme_dir: str) -> dict[tuple[str, str, str], tuple[str, str
             if not name.endswith(".txt"):
                 continue
             path = os.path.join(qa_dir, name)
-            with open(path, encoding="utf-8") as f:
+            with open(path, encoding="utf-8-sig") as f:
                 for line_no, line in enumerate(f, start=1):
                     if not line.strip():
                         continue

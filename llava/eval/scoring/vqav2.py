@@ -10,7 +10,8 @@ Inputs
 The upload is ``[{"question_id", "answer"}]`` with answers cleaned by the EvalAI
 answer processor, as LLaVA's ``convert_vqav2_for_submission``. The evaluation
 server wants every question of the split, so questions without a result are
-written with an empty answer (and reported).
+written with an empty answer (and reported). LLaVA answers test-dev but uploads
+against the full test2015 list, so there most questions are empty by design.
 """
 
 from __future__ import annotations
