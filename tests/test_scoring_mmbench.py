@@ -102,6 +102,16 @@ def test_llava_all_rounds_layout(tmp_path):
     assert m["single_round_accuracy"] == pytest.approx(100.0)
 
 
+def test_rounds_read_from_metadata(tmp_path):
+    tsv = write_tsv(tmp_path / "dev.tsv", [row(2, "Count?", ["1", "2"], "A", "count")])
+    answers = write_jsonl(tmp_path / "answers.jsonl", [
+        {"question_id": "2_r0", "text": "A", "metadata": {"index": 2, "round_id": 0}},
+        {"question_id": "2_r1", "text": "B", "metadata": {"index": 2, "round_id": 1}},
+    ])
+    m = mmbench.evaluate(answers, tsv)
+    assert m["accuracy"] == pytest.approx(100.0) and m["report"]["n_unknown"] == 0
+
+
 def test_submission_xlsx(tmp_path, legacy_tsv):
     from openpyxl import load_workbook
 

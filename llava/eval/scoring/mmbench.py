@@ -4,8 +4,8 @@ Inputs
   annotation file  the benchmark tsv (``mmbench_dev_20230712.tsv``, ``mmbench_dev_cn_20231003.tsv``,
                    test splits): columns ``index``, ``question``, ``hint``, ``A``-``D``,
                    ``answer`` (dev only), ``category``, ``l2-category``, ``image`` (base64), ...
-  result file      answers jsonl; ``question_id`` is the row's ``index``, ``round_id``
-                   the rotation (0 when absent)
+  result file      answers jsonl; ``question_id`` (or ``metadata.index``) is the row's
+                   ``index``, ``round_id`` (or ``metadata.round_id``) the rotation, 0 when absent
 
 Circular evaluation. A question is asked once per rotation of its options and
 counts as right only if every rotation is answered right. Two layouts are read:
@@ -115,11 +115,25 @@ def tsv_header(path: str) -> list[str]:
         return next(csv.reader(f, delimiter="\t"))
 
 
+def _field(answer: dict, name: str):
+    """A field at the top level of the answer record or in its ``metadata``."""
+    if name in answer:
+        return answer[name]
+    metadata = answer.get("metadata")
+    return metadata.get(name) if isinstance(metadata, dict) else None
+
+
 def _answer_index(answer: dict) -> int | None:
+    """The tsv row an answer belongs to: ``metadata.index`` if set, else ``question_id``."""
+    value = _field(answer, "index") if _field(answer, "index") is not None else answer["question_id"]
     try:
-        return int(float(answer["question_id"]))
+        return int(float(value))
     except (TypeError, ValueError):
         return None
+
+
+def _round_id(answer: dict) -> int:
+    return int(_field(answer, "round_id") or 0)
 
 
 def round_correct(row: dict, round_id: int, text: str) -> bool:
@@ -138,7 +152,7 @@ def score_mmbench(rows: list[dict], answers: list[dict]) -> dict:
     if any(is_blank(row.get("answer")) for row in rows):
         raise ValueError("this MMBench tsv has rows without an 'answer' (a test split?); only the submission xlsx can be made")
     rows_by_index = {row["index"]: row for row in rows}
-    all_rounds = any(int(answer.get("round_id", 0) or 0) > 0 for answer in answers)
+    all_rounds = any(_round_id(answer) > 0 for answer in answers)
 
     report = MatchReport(n_results=len(answers))
     by_unit: dict[tuple[int, int], str] = {}
@@ -147,7 +161,7 @@ def score_mmbench(rows: list[dict], answers: list[dict]) -> dict:
         if index not in rows_by_index:
             report.unknown_ids.append(qid_key(answer["question_id"]))
             continue
-        unit = (index, int(answer.get("round_id", 0) or 0))
+        unit = (index, _round_id(answer))
         if unit in by_unit:
             report.duplicate_ids.append(f"{unit[0]}/round{unit[1]}")
         by_unit[unit] = answer["text"]
@@ -204,7 +218,7 @@ def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[
         raise ImportError("writing the MMBench xlsx needs openpyxl: pip install openpyxl") from err
     predictions: dict[int, str] = {}
     for answer in answers:
-        if int(answer.get("round_id", 0) or 0) == 0 and _answer_index(answer) is not None:
+        if _round_id(answer) == 0 and _answer_index(answer) is not None:
             predictions[_answer_index(answer)] = answer["text"]
     header = [column for column in tsv_header(annotation_file) if column != "image"]
     last_option = max(header.index(letter) for letter in LETTERS if letter in header)
