@@ -243,3 +243,16 @@ def test_generate_returns_llm_attentions_for_the_analyses(v15_dir, load):
     assert out.sequences.shape == (1, 3) and v_token_num == 4 and cls_attn.shape == (1, PATCHES)
     assert len(out.attentions) == 3  # one entry per generated token
     assert out.attentions[0][0].shape == (1, 4, prompt_len, prompt_len)  # layer 0 over the pruned prompt
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", torch.float16])
+def test_half_precision_loading_and_generation(v15_dir, load, dtype):
+    """`dtype` accepts a name or a torch dtype (and `torch_dtype` the older spelling); pruning still keeps the
+    top-k of the float32 [CLS] attention."""
+    tok, model, proc, _ = load(v15_dir, visual_token_num=4, **({"dtype": dtype} if isinstance(dtype, str)
+                                                              else {"torch_dtype": dtype}))
+    expected = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    assert model.dtype == expected and model.get_vision_tower().dtype == expected
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    out, n, cls_attn = model.generate(prompt_ids(tok), images=pixels, max_new_tokens=2, do_sample=False)
+    assert out.shape == (1, 2) and n == 4 and cls_attn.dtype == torch.float32
