@@ -1,0 +1,25 @@
+"""Answer a LLaVA question jsonl (``question_id``, ``image``, ``text``), e.g. MM-Vet's ``llava-mm-vet.jsonl``.
+
+Same flags, answers file and resuming as :mod:`llava.eval.model_vqa_loader` (which holds the
+shared loop); as LLaVA's ``model_vqa.py`` it allows long free-form answers (1024 new tokens)
+and preprocesses in the main process unless ``--num-workers`` says otherwise::
+
+    python -m llava.eval.model_vqa --model-path DIR --question-file llava-mm-vet.jsonl \\
+        --image-folder images/ --answers-file answers.jsonl --visual-token-num 144 --temperature 0
+"""
+
+from __future__ import annotations
+
+from llava.eval import model_vqa_loader
+
+
+def main(argv=None) -> str:
+    parser = model_vqa_loader.build_parser(__doc__, max_new_tokens=1024)
+    parser.set_defaults(num_workers=0)
+    args = model_vqa_loader.parse_args(parser, argv)
+    questions, n_records = model_vqa_loader.loader_questions(args)
+    return model_vqa_loader.run(args, questions, n_records)
+
+
+if __name__ == "__main__":
+    main()
