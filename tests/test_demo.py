@@ -1,0 +1,96 @@
+"""`python -m llava.demo` end to end on a freshly built tiny model, and its kept-patch mask against top-k."""
+
+import contextlib
+import io
+
+import pytest
+import torch
+from PIL import Image
+
+from llava import demo
+from llava.model.multimodal_encoder.clip_encoder import TowerOutput
+from tests.conftest import pil_image
+
+BUDGETS = [576, 37]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("demo")
+    image = tmp / "wide.png"
+    pil_image(80, 48, seed=3).save(image)  # not square: the padding shows in the figure
+    output = tmp / "out" / "demo.png"
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        result = demo.main(["--model-dir", str(tmp / "model"), "--output", str(output), "--image", str(image),
+                            "--budgets", ",".join(map(str, BUDGETS)), "--max-new-tokens", "2", "--device", "cpu"])
+    return result, output, printed.getvalue()
+
+
+def test_demo_writes_figure_and_reports_budgets(run):
+    result, output, _ = run
+    assert output.is_file() and output.stat().st_size > 20_000
+    with Image.open(output) as png:
+        assert png.format == "PNG" and png.width > 800 and png.height > 400
+    assert [r.budget for r in result.rows] == BUDGETS
+    assert [r.kept for r in result.rows] == BUDGETS  # v_token_num from generate
+    assert [round(r.reduction, 1) for r in result.rows] == [0.0, 93.6]
+    text_tokens = {r.prompt_len - r.kept for r in result.rows}
+    assert len(text_tokens) == 1 and text_tokens.pop() > 10
+    assert result.random_weights and result.image.shape == (336, 336, 3)
+    assert result.cls_attn.shape == (576,)
+    assert torch.allclose(result.cls_attn.sum(), torch.tensor(1.0), atol=0.05)  # [CLS] itself takes the rest
+
+
+def test_drawn_patches_are_the_top_k_of_cls_attention(run):
+    result, _, _ = run
+    for row in result.rows:
+        top = result.cls_attn.topk(row.budget).indices
+        assert row.mask.dtype == torch.bool and int(row.mask.sum()) == row.budget == row.kept
+        assert torch.equal(row.mask.nonzero().flatten(), top.sort().values)
+
+
+def test_kept_mask_matches_topk_directly(run):
+    from llava.model.builder import load_pretrained_model
+
+    result, _, _ = run
+    _, model, _, _ = load_pretrained_model(str(result.model_path), None, None, device="cpu")
+    gen = torch.Generator().manual_seed(0)
+    scores = torch.rand(2, 576, generator=gen).softmax(-1)  # distinct values: top-k is unambiguous
+    out = TowerOutput(features=torch.randn(2, 576, 32, generator=gen), cls_attn=scores)
+    for k in (1, 29, 144, 575, 576):
+        model.set_pruning(model.pruning.replace(visual_token_num=k))
+        mask = demo.kept_mask(model, out)
+        expected = torch.zeros(576, dtype=torch.bool)
+        expected[scores[0].topk(k).indices] = True
+        assert torch.equal(mask, expected), k
+
+
+def test_printed_table_and_note(run):
+    result, output, printed = run
+    lines = demo.format_table(result.rows).splitlines()
+    assert lines[0].split()[:4] == ["budget", "reduction", "kept", "LLM"]
+    assert lines[2].split()[:3] == ["576", "0.0%", "576"] and lines[3].split()[:3] == ["37", "93.6%", "37"]
+    assert all(line in printed for line in lines)
+    assert "meaningless" in printed and f"figure: {output}" in printed
+
+
+def test_cached_model_is_reused_and_foreign_dirs_are_kept(run, tmp_path):
+    result, _, _ = run
+    spec = result.model_path / demo.SPEC_FILE
+    before = spec.stat().st_mtime_ns
+    assert demo.ensure_tiny_model(result.model_path) == result.model_path
+    assert spec.stat().st_mtime_ns == before
+    (tmp_path / "mine.txt").write_text("not a model")
+    with pytest.raises(FileExistsError, match="not a demo model directory"):
+        demo.ensure_tiny_model(tmp_path)
+    assert (tmp_path / "mine.txt").is_file()
+
+
+def test_bad_budgets_fail_before_running(run, tmp_path):
+    result, _, _ = run
+    with pytest.raises(ValueError, match="comma-separated"):
+        demo.main(["--model-dir", str(result.model_path), "--budgets", "576,half"])
+    with pytest.raises(ValueError, match="out of range"):
+        demo.main(["--model-dir", str(result.model_path), "--budgets", "577", "--output", str(tmp_path / "x.png")])
+    assert not (tmp_path / "x.png").exists()
