@@ -1,0 +1,243 @@
+"""Run one benchmark end to end: answer (one process per GPU), merge, score.
+
+    python -m llava.eval.run_benchmark --benchmark textvqa --visual-token-num 144
+    CUDA_VISIBLE_DEVICES=0,1,2,3 python -m llava.eval.run_benchmark --benchmark vqav2 --visual-token-num 58
+
+What runs comes from the declaration in :mod:`llava.eval.tasks`; which model, where the data
+is and which pruning method from flags, else environment variables, else defaults:
+
+    --ckpt        CKPT        checkpoint name used in output paths (llava-v1.5-7b; --family v1_6: llava-v1.6-vicuna-7b)
+    --model-path  MODEL_PATH  checkpoint directory or hub name (liuhaotian/<ckpt>, from the local HF cache)
+    --data-root   DATA_ROOT   ./playground/data/eval
+    --method      METHOD      fastervlm (--pruning-method, and the output folder)
+
+Answers: ``<data root>/<bench folder>/answers/<ckpt>/<method>/n_<tokens>.jsonl``. With N > 1
+GPUs in CUDA_VISIBLE_DEVICES (or ``--num-chunks N``), chunk K is answered by its own process
+(``CUDA_VISIBLE_DEVICES=<K-th GPU>``) into ``.../n_<tokens>/<N>_<K>.jsonl``; the chunks are
+merged in order once all succeed. Reruns resume (see :mod:`llava.eval.answers`). Any other
+flag (``--batch-size 8``, ``--device cpu``, ``--overwrite``, ``--all-rounds``, ...) goes to the
+entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+
+from llava.eval.answers import merge_answers
+from llava.eval.tasks import BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, Benchmark
+
+# Flags the runner sets itself; passing them through would desynchronise paths and identity.
+RUNNER_FLAGS = ("--model-path", "--question-file", "--image-folder", "--answers-file", "--num-chunks",
+                "--chunk-idx", "--visual-token-num", "--pruning-method")
+
+
+@dataclass
+class Plan:
+    """Resolved paths and settings of one run."""
+
+    bench: Benchmark
+    tokens: int
+    ckpt: str
+    model_path: str
+    method: str
+    folder: str  # <data root>/<bench folder>
+    chunks: int
+    gpus: list[str]
+    passthrough: list[str]
+    dry_run: bool = False
+    no_score: bool = False
+
+    @property
+    def run(self) -> str:
+        return f"{self.ckpt}/{self.method}/n_{self.tokens}"
+
+    def path(self, relative: str) -> str:
+        return os.path.normpath(os.path.join(self.folder, relative.format(run=self.run)))
+
+    @property
+    def answers(self) -> str:
+        return self.path("answers/{run}.jsonl")
+
+    def chunk_answers(self, k: int) -> str:
+        return self.path(f"answers/{{run}}/{self.chunks}_{k}.jsonl")
+
+    @property
+    def metrics(self) -> str:
+        return self.path("answers/{run}.metrics.json")
+
+    def entry_argv(self, answers_file: str) -> list[str]:
+        bench = self.bench
+        argv = ["--model-path", self.model_path, "--question-file", self.path(bench.question_file)]
+        if bench.image_folder is not None:
+            argv += ["--image-folder", self.path(bench.image_folder)]
+        argv += ["--answers-file", answers_file, "--visual-token-num", str(self.tokens),
+                 "--pruning-method", self.method, "--conv-mode", bench.conv_mode, "--temperature", "0",
+                 *bench.entry_args]
+        return argv + self.passthrough
+
+    def scorer_argv(self) -> list[str]:
+        argv = ["--result-file", self.answers]
+        for flag, relative in self.bench.scorer_args:
+            argv += [flag, self.path(relative)]
+        for flag, relative in self.bench.optional_args:
+            if os.path.exists(self.path(relative)):
+                argv += [flag, self.path(relative)]
+        return argv + ["--output-json", self.metrics]
+
+
+def module_command(module: str, argv: list[str]) -> str:
+    return shlex.join(["python", "-m", module, *argv])
+
+
+def visible_gpus() -> list[str]:
+    return [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    parser.add_argument("--visual-token-num", type=int, required=True, help="visual tokens kept per crop")
+    parser.add_argument("--family", default="v1_5", choices=sorted(FAMILY_CKPT), help="picks the default --ckpt")
+    parser.add_argument("--ckpt", default=None, help="checkpoint name in output paths (env CKPT)")
+    parser.add_argument("--model-path", default=None, help="checkpoint dir or hub name (env MODEL_PATH)")
+    parser.add_argument("--data-root", default=None, help=f"benchmarks root (env DATA_ROOT; {DEFAULT_DATA_ROOT})")
+    parser.add_argument("--method", default=None, help=f"pruning method (env METHOD; {DEFAULT_METHOD})")
+    parser.add_argument("--num-chunks", type=int, default=None,
+                        help="processes to split the questions over (default: one per GPU in CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--no-score", action="store_true", help="stop after the answers file")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    return parser
+
+
+def make_plan(argv=None) -> Plan:
+    parser = build_parser()
+    args, passthrough = parser.parse_known_args(argv)
+    owned = [a for a in passthrough if a.split("=")[0] in RUNNER_FLAGS]
+    if owned:
+        parser.error(f"{owned[0].split('=')[0]} is set by the runner; use its own flags / environment variables")
+    if args.visual_token_num < 1:
+        parser.error("--visual-token-num must be a positive number of tokens per crop")
+    bench = BENCHMARKS[args.benchmark]
+    ckpt = args.ckpt or os.environ.get("CKPT") or FAMILY_CKPT[args.family]
+    gpus = visible_gpus()
+    chunks = args.num_chunks or max(len(gpus), 1)
+    if chunks < 1:
+        parser.error("--num-chunks must be at least 1")
+    plan = Plan(
+        bench=bench, tokens=args.visual_token_num, ckpt=ckpt,
+        model_path=args.model_path or os.environ.get("MODEL_PATH") or f"liuhaotian/{ckpt}",
+        method=args.method or os.environ.get("METHOD") or DEFAULT_METHOD,
+        folder=os.path.join(args.data_root or os.environ.get("DATA_ROOT") or DEFAULT_DATA_ROOT, bench.folder),
+        chunks=chunks, gpus=gpus, passthrough=passthrough, dry_run=args.dry_run, no_score=args.no_score,
+    )
+    return plan
+
+
+def check_inputs(plan: Plan) -> None:
+    """The benchmark's question file and image folder, before any process starts."""
+    bench = plan.bench
+    if not os.path.isfile(plan.path(bench.question_file)):
+        raise FileNotFoundError(f"{bench.name}: question file not found: {plan.path(bench.question_file)} "
+                                f"(see EVAL.md, section {bench.name})")
+    if bench.image_folder is not None and not os.path.isdir(plan.path(bench.image_folder)):
+        raise FileNotFoundError(f"{bench.name}: image folder not found: {plan.path(bench.image_folder)} "
+                                f"(see EVAL.md, section {bench.name})")
+
+
+def answer(plan: Plan) -> str:
+    """Run the entry point (in this process, or one child per chunk) and return the answers file."""
+    module = f"llava.eval.{plan.bench.entry}"
+    if plan.chunks == 1:
+        argv = plan.entry_argv(plan.answers)
+        print(f"[{plan.bench.name}] {module_command(module, argv)}", flush=True)
+        if not plan.dry_run:
+            importlib.import_module(module).main(argv)
+        return plan.answers
+
+    children = []
+    for k in range(plan.chunks):
+        argv = plan.entry_argv(plan.chunk_answers(k)) + ["--num-chunks", str(plan.chunks), "--chunk-idx", str(k)]
+        env = dict(os.environ)
+        gpu = plan.gpus[k % len(plan.gpus)] if plan.gpus else None
+        if gpu is not None:
+            env["CUDA_VISIBLE_DEVICES"] = gpu
+        prefix = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
+        print(f"[{plan.bench.name}] chunk {k}: {prefix}{module_command(module, argv)}", flush=True)
+        if not plan.dry_run:
+            children.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
+    failed = [(k, child.wait()) for k, child in enumerate(children)]
+    failed = [(k, rc) for k, rc in failed if rc != 0]
+    if failed:
+        listed = ", ".join(f"chunk {k} (exit code {rc})" for k, rc in failed)
+        raise RuntimeError(f"{plan.bench.name}: {listed} failed; the finished answers are kept, rerun the same "
+                           "command to resume")
+    chunk_files = [plan.chunk_answers(k) for k in range(plan.chunks)]
+    print(f"[{plan.bench.name}] merge {' '.join(chunk_files)} -> {plan.answers}", flush=True)
+    if not plan.dry_run:
+        n = merge_answers(chunk_files, plan.answers)
+        print(f"[{plan.bench.name}] {n} answers in {plan.answers}", flush=True)
+    return plan.answers
+
+
+def score(plan: Plan) -> dict | None:
+    """Run the declared scorer on the answers file (in this process) and print its headline metric."""
+    bench = plan.bench
+    if bench.scorer is None:
+        return None
+    module = f"llava.eval.scoring.{bench.scorer}"
+    argv = plan.scorer_argv()
+    command = module_command(module, argv)
+    if importlib.util.find_spec(module) is None:
+        print(f"[{bench.name}] scorer {module} is not installed; it would run: {command}", flush=True)
+        return None
+    print(f"[{bench.name}] {command}", flush=True)
+    if plan.dry_run:
+        return None
+    metrics = importlib.import_module(module).main(argv)
+    headline = _headline(bench.name, metrics)
+    if headline is not None:
+        print(f"[{bench.name}] {headline[0]} = {headline[1]:.2f}  ({plan.ckpt}, {plan.method}, "
+              f"{plan.tokens} tokens per crop)", flush=True)
+    for relative, purpose in bench.outputs:
+        print(f"[{bench.name}] wrote {plan.path(relative)}: {purpose}", flush=True)
+    return metrics
+
+
+def _headline(name: str, metrics: dict):
+    """(metric name, value) as declared by the scorer package, or None (upload-only benchmarks)."""
+    try:
+        from llava.eval.scoring import SCORERS
+    except ImportError:
+        return None
+    spec = SCORERS.get(name)
+    value = spec.headline_value(metrics) if spec is not None else None
+    return (spec.headline, value) if isinstance(value, (int, float)) else None
+
+
+def main(argv=None) -> dict:
+    plan = make_plan(argv)
+    if not plan.dry_run:
+        check_inputs(plan)
+    answers = answer(plan)
+    metrics = None if plan.no_score else score(plan)
+    return {"answers": answers, "metrics": metrics}
+
+
+def cli() -> int:
+    try:
+        main()
+    except (FileNotFoundError, ValueError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,143 @@
+"""The benchmarks, declared once: files, prompt, entry point and scorer.
+
+Paths are relative to the benchmark's folder ``<data root>/<folder>`` (data root default
+``./playground/data/eval``, upstream LLaVA's layout of its ``eval.zip``). In scorer arguments
+``{run}`` stands for ``<ckpt>/<method>/n_<tokens>``, so uploads and reports of different
+checkpoints, methods and budgets never overwrite each other.
+
+Everything else (which checkpoint, budget and method, chunks over GPUs, merging, where the
+answers go: ``answers/<ckpt>/<method>/n_<tokens>.jsonl``) belongs to the runner,
+:mod:`llava.eval.run_benchmark`. See EVAL.md for what to download for each benchmark.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+SHORT_ANSWER = "Answer the question using a single word or phrase."
+LETTER_ANSWER = "Answer with the option's letter from the given choices directly."
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    """One benchmark.
+
+    name:            CLI name (``--benchmark``) and script name.
+    folder:          directory under the data root.
+    question_file:   the questions the entry point reads.
+    image_folder:    images referenced by the question file (None: images inline / not needed).
+    entry:           module under ``llava.eval`` that answers the questions.
+    prompt:          how a question is put to the model (documentation; LLaVA's question files
+                     already carry their answer-format instruction, ``entry_args`` add the rest).
+    entry_args:      fixed flags of the entry point.
+    conv_mode:       conversation template.
+    scorer:          module under ``llava.eval.scoring`` (scorer or submission converter).
+    scorer_args:     (flag, path) pairs; paths relative to the folder, ``{run}`` expanded.
+    optional_args:   (flag, path) pairs passed only when the path exists.
+    outputs:         (path, what it is for): files the scorer writes besides the metrics.
+    """
+
+    name: str
+    folder: str
+    question_file: str
+    image_folder: str | None
+    entry: str
+    prompt: str
+    entry_args: tuple[str, ...] = ()
+    conv_mode: str = "vicuna_v1"
+    scorer: str | None = None
+    scorer_args: tuple[tuple[str, str], ...] = ()
+    optional_args: tuple[tuple[str, str], ...] = ()
+    outputs: tuple[tuple[str, str], ...] = ()
+
+
+BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
+    Benchmark(
+        name="vqav2", folder="vqav2",
+        question_file="llava_vqav2_mscoco_test-dev2015.jsonl", image_folder="test2015",
+        entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
+        scorer="vqav2",
+        scorer_args=(("--test-split", "llava_vqav2_mscoco_test2015.jsonl"),
+                     ("--upload-file", "answers_upload/{run}.json")),
+        outputs=(("answers_upload/{run}.json", "upload to the EvalAI VQAv2 test-dev phase"),),
+    ),
+    Benchmark(
+        name="gqa", folder="gqa",
+        question_file="llava_gqa_testdev_balanced.jsonl", image_folder="data/images",
+        entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
+        scorer="gqa",
+        scorer_args=(("--question-file", "data/testdev_balanced_questions.json"),
+                     ("--predictions-file", "data/{run}/testdev_balanced_predictions.json")),
+        outputs=(("data/{run}/testdev_balanced_predictions.json", "for GQA's own eval.py"),),
+    ),
+    Benchmark(
+        name="vizwiz", folder="vizwiz",
+        question_file="llava_test.jsonl", image_folder="test",
+        entry="model_vqa_loader",
+        prompt=f"<question>\\nWhen the provided information is insufficient, respond with 'Unanswerable'.\\n{SHORT_ANSWER}",
+        scorer="vizwiz",
+        scorer_args=(("--test-split", "llava_test.jsonl"), ("--upload-file", "answers_upload/{run}.json")),
+        outputs=(("answers_upload/{run}.json", "upload to the EvalAI VizWiz-VQA test phase"),),
+    ),
+    Benchmark(
+        name="sqa", folder="scienceqa",
+        question_file="llava_test_CQM-A.json", image_folder="images/test",
+        entry="model_vqa_science", prompt=f"<context, question, options (A) ..>\\n{LETTER_ANSWER}",
+        entry_args=("--single-pred-prompt",),
+        scorer="sqa", scorer_args=(("--base-dir", "."),),
+    ),
+    Benchmark(
+        name="textvqa", folder="textvqa",
+        question_file="llava_textvqa_val_v051_ocr.jsonl", image_folder="train_images",
+        entry="model_vqa_loader", prompt=f"<question>\\nReference OCR token: <tokens>\\n{SHORT_ANSWER}",
+        scorer="textvqa", scorer_args=(("--annotation-file", "TextVQA_0.5.1_val.json"),),
+    ),
+    Benchmark(
+        name="pope", folder="pope",
+        question_file="llava_pope_test.jsonl", image_folder="val2014",
+        entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
+        scorer="pope", scorer_args=(("--annotation-dir", "coco"), ("--question-file", "llava_pope_test.jsonl")),
+    ),
+    Benchmark(
+        name="mme", folder="MME",
+        question_file="llava_mme.jsonl", image_folder="MME_Benchmark_release_version",
+        entry="model_vqa_loader", prompt=f"<question> Please answer yes or no.\\n{SHORT_ANSWER}",
+        scorer="mme",
+        scorer_args=(("--mme-dir", "MME_Benchmark_release_version"), ("--question-file", "llava_mme.jsonl"),
+                     ("--eval-tool-dir", "eval_tool/answers/{run}")),
+        outputs=(("eval_tool/answers/{run}/<subtask>.txt", "the layout of MME's eval_tool/calculation.py"),),
+    ),
+    Benchmark(
+        name="mmbench", folder="mmbench",
+        question_file="mmbench_dev_20230712.tsv", image_folder=None,
+        entry="model_vqa_mmbench", prompt=f"<hint>\\n<question>\\nA. ..\\nB. ..\\n{LETTER_ANSWER}",
+        entry_args=("--single-pred-prompt",),
+        scorer="mmbench",
+        scorer_args=(("--annotation-file", "mmbench_dev_20230712.tsv"),
+                     ("--upload-file", "answers_upload/{run}.xlsx")),
+        outputs=(("answers_upload/{run}.xlsx", "upload to the OpenCompass MMBench server"),),
+    ),
+    Benchmark(
+        name="mmbench_cn", folder="mmbench_cn",
+        question_file="mmbench_dev_cn_20231003.tsv", image_folder=None,
+        entry="model_vqa_mmbench", prompt="<hint>\\n<question>\\nA. ..\\nB. ..\\n请直接回答选项字母。",
+        entry_args=("--lang", "cn", "--single-pred-prompt"),
+        scorer="mmbench",
+        scorer_args=(("--annotation-file", "mmbench_dev_cn_20231003.tsv"),
+                     ("--upload-file", "answers_upload/{run}.xlsx")),
+        outputs=(("answers_upload/{run}.xlsx", "upload to the OpenCompass MMBench server"),),
+    ),
+    Benchmark(
+        name="mmvet", folder="mm-vet",
+        question_file="llava-mm-vet.jsonl", image_folder="images",
+        entry="model_vqa", prompt="<question> (free-form answer, no instruction)",
+        scorer="mmvet", scorer_args=(("--upload-file", "results/{run}.json"),),
+        optional_args=(("--annotation-file", "mm-vet.json"),),
+        outputs=(("results/{run}.json", "grade with MM-Vet's GPT-4 grader"),),
+    ),
+)}
+
+# Defaults of the scripts under scripts/<family>/eval/.
+FAMILY_CKPT = {"v1_5": "llava-v1.5-7b", "v1_6": "llava-v1.6-vicuna-7b"}
+DEFAULT_DATA_ROOT = "./playground/data/eval"
+DEFAULT_METHOD = "fastervlm"

@@ -1,0 +1,29 @@
+#!/bin/bash
+# Shared body of scripts/v1_5/eval/*.sh and scripts/v1_6/eval/*.sh: they call
+#     eval_common.sh FAMILY BENCHMARK TOKEN [runner options...]
+# and everything else happens in one Python runner, llava.eval.run_benchmark (see EVAL.md).
+#
+# TOKEN: visual tokens kept per crop (576 = no pruning; 144 / 58 / 29 = 75 / 90 / 95% reduction).
+# Environment (all optional):
+#   CKPT        checkpoint name in output paths  (llava-v1.5-7b | llava-v1.6-vicuna-7b)
+#   MODEL_PATH  checkpoint dir or hub name        (liuhaotian/$CKPT, from the local HF cache)
+#   DATA_ROOT   benchmark data root               (./playground/data/eval)
+#   METHOD      pruning method                    (fastervlm)
+#   CUDA_VISIBLE_DEVICES  one answering process per listed GPU, then merge
+#   PYTHON      interpreter                       (python)
+set -euo pipefail
+
+family=$1
+bench=$2
+shift 2
+if [[ $# -lt 1 || ! $1 =~ ^[0-9]+$ ]]; then
+    echo "usage: bash scripts/${family}/eval/${bench}.sh TOKEN [options]   (TOKEN: visual tokens kept per crop, e.g. 144)" >&2
+    exit 2
+fi
+token=$1
+shift
+
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
+exec "${PYTHON:-python}" -W ignore -m llava.eval.run_benchmark \
+    --family "${family}" --benchmark "${bench}" --visual-token-num "${token}" "$@"
