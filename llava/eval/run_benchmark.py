@@ -96,6 +96,12 @@ def module_command(module: str, argv: list[str]) -> str:
     return shlex.join(["python", "-m", module, *argv])
 
 
+def _with_package_root(pythonpath: str | None) -> str:
+    """PYTHONPATH for a child process that must import this very ``llava`` (installed or not)."""
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    return os.pathsep.join([root, pythonpath] if pythonpath else [root])
+
+
 def visible_gpus() -> list[str]:
     return [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
 
@@ -164,7 +170,7 @@ def answer(plan: Plan) -> str:
     children = []
     for k in range(plan.chunks):
         argv = plan.entry_argv(plan.chunk_answers(k)) + ["--num-chunks", str(plan.chunks), "--chunk-idx", str(k)]
-        env = dict(os.environ)
+        env = dict(os.environ, PYTHONPATH=_with_package_root(os.environ.get("PYTHONPATH")))
         gpu = plan.gpus[k % len(plan.gpus)] if plan.gpus else None
         if gpu is not None:
             env["CUDA_VISIBLE_DEVICES"] = gpu
