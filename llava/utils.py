@@ -33,18 +33,15 @@ def find_weight_files(directory: str | os.PathLike) -> list[Path]:
     )
 
 
-def _load_file(path: Path, keys: set[str] | None = None) -> dict[str, torch.Tensor]:
+def _load_file(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Tensors of one file whose names start with `prefix`; others are never materialised."""
     if path.suffix == ".safetensors":
         from safetensors import safe_open
 
-        out = {}
         with safe_open(str(path), framework="pt") as f:
-            for k in f.keys():
-                if keys is None or k in keys:
-                    out[k] = f.get_tensor(k)
-        return out
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    return state if keys is None else {k: v for k, v in state.items() if k in keys}
+            return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    return {k: v for k, v in state.items() if k.startswith(prefix)}
 
 
 def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> dict[str, torch.Tensor]:
@@ -63,9 +60,8 @@ def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> d
                 break
     out: dict[str, torch.Tensor] = {}
     for f in wanted_files:
-        for k, v in _load_file(f).items():
-            if k.startswith(prefix):
-                out[k[len(prefix):]] = v
+        for k, v in _load_file(f, prefix).items():
+            out[k[len(prefix):]] = v
     return out
 
 

@@ -145,11 +145,11 @@ def test_pruned_generation_is_deterministic_and_prompt_shrinks(v15_dir, load):
     tok, model, proc, _ = load(v15_dir, visual_token_num=4)
     pixels = process_images([pil_image(32, 32, seed=5)], proc, model.config)
     ids = prompt_ids(tok)
-    embeds, _, counts, _ = model.prepare_multimodal_inputs(ids, None, pixels)
-    assert embeds.shape[1] == ids.shape[1] - 1 + 4 and counts == [4]
+    pruned = model.prepare_multimodal_inputs(ids, None, pixels)
+    assert pruned.inputs_embeds.shape[1] == ids.shape[1] - 1 + 4 and pruned.v_token_num == [4]
     full_tok, full_model, _, _ = load(v15_dir)
-    full_embeds, _, _, _ = full_model.prepare_multimodal_inputs(ids, None, pixels)
-    assert full_embeds.shape[1] - embeds.shape[1] == PATCHES - 4
+    full = full_model.prepare_multimodal_inputs(ids, None, pixels)
+    assert full.inputs_embeds.shape[1] - pruned.inputs_embeds.shape[1] == PATCHES - 4
     a = model.generate(ids, images=pixels, max_new_tokens=6, do_sample=False)[0]
     b = model.generate(ids, images=pixels, max_new_tokens=6, do_sample=False)[0]
     assert torch.equal(a, b) and a.shape == (1, 6)  # new tokens only
@@ -256,3 +256,29 @@ def test_half_precision_loading_and_generation(v15_dir, load, dtype):
     pixels = process_images([pil_image(32, 32)], proc, model.config)
     out, n, cls_attn = model.generate(prompt_ids(tok), images=pixels, max_new_tokens=2, do_sample=False)
     assert out.shape == (1, 2) and n == 4 and cls_attn.dtype == torch.float32
+
+
+def test_forward_with_labels_ignores_visual_positions(v15_dir, load):
+    from llava.constants import IGNORE_INDEX
+
+    tok, model, proc, _ = load(v15_dir, visual_token_num=4)
+    ids = prompt_ids(tok)
+    labels = ids.clone()
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    out = model(ids, images=pixels, labels=labels)
+    mm = model.prepare_multimodal_inputs(ids, None, pixels, labels=labels)
+    spot = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().item()
+    assert mm.labels[0, spot:spot + 4].tolist() == [IGNORE_INDEX] * 4
+    assert mm.labels[0, spot + 4:].tolist() == labels[0, spot + 1:].tolist()
+    logits = out.logits[0, :-1]
+    targets = mm.labels[0, 1:]
+    valid = targets != IGNORE_INDEX
+    expected = torch.nn.functional.cross_entropy(logits[valid], targets[valid])
+    torch.testing.assert_close(out.loss, expected, atol=1e-5, rtol=1e-5)
+
+
+def test_anyres_without_image_sizes_is_a_clear_error(v16_dir, load):
+    tok, model, proc, _ = load(v16_dir)
+    pixels = process_images([pil_image(40, 40)], proc, model.config)
+    with pytest.raises(ValueError, match="need image_sizes"):
+        model.generate(prompt_ids(tok), images=pixels, max_new_tokens=1)

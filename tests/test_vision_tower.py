@@ -50,16 +50,12 @@ def test_layers_after_the_selected_one_never_run(clip_dir):
     assert calls == [0, 1]  # 3 layers, select -2: the last layer is skipped
 
 
-def test_cls_patch_feature_and_bad_options(clip_dir):
-    class WithCls(Cfg):
-        mm_vision_select_feature = "cls_patch"
-
-    assert build_vision_tower(WithCls(), clip_dir)(torch.zeros(1, 3, 32, 32)).features.shape == (1, 17, 32)
-
+@pytest.mark.parametrize("feature", ["pooled", "cls_patch"])
+def test_unsupported_select_options(clip_dir, feature):
     class Bad(Cfg):
-        mm_vision_select_feature = "pooled"
+        mm_vision_select_feature = feature
 
-    with pytest.raises(ValueError, match="unknown mm_vision_select_feature 'pooled'"):
+    with pytest.raises(ValueError, match=f"unknown mm_vision_select_feature '{feature}'"):
         build_vision_tower(Bad(), clip_dir)
 
     class BadLayer(Cfg):
@@ -67,6 +63,14 @@ def test_cls_patch_feature_and_bad_options(clip_dir):
 
     with pytest.raises(ValueError, match="mm_vision_select_layer=-5"):
         build_vision_tower(BadLayer(), clip_dir)
+
+
+def test_cls_patch_is_rejected_before_loading(clip_dir):
+    class WithCls(Cfg):
+        mm_vision_select_feature = "cls_patch"
+
+    with pytest.raises(ValueError, match="supported: \\('patch',\\)"):
+        build_vision_tower(WithCls(), clip_dir)
 
 
 def test_fastervlm_keeps_hand_checked_topk_in_raster_order():
@@ -83,6 +87,8 @@ def test_random_and_uniform_selectors():
     attn = torch.rand(2, 16)
     r1, r2 = selectors.random(None, attn, 5, seed=3), selectors.random(None, attn, 5, seed=3)
     assert torch.equal(r1, r2) and r1.shape == (2, 5)
+    assert not torch.equal(r1[0], r1[1])  # each crop draws its own subset
+    assert torch.equal(selectors.random(None, attn[1:], 5, seed=3)[0], r1[1])  # independent of the batch
     assert all(row == sorted(set(row)) for row in r1.tolist())
     assert selectors.uniform(None, attn, 4).tolist() == [[2, 6, 10, 14]] * 2
     assert selectors.uniform(None, attn, 16).tolist() == [list(range(16))] * 2

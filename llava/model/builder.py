@@ -109,6 +109,8 @@ def _weights_kind(model_dir: Path, base_dir: Path | None) -> str:
 
 def _pick_dtype(device: str, dtype, torch_dtype) -> torch.dtype:
     chosen = dtype if dtype is not None else torch_dtype
+    if chosen == "auto":
+        chosen = None
     if isinstance(chosen, str):
         chosen = getattr(torch, chosen)
     if chosen is not None:
@@ -170,6 +172,8 @@ def load_pretrained_model(
         anyres_mode=anyres_mode,
     )
 
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but CUDA is not available; pass device='cpu' (--device cpu)")
     torch_dtype_ = _pick_dtype(device, dtype, torch_dtype)
     attn = attn_implementation or ("flash_attention_2" if use_flash_attn else "sdpa")
     load_kwargs = {"dtype": torch_dtype_, "attn_implementation": attn}
@@ -180,10 +184,11 @@ def load_pretrained_model(
     if load_8bit or load_4bit:
         from transformers import BitsAndBytesConfig
 
+        keep_full = ["mm_projector", "lm_head"]  # the projector stays in the compute dtype, as the tower does
         load_kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True) if load_8bit else BitsAndBytesConfig(
+            BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep_full) if load_8bit else BitsAndBytesConfig(
                 load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype_, bnb_4bit_use_double_quant=True,
-                bnb_4bit_quant_type="nf4",
+                bnb_4bit_quant_type="nf4", llm_int8_skip_modules=keep_full,
             )
         )
     load_kwargs.update(kwargs)
@@ -211,7 +216,7 @@ def load_pretrained_model(
     from llava.mm_utils import load_image_processor
 
     image_processor = load_image_processor(tower_dir)
-    context_len = getattr(config, "max_sequence_length", None) or getattr(config, "max_position_embeddings", 2048)
+    context_len = getattr(config, "max_sequence_length", None) or 2048  # LLaVA's rule
     return tokenizer, model, image_processor, context_len
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from llava.constants import IMAGE_TOKEN_INDEX
+from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.multimodal_projector.builder import build_vision_projector
 from llava.model.pruning import PruningConfig, get_selector
 
@@ -31,6 +31,18 @@ class VisualTokens:
     @property
     def counts(self) -> list[int]:
         return [e.shape[0] for e in self.embeds]
+
+
+@dataclass
+class MultimodalInputs:
+    """What the LLM gets: left-padded embeddings (B, L, D), mask (B, L), labels (B, L) or None (visual positions and
+    padding are IGNORE_INDEX), and per sample the visual-token count and the [CLS] attention ((crops, P))."""
+
+    inputs_embeds: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor | None
+    v_token_num: list[int]
+    cls_attn: list[torch.Tensor]
 
 
 @dataclass
@@ -129,21 +141,33 @@ def splice(
     text = embed_tokens(ids.clamp(min=0))  # (L, D); placeholder rows are replaced below
     pieces, start = [], 0
     for spot, image in zip(spots, images):
-        pieces += [text[start:spot], image.to(text.dtype)]
+        pieces += [text[start:spot], image.to(device=text.device, dtype=text.dtype)]
         start = spot + 1
     pieces.append(text[start:])
     return torch.cat(pieces)
 
 
-def left_pad(sequences: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Stack (L_i, D) sequences into (B, L, D) with left padding and the matching (B, L) attention mask."""
+def splice_labels(labels: torch.Tensor, ids: torch.Tensor, counts: list[int]) -> torch.Tensor:
+    """Labels (L,) aligned with `splice`'s output: IGNORE_INDEX over each image's `counts[i]` tokens."""
+    spots = (ids == IMAGE_TOKEN_INDEX).nonzero().flatten().tolist()
+    pieces, start = [], 0
+    for spot, n in zip(spots, counts):
+        pieces += [labels[start:spot], labels.new_full((n,), IGNORE_INDEX)]
+        start = spot + 1
+    pieces.append(labels[start:])
+    return torch.cat(pieces)
+
+
+def left_pad(sequences: list[torch.Tensor], fill: float | int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Stack (L_i, ...) sequences into (B, L, ...) with left padding by `fill`, and the (B, L) attention mask."""
     longest = max(s.shape[0] for s in sequences)
-    embeds = sequences[0].new_zeros(len(sequences), longest, sequences[0].shape[-1])
-    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=sequences[0].device)
+    first = sequences[0]
+    out = first.new_full((len(sequences), longest, *first.shape[1:]), fill)
+    mask = torch.zeros(len(sequences), longest, dtype=torch.long, device=first.device)
     for i, s in enumerate(sequences):
-        embeds[i, longest - s.shape[0]:] = s
+        out[i, longest - s.shape[0]:] = s
         mask[i, longest - s.shape[0]:] = 1
-    return embeds, mask
+    return out, mask
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -210,8 +234,8 @@ class LlavaMetaForCausalLM:
     def project(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
         """Project only the kept tokens: features (N, P, C), keep (N, k) -> (N, k, D)."""
         kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (N, k, C)
-        projector = self.get_model().mm_projector
-        return projector(kept.to(next(projector.parameters()).dtype))
+        # The compute dtype, not the projector's parameter dtype: under 8/4-bit loading that is an integer type.
+        return self.get_model().mm_projector(kept.to(self.get_model().embed_tokens.weight.dtype))
 
     def merge(self, embeds: torch.Tensor, keep: torch.Tensor, image_size: tuple[int, int] | None) -> torch.Tensor:
         """One image's crops as one sequence. embeds (crops, k, D), keep (crops, k) -> (n, D).
@@ -227,6 +251,8 @@ class LlavaMetaForCausalLM:
             if upstream:  # upstream appends one newline to a lone base crop
                 return torch.cat([base, self.get_model().image_newline.to(base.dtype)[None]])
             return base
+        if image_size is None:
+            raise ValueError("LLaVA-1.6 (anyres) images need image_sizes=[(width, height), ...] in generate/forward")
         layout = self.grid_layout(image_size)
         if layout.cols * layout.rows != grid.shape[0]:
             raise ValueError(
@@ -281,23 +307,27 @@ class LlavaMetaForCausalLM:
                     f"({self.pruning.visual_token_num} per crop x {n} crops); method {self.pruning.method!r} is broken"
                 )
 
-    def prepare_multimodal_inputs(self, input_ids, attention_mask, images, image_sizes=None):
-        """Token ids with IMAGE_TOKEN_INDEX placeholders -> left-padded inputs_embeds (B, L, D), attention_mask
-        (B, L), the kept visual-token count per sample and the [CLS] attention per sample ((crops, P) each)."""
+    def prepare_multimodal_inputs(self, input_ids, attention_mask, images, image_sizes=None,
+                                  labels=None) -> MultimodalInputs:
+        """Token ids (B, L) with IMAGE_TOKEN_INDEX placeholders (and optional labels) -> MultimodalInputs."""
         placeholders = count_placeholders(input_ids, attention_mask)
         visual = self.visual_tokens(images, image_sizes)
         check_image_count(placeholders, len(visual.embeds))
         embed_tokens = self.get_model().embed_tokens
-        sequences, v_counts, cls_attn, start = [], [], [], 0
+        sequences, label_rows, v_counts, cls_attn, start = [], [], [], [], 0
         for b, n in enumerate(placeholders):
-            ids = input_ids[b] if attention_mask is None else input_ids[b][attention_mask[b].bool()]
+            real = slice(None) if attention_mask is None else attention_mask[b].bool()
+            ids = input_ids[b][real]
             mine = slice(start, start + n)
             sequences.append(splice(ids, embed_tokens, visual.embeds[mine]))
+            if labels is not None:
+                label_rows.append(splice_labels(labels[b][real], ids, visual.counts[mine]))
             v_counts.append(sum(visual.counts[mine]))
             cls_attn.append(torch.cat(visual.cls_attn[mine]) if n else visual.cls_attn[0].new_zeros(0, 0))
             start += n
         inputs_embeds, mask = left_pad(sequences)
-        return inputs_embeds, mask, v_counts, cls_attn
+        padded_labels = left_pad(label_rows, fill=IGNORE_INDEX)[0] if labels is not None else None
+        return MultimodalInputs(inputs_embeds, mask, padded_labels, v_counts, cls_attn)
 
 
 def _as_crop_list(images) -> list[torch.Tensor]:

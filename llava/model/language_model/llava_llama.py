@@ -44,26 +44,30 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         attention_mask: torch.Tensor | None = None,
         position_ids: torch.LongTensor | None = None,
         inputs_embeds: torch.FloatTensor | None = None,
+        labels: torch.LongTensor | None = None,
         images: torch.Tensor | list | None = None,
         image_sizes: list[tuple[int, int]] | None = None,
+        logits_to_keep: int | torch.Tensor = 0,
         **kwargs,
     ):
         """Causal LM forward; with `images`, ids holding IMAGE_TOKEN_INDEX are turned into embeddings first.
 
-        With images and several samples the batch is re-padded on the left (attention_mask is rebuilt).
-        The kept visual-token counts and [CLS] attention of the call are in `self.last_visual`.
+        With images the batch is re-padded on the left (attention_mask is rebuilt) and labels get IGNORE_INDEX at
+        the visual positions. The kept visual-token counts and [CLS] attention of the call are in `self.last_visual`.
+        `logits_to_keep` is named here so that generate() asks for the last position's logits only.
         """
         if images is not None and inputs_embeds is None:
-            inputs_embeds, attention_mask, v_counts, cls_attn = self.prepare_multimodal_inputs(
-                input_ids, attention_mask, images, image_sizes
-            )
-            self.last_visual = (v_counts, cls_attn)
+            mm = self.prepare_multimodal_inputs(input_ids, attention_mask, images, image_sizes, labels)
+            inputs_embeds, attention_mask, labels = mm.inputs_embeds, mm.attention_mask, mm.labels
+            self.last_visual = (mm.v_token_num, mm.cls_attn)
             input_ids, position_ids = None, None
         return super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
             inputs_embeds=inputs_embeds,
+            labels=labels,
+            logits_to_keep=logits_to_keep,
             **kwargs,
         )
 
@@ -96,10 +100,11 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
                 raise ValueError("the prompt holds an <image> placeholder but no images were given")
             embeds = self.get_model().embed_tokens(inputs)
             out = super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
-            return out, 0, None
-        embeds, mask, v_counts, cls_attn = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
+            return (out, 0, None) if inputs.shape[0] == 1 else (out, [0] * inputs.shape[0], [None] * inputs.shape[0])
+        mm = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
+        v_counts, cls_attn = mm.v_token_num, mm.cls_attn
         self.last_visual = (v_counts, cls_attn)
-        out = super().generate(inputs_embeds=embeds, attention_mask=mask, **kwargs)
+        out = super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
         if len(v_counts) == 1:
             return out, v_counts[0], cls_attn[0]
         return out, v_counts, cls_attn

@@ -17,7 +17,7 @@ import torch.nn as nn
 
 @dataclass
 class TowerOutput:
-    features: torch.Tensor  # (N, P, C) patch (or cls_patch) features of the selected layer
+    features: torch.Tensor  # (N, P, C) patch features of the selected layer
     cls_attn: torch.Tensor  # (N, P) head-mean softmax of the [CLS] query at that layer, patch columns only
 
 
@@ -38,7 +38,8 @@ def cls_attention_from_qk(q: torch.Tensor, k: torch.Tensor, num_heads: int, scal
 class ClsAttentionTower(nn.Module):
     """Shared logic for ViTs with a leading [CLS] token; subclasses say where embeddings, layers and q/k live."""
 
-    select_feature_options = ("patch", "cls_patch")
+    # "cls_patch" (LLaVA's option to keep the [CLS] row) is not offered: pruning ranks and indexes patch tokens only.
+    select_feature_options = ("patch",)
 
     def __init__(self, vision_tower: nn.Module, select_layer: int = -2, select_feature: str = "patch"):
         super().__init__()
@@ -118,8 +119,7 @@ class ClsAttentionTower(nn.Module):
             for h in handles:
                 h.remove()
         cls_attn = cls_attention_from_qk(captured["q"], captured["k"], num_heads, scale)[:, 1:]  # (N, P)
-        features = hidden[:, 1:] if self.select_feature == "patch" else hidden
-        return TowerOutput(features=features, cls_attn=cls_attn)
+        return TowerOutput(features=hidden[:, 1:], cls_attn=cls_attn)
 
 
 class CLIPVisionTower(ClsAttentionTower):

@@ -16,11 +16,15 @@ def fastervlm(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed:
 
 
 def random(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
-    """A uniformly random subset of each crop, drawn from a fixed seed (CPU generator, device independent)."""
+    """A uniformly random subset of each crop. The draw is seeded by `seed` and the crop's own content (a hash of
+    its [CLS] attention), so every image gets its own subset, and the same one in any batch, run or resume."""
     n, p = cls_attn.shape
-    gen = torch.Generator().manual_seed(seed)
-    keep = torch.stack([torch.randperm(p, generator=gen)[:budget] for _ in range(n)])
-    return keep.sort(dim=-1).values.to(cls_attn.device)
+    rows = []
+    for scores in cls_attn.detach().float().cpu():
+        content = int((scores * 1e6).round().long().sum().item()) % (2**31)
+        gen = torch.Generator().manual_seed(seed * 1_000_003 + content)
+        rows.append(torch.randperm(p, generator=gen)[:budget])
+    return torch.stack(rows).sort(dim=-1).values.to(cls_attn.device)
 
 
 def uniform(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
