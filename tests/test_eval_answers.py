@@ -6,6 +6,7 @@ import pytest
 
 from llava.eval.answers import (AnswersFile, AnswersMismatchError, RunIdentity, merge_answers, read_answers,
                                 record_key)
+from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import get_chunk, split_list
 
 RUN = RunIdentity("llava-v1.5-7b", 144, "fastervlm")
@@ -92,3 +93,13 @@ def test_chunks_follow_llava_split_list():
     assert [get_chunk([0, 1], 4, k) for k in range(4)] == [[0], [1], [], []]
     with pytest.raises(ValueError, match="chunk index 4 out of range"):
         get_chunk(items, 4, 4)
+
+
+def test_an_empty_chunk_leaves_an_empty_answers_file_without_loading_a_model(tmp_path):
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps({"question_id": i, "image": f"{i}.png", "text": "q"}) + "\n"
+                                              for i in range(2)))
+    out = tmp_path / "answers" / "4_3.jsonl"
+    model_vqa_loader.main(["--model-path", str(tmp_path / "no-such-model"), "--question-file", str(tmp_path / "q.jsonl"),
+                           "--image-folder", str(tmp_path), "--answers-file", str(out), "--num-chunks", "4",
+                           "--chunk-idx", "3"])
+    assert out.exists() and out.read_text() == ""

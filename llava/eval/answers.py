@@ -168,6 +168,11 @@ class AnswersFile:
         os.fsync(self._file.fileno())
         self.done.add(record_key(record))
 
+    def touch(self) -> None:
+        """Create the file (empty) if it does not exist yet."""
+        os.makedirs(os.path.dirname(self.path), exist_ok=True)
+        open(self.path, "ab").close()
+
     def _ends_with_newline(self) -> bool:
         with open(self.path, "rb") as f:
             f.seek(-1, os.SEEK_END)

@@ -32,7 +32,7 @@ import math
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 from llava.eval.answers import AnswersFile, RunIdentity, item_key
 
@@ -281,8 +281,7 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def run(args, questions: list[Question], n_records: int,
-        load_model: Callable | None = None) -> str:
+def run(args, questions: list[Question], n_records: int) -> str:
     """Answer this chunk's questions that ``--answers-file`` does not hold yet; returns its path.
 
     ``questions`` covers the whole question file (``n_records`` records); chunking, resuming,
@@ -305,6 +304,7 @@ def run(args, questions: list[Question], n_records: int,
     if resumed:
         print(f"[answers] resuming {answers.path}: {resumed} of {len(mine)} already answered", file=sys.stderr)
     if not pending:
+        answers.touch()  # an empty chunk still leaves its (empty) file for the merge
         print(f"[answers] {answers.path}: all {len(mine)} questions{chunk} answered", file=sys.stderr)
         return answers.path
     check_images_exist(pending)
@@ -313,7 +313,7 @@ def run(args, questions: list[Question], n_records: int,
 
     from llava.eval.run_llava import generation_kwargs, load_from_args
 
-    tokenizer, model, image_processor, _ = (load_model or load_from_args)(args)
+    tokenizer, model, image_processor, _ = load_from_args(args)
     identity = model_identity(args, model)
     answers.check(identity)
     dataset = QuestionDataset(pending, tokenizer, image_processor, model.config, args.conv_mode)
@@ -372,8 +372,8 @@ def loader_questions(args) -> tuple[list[Question], int]:
     return questions, len(records)
 
 
-def main(argv=None, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS, description: str = __doc__) -> str:
-    args = parse_args(build_parser(description, max_new_tokens), argv)
+def main(argv=None) -> str:
+    args = parse_args(build_parser(__doc__), argv)
     questions, n_records = loader_questions(args)
     return run(args, questions, n_records)
 
