@@ -140,7 +140,7 @@ def crop_as_image(crop: torch.Tensor, image_processor):
 def kept_mask(model, tower_out) -> torch.Tensor:
     """Boolean (P,) mask of the patches of crop 0 that the model keeps at its current budget, from the model's own
     selection stage (`model.select`, the same call `generate` makes)."""
-    keep = model.select(tower_out.features[:1], tower_out.cls_attn[:1])[0]  # (k,)
+    keep = model.select(tower_out.features[:1], tower_out.cls_attn[:1]).keep[0]  # (k,)
     mask = torch.zeros(tower_out.cls_attn.shape[-1], dtype=torch.bool)
     mask[keep.cpu()] = True
     return mask

@@ -159,7 +159,7 @@ def test_kept_tokens_are_the_top_cls_attention_patches(v15_dir, load):
     _, model, proc, _ = load(v15_dir, visual_token_num=4)
     pixels = process_images([pil_image(32, 32, seed=2)], proc, model.config)
     out = model.encode(pixels)
-    keep = model.select(out.features, out.cls_attn)
+    keep = model.select(out.features, out.cls_attn).keep
     expected = sorted(out.cls_attn[0].argsort(descending=True)[:4].tolist())
     assert keep[0].tolist() == expected
     projected = model.project(out.features, keep)

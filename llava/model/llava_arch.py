@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.multimodal_projector.builder import build_vision_projector
-from llava.model.pruning import PruningConfig, get_selector
+from llava.model.pruning import PruningConfig, Selection, as_selection, get_selector
 
 
 @dataclass
@@ -226,14 +226,18 @@ class LlavaMetaForCausalLM:
             raise RuntimeError("this model has no vision tower attached; load it with load_pretrained_model")
         return tower(crops)
 
-    def select(self, features: torch.Tensor, cls_attn: torch.Tensor) -> torch.Tensor:
-        """Kept patch indices (N, k), ascending per crop; k = pruning.visual_token_num."""
+    def select(self, features: torch.Tensor, cls_attn: torch.Tensor) -> Selection:
+        """Kept patch indices (N, k), ascending per crop, k = pruning.visual_token_num (+ merged features)."""
         selector = get_selector(self.pruning.method)
-        return selector(features, cls_attn, self.pruning.visual_token_num, seed=self.pruning.seed)
+        return as_selection(selector(features, cls_attn, self.pruning.visual_token_num, seed=self.pruning.seed))
 
-    def project(self, features: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-        """Project only the kept tokens: features (N, P, C), keep (N, k) -> (N, k, D)."""
-        kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (N, k, C)
+    def project(self, features: torch.Tensor, selection: Selection | torch.Tensor) -> torch.Tensor:
+        """Project only the kept tokens: features (N, P, C), selection.keep (N, k) -> (N, k, D)."""
+        selection = as_selection(selection)
+        kept = selection.features
+        if kept is None:
+            keep = selection.keep
+            kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (N, k, C)
         # The compute dtype, not the projector's parameter dtype: under 8/4-bit loading that is an integer type.
         return self.get_model().mm_projector(kept.to(self.get_model().embed_tokens.weight.dtype))
 
@@ -283,8 +287,9 @@ class LlavaMetaForCausalLM:
         per_image = _as_crop_list(images)
         counts = [c.shape[0] for c in per_image]
         out = self.encode(torch.cat(per_image))
-        keep = self.select(out.features, out.cls_attn)  # (N, k)
-        projected = self.project(out.features, keep)  # (N, k, D)
+        selection = self.select(out.features, out.cls_attn)
+        keep = selection.keep  # (N, k)
+        projected = self.project(out.features, selection)  # (N, k, D)
         embeds, attn = [], []
         for i, (e, k, a) in enumerate(
             zip(projected.split(counts), keep.split(counts), out.cls_attn.split(counts))
