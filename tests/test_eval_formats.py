@@ -94,3 +94,24 @@ def test_science_mixes_text_only_questions_and_batches_like_batch_one(v15_dir, t
     assert first["prompt"].startswith("<image>\nContext: N/A") and first["prompt"].endswith("directly.")
     assert text_only["v_token_num"] == 0 and not text_only["prompt"].startswith("<image>")
     assert first["v_token_num"] == 5
+
+
+def test_loader_batches_llava16_images_with_different_grids_like_batch_one(v16_dir, tmp_path):
+    from llava.eval import model_vqa_loader
+
+    sizes = [(32, 30), (16, 64), (64, 16)]  # different anyres grids, so different crop counts per sample
+    with open(tmp_path / "q.jsonl", "w") as f:
+        for i, (w, h) in enumerate(sizes):
+            pil_image(w, h, seed=i).save(tmp_path / f"{i}.png")
+            f.write(json.dumps({"question_id": i, "image": f"{i}.png", "text": "what is this?"}) + "\n")
+    runs = {}
+    for batch in ("1", "3"):
+        out = tmp_path / f"b{batch}.jsonl"
+        model_vqa_loader.main(["--model-path", str(v16_dir), "--question-file", str(tmp_path / "q.jsonl"),
+                               "--image-folder", str(tmp_path), "--answers-file", str(out), "--batch-size", batch,
+                               "--visual-token-num", "4", "--device", "cpu", "--temperature", "0",
+                               "--max_new_tokens", "3"])
+        runs[batch] = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [(r["text"], r["v_token_num"]) for r in runs["1"]] == [(r["text"], r["v_token_num"]) for r in runs["3"]]
+    assert len({r["v_token_num"] for r in runs["1"]}) > 1  # the grids really differ: 4 per crop x crops
+    assert {r["anyres_mode"] for r in runs["3"]} == {"paper"}
