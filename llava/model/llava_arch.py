@@ -18,7 +18,7 @@ import torch.nn as nn
 
 from llava.constants import IGNORE_INDEX, IMAGE_TOKEN_INDEX
 from llava.model.multimodal_projector.builder import build_vision_projector
-from llava.model.pruning import PruningConfig, Selection, as_selection, get_selector
+from llava.model.pruning import PruningConfig, Selection, as_selection, get_llm_pruner, get_selector
 
 
 @dataclass
@@ -36,13 +36,15 @@ class VisualTokens:
 @dataclass
 class MultimodalInputs:
     """What the LLM gets: left-padded embeddings (B, L, D), mask (B, L), labels (B, L) or None (visual positions and
-    padding are IGNORE_INDEX), and per sample the visual-token count and the [CLS] attention ((crops, P))."""
+    padding are IGNORE_INDEX), per sample the visual-token count and the [CLS] attention ((crops, P)), and where the
+    visual tokens sit (B, L) bool (for methods that prune inside the LLM)."""
 
     inputs_embeds: torch.Tensor
     attention_mask: torch.Tensor
     labels: torch.Tensor | None
     v_token_num: list[int]
     cls_attn: list[torch.Tensor]
+    visual_mask: torch.Tensor | None = None
 
 
 @dataclass
@@ -195,6 +197,7 @@ class LlavaMetaForCausalLM:
     """encode -> select -> project -> merge -> splice, on top of a causal LM's `self.model`."""
 
     pruning: PruningConfig
+    llm_pruner = None  # the installed LLMPruner of an in-LLM method (FastV), else None
 
     def get_model(self):
         return self.model
@@ -217,6 +220,23 @@ class LlavaMetaForCausalLM:
             pruning = pruning.replace(tokens_per_crop=tower.num_patches)
         self.pruning = pruning
         self.config.anyres_mode = pruning.anyres_mode
+        if self.llm_pruner is not None:
+            self.llm_pruner.remove()
+            self.llm_pruner = None
+        pruner_class = get_llm_pruner(pruning.method)
+        if pruner_class is not None:  # hooks on this model's decoder layers only
+            self.llm_pruner = pruner_class(self.get_model(), pruning)
+
+    def start_llm_pruning(self, mm: MultimodalInputs | None) -> list[int] | None:
+        """Arm an in-LLM method for the next prefill (None: a text-only prompt, nothing to prune). Returns the visual
+        tokens each sample keeps inside the LLM (budget x crops, capped), or None without an in-LLM method."""
+        if self.llm_pruner is None:
+            return None
+        if mm is None:
+            self.llm_pruner.disarm()
+            return None
+        budgets = [self.pruning.visual_token_num * a.shape[0] for a in mm.cls_attn]
+        return self.llm_pruner.arm(mm.visual_mask, budgets)
 
     # -- stages -----------------------------------------------------------------------------------------------
     def encode(self, crops: torch.Tensor):
@@ -227,9 +247,10 @@ class LlavaMetaForCausalLM:
         return tower(crops)
 
     def select(self, features: torch.Tensor, cls_attn: torch.Tensor) -> Selection:
-        """Kept patch indices (N, k), ascending per crop, k = pruning.visual_token_num (+ merged features)."""
+        """Kept patch indices (N, k), ascending per crop, k = pruning.visual_token_num (+ merged features); all P
+        patches for a method that prunes inside the LLM."""
         selector = get_selector(self.pruning.method)
-        return as_selection(selector(features, cls_attn, self.pruning.visual_token_num, seed=self.pruning.seed))
+        return as_selection(selector(features, cls_attn, self.pruning.pre_projector_budget, seed=self.pruning.seed))
 
     def project(self, features: torch.Tensor, selection: Selection | torch.Tensor) -> torch.Tensor:
         """Project only the kept tokens: features (N, P, C), selection.keep (N, k) -> (N, k, D)."""
@@ -304,12 +325,13 @@ class LlavaMetaForCausalLM:
         """Where the count is known up front (no unpadding), kept tokens must equal budget x crops."""
         if self.pruning.anyres_mode == "upstream" and getattr(self.config, "image_aspect_ratio", None) == "anyres":
             return  # unpadding removes a data-dependent number of tokens and adds one newline per row
+        per_crop = self.pruning.pre_projector_budget
         for i, (e, n) in enumerate(zip(embeds, crops)):
-            expected = self.pruning.visual_token_num * n
+            expected = per_crop * n
             if e.shape[0] != expected:
                 raise RuntimeError(
                     f"image {i}: {e.shape[0]} visual tokens after pruning, expected {expected} "
-                    f"({self.pruning.visual_token_num} per crop x {n} crops); method {self.pruning.method!r} is broken"
+                    f"({per_crop} per crop x {n} crops); method {self.pruning.method!r} is broken"
                 )
 
     def prepare_multimodal_inputs(self, input_ids, attention_mask, images, image_sizes=None,
@@ -319,7 +341,7 @@ class LlavaMetaForCausalLM:
         visual = self.visual_tokens(images, image_sizes)
         check_image_count(placeholders, len(visual.embeds))
         embed_tokens = self.get_model().embed_tokens
-        sequences, label_rows, v_counts, cls_attn, start = [], [], [], [], 0
+        sequences, label_rows, visual_rows, v_counts, cls_attn, start = [], [], [], [], [], 0
         for b, n in enumerate(placeholders):
             real = slice(None) if attention_mask is None else attention_mask[b].bool()
             ids = input_ids[b][real]
@@ -327,12 +349,14 @@ class LlavaMetaForCausalLM:
             sequences.append(splice(ids, embed_tokens, visual.embeds[mine]))
             if labels is not None:
                 label_rows.append(splice_labels(labels[b][real], ids, visual.counts[mine]))
+            visual_rows.append(splice_labels(torch.zeros_like(ids), ids, visual.counts[mine]) == IGNORE_INDEX)
             v_counts.append(sum(visual.counts[mine]))
             cls_attn.append(torch.cat(visual.cls_attn[mine]) if n else visual.cls_attn[0].new_zeros(0, 0))
             start += n
         inputs_embeds, mask = left_pad(sequences)
         padded_labels = left_pad(label_rows, fill=IGNORE_INDEX)[0] if labels is not None else None
-        return MultimodalInputs(inputs_embeds, mask, padded_labels, v_counts, cls_attn)
+        visual_mask = left_pad(visual_rows, fill=False)[0]
+        return MultimodalInputs(inputs_embeds, mask, padded_labels, v_counts, cls_attn, visual_mask)
 
 
 def _as_crop_list(images) -> list[torch.Tensor]:

@@ -55,11 +55,18 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         With images the batch is re-padded on the left (attention_mask is rebuilt) and labels get IGNORE_INDEX at
         the visual positions. The kept visual-token counts and [CLS] attention of the call are in `self.last_visual`.
         `logits_to_keep` is named here so that generate() asks for the last position's logits only.
+        With an in-LLM method (FastV) the layers after its pruning point, and the logits, cover the kept positions only.
         """
+        if labels is not None and self.llm_pruner is not None:
+            raise NotImplementedError(
+                f"{self.pruning.method} prunes inside the LLM, so its logits cover the kept positions only; a loss "
+                f"over labels is not supported"
+            )
         if images is not None and inputs_embeds is None:
             mm = self.prepare_multimodal_inputs(input_ids, attention_mask, images, image_sizes, labels)
             inputs_embeds, attention_mask, labels = mm.inputs_embeds, mm.attention_mask, mm.labels
-            self.last_visual = (mm.v_token_num, mm.cls_attn)
+            kept = self.start_llm_pruning(mm)
+            self.last_visual = (kept or mm.v_token_num, mm.cls_attn)
             input_ids, position_ids = None, None
         return super().forward(
             input_ids=input_ids,
@@ -84,7 +91,8 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         Returns `(output_ids, v_token_num, cls_attn)` as the original FasterVLM:
           output_ids   the NEW tokens only (B, T) (transformers' convention when generating from embeddings), or
                        transformers' GenerateOutput when `return_dict_in_generate=True`;
-          v_token_num  visual tokens spliced into the prompt: an int for batch 1, a list of ints for B > 1;
+          v_token_num  visual tokens kept: spliced into the prompt, or for an in-LLM method (FastV) kept after its
+                       pruning layer; an int for batch 1, a list of ints for B > 1;
           cls_attn     [CLS] attention of every crop, crops of all images stacked (base crop first for anyres):
                        a (crops, P) tensor for batch 1, a list of such tensors for B > 1.
         Several prompts are left-padded, each keeps its own visual tokens.
@@ -99,10 +107,11 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
             if inputs is not None and (inputs < 0).any():
                 raise ValueError("the prompt holds an <image> placeholder but no images were given")
             embeds = self.get_model().embed_tokens(inputs)
+            self.start_llm_pruning(None)
             out = super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
             return (out, 0, None) if inputs.shape[0] == 1 else (out, [0] * inputs.shape[0], [None] * inputs.shape[0])
         mm = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
-        v_counts, cls_attn = mm.v_token_num, mm.cls_attn
+        v_counts, cls_attn = self.start_llm_pruning(mm) or mm.v_token_num, mm.cls_attn
         self.last_visual = (v_counts, cls_attn)
         out = super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
         if len(v_counts) == 1:

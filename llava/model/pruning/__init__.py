@@ -2,23 +2,41 @@
 
 A selector runs before the projector: selector(features (N, P, C), cls_attn (N, P), budget, seed) returns the kept
 indices (N, k), ascending per row, or a `Selection` when it also rewrites the kept features (token merging).
+An in-LLM method is registered as its `LLMPruner` subclass: the projector then gets every token (`keep_all`) and the
+class is installed on the model's decoder layers (see `llm.py`).
 """
 
-from llava.model.pruning import selectors
+from llava.model.pruning import fastv, selectors, visionzip, vispruner
+from llava.model.pruning.llm import LLMPruner, keep_all
 from llava.model.pruning.selection import Selection, as_selection  # noqa: F401
 
 METHODS = {
-    "fastervlm": selectors.fastervlm,
+    "fastervlm": selectors.fastervlm,  # [CLS] attention top-k (arXiv 2412.01818)
     "random": selectors.random,
     "uniform": selectors.uniform,
+    "visionzip": visionzip.visionzip,  # dominant + contextual tokens (arXiv 2412.04467)
+    "vispruner": vispruner.vispruner,  # important + diverse tokens (VisPruner, ICCV 2025)
+    "fastv": fastv.FastV,  # inside the LLM after layer K (arXiv 2403.06764)
 }
 
 from llava.model.pruning.config import ANYRES_MODES, PruningConfig  # noqa: E402
 
-__all__ = ["METHODS", "PruningConfig", "ANYRES_MODES", "Selection", "as_selection", "get_selector"]
+__all__ = ["METHODS", "PruningConfig", "ANYRES_MODES", "Selection", "as_selection", "get_selector", "get_llm_pruner",
+           "LLMPruner"]
 
 
-def get_selector(name: str):
+def _entry(name: str):
     if name not in METHODS:
         raise ValueError(f"unknown pruning method {name!r}; registered methods: {sorted(METHODS)}")
     return METHODS[name]
+
+
+def get_llm_pruner(name: str) -> type[LLMPruner] | None:
+    """The `LLMPruner` class of an in-LLM method, None for a pre-projector selector."""
+    entry = _entry(name)
+    return entry if isinstance(entry, type) and issubclass(entry, LLMPruner) else None
+
+
+def get_selector(name: str):
+    """The pre-projector selector of a method (`keep_all` for in-LLM methods)."""
+    return keep_all if get_llm_pruner(name) is not None else _entry(name)

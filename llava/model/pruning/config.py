@@ -9,7 +9,7 @@ ANYRES_MODES = ("paper", "upstream")
 
 @dataclass
 class PruningConfig:
-    """How visual tokens are pruned before the language model.
+    """How visual tokens are pruned: before the projector (selectors) or inside the language model (FastV).
 
     method:            name of a registered selection method (see `llava.model.pruning.METHODS`).
     visual_token_num:  tokens kept **per crop** (LLaVA-1.6 keeps this many in each of its 1 + grid crops).
@@ -18,6 +18,9 @@ class PruningConfig:
                        no image_newline, its own grid rule); "upstream" follows the checkpoint config
                        (spatial_unpad + image_newline, upstream LLaVA's grid rule).
     seed:              seed for stochastic methods (e.g. "random"), so runs are reproducible.
+    llm_layer:         in-LLM methods only (FastV's K): the decoder layers run on every token before pruning; the
+                       attention of layer K (1-based) ranks the visual tokens, layers K+1.. see the kept ones. Must be
+                       below the LLM's depth (checked when the method is installed on a model).
     """
 
     method: str = "fastervlm"
@@ -25,6 +28,7 @@ class PruningConfig:
     tokens_per_crop: int = 576
     anyres_mode: str = "paper"
     seed: int = 0
+    llm_layer: int = 2
 
     def __post_init__(self) -> None:
         self.validate()
@@ -43,6 +47,22 @@ class PruningConfig:
             )
         if self.anyres_mode not in ANYRES_MODES:
             raise ValueError(f"anyres_mode must be one of {ANYRES_MODES}, got {self.anyres_mode!r}")
+        if isinstance(self.llm_layer, bool) or not isinstance(self.llm_layer, int):
+            raise TypeError(f"llm_layer must be an int, got {type(self.llm_layer).__name__}")
+        if self.llm_layer < 1:
+            raise ValueError(f"llm_layer={self.llm_layer}: in-LLM pruning needs at least one full layer (K >= 1)")
+
+    @property
+    def in_llm(self) -> bool:
+        """Whether the method prunes inside the language model (then the projector sees every token)."""
+        from llava.model.pruning import get_llm_pruner
+
+        return get_llm_pruner(self.method) is not None
+
+    @property
+    def pre_projector_budget(self) -> int:
+        """Tokens per crop the pre-projector stage keeps: all of them for in-LLM methods."""
+        return self.tokens_per_crop if self.in_llm else self.visual_token_num
 
     def replace(self, **changes) -> "PruningConfig":
         """A validated copy with some fields changed."""
