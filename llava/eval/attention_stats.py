@@ -62,7 +62,9 @@ def image_attention_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, s
     k = k.repeat_interleave(heads // k.shape[0], dim=0)  # grouped-query attention: one key head per query head
     out = []
     for chunk in rows.split(chunk_rows):
-        top = int(chunk[-1]) + 1  # keys after the chunk's last row are masked for every row of the chunk
+        # Keys after the chunk's last row are masked for all its rows; the image columns are always kept, so an
+        # early chunk of image rows still gives (c, P), zeros right of each row.
+        top = max(int(chunk[-1]) + 1, span.stop)
         logits = torch.einsum("hrd,hsd->hrs", q[:, chunk].float(), k[:, :top].float()) * scale  # (H, c, top)
         future = torch.arange(top, device=q.device)[None, :] > chunk[:, None]  # (c, top)
         probs = logits.masked_fill_(future, float("-inf")).softmax(dim=-1)
