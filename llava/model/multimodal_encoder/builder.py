@@ -1,4 +1,8 @@
-"""Find and build the vision tower named by `mm_vision_tower`, offline."""
+"""Find and build the vision tower named by `mm_vision_tower`, offline.
+
+The tower directory's config.json says which tower it is (`model_type`): CLIP (`clip`, `clip_vision_model`) or
+DINOv2 (`dinov2`). Both are wrapped to return the selected layer's patch features and its [CLS] attention.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.multimodal_encoder.clip_encoder import ClsAttentionTower, CLIPVisionTower
+from llava.model.multimodal_encoder.dinov2_encoder import Dinov2VisionTower
 from llava.utils import load_state_dict
 
 VISION_TOWER_ENV = "FASTERVLM_VISION_TOWER"
@@ -38,6 +43,43 @@ def resolve_vision_tower_path(name: str, override: str | os.PathLike | None = No
     )
 
 
+CLIP_TYPES = ("clip", "clip_vision_model")
+DINOV2_TYPES = ("dinov2",)
+
+
+def tower_model_type(tower_dir: Path) -> str:
+    """`model_type` of the tower directory's config.json, checked against the towers supported here."""
+    kind = json.loads((Path(tower_dir) / "config.json").read_text()).get("model_type")
+    if kind not in CLIP_TYPES + DINOV2_TYPES:
+        raise ValueError(f"{tower_dir}: unsupported vision tower model_type {kind!r} "
+                         f"(expected one of {list(CLIP_TYPES + DINOV2_TYPES)})")
+    return kind
+
+
+def dinov2_input_size(tower_dir: Path) -> int:
+    """The side DINOv2 runs at: the crop its image processor outputs (it was trained at 518 px and interpolates
+    its position embeddings to whatever it is shown)."""
+    file = Path(tower_dir) / "preprocessor_config.json"
+    if not file.is_file():
+        raise FileNotFoundError(f"{tower_dir}: a DINOv2 tower needs preprocessor_config.json (its input size)")
+    cfg = json.loads(file.read_text())
+    crop = cfg.get("crop_size") if cfg.get("do_center_crop", True) else None
+    size = crop or cfg.get("size") or {}
+    side = size.get("height") or size.get("shortest_edge") if isinstance(size, dict) else size
+    if not isinstance(side, int):
+        raise ValueError(f"{file}: cannot read the input side from crop_size / size ({crop!r} / {cfg.get('size')!r})")
+    return side
+
+
+def tokens_per_crop(tower_dir: Path) -> int:
+    """Patch tokens one crop gives: (input side / patch size)^2."""
+    if tower_model_type(tower_dir) in DINOV2_TYPES:
+        patch = json.loads((Path(tower_dir) / "config.json").read_text()).get("patch_size", 14)
+        return (dinov2_input_size(tower_dir) // patch) ** 2
+    vc = _clip_vision_config(tower_dir)
+    return (vc.image_size // vc.patch_size) ** 2
+
+
 def _clip_vision_config(tower_dir: Path):
     from transformers import CLIPConfig, CLIPVisionConfig
 
@@ -63,19 +105,34 @@ def build_vision_tower(
     tower_dir: Path,
     attn_implementation: str = "sdpa",
     dtype: torch.dtype = torch.float32,
-) -> CLIPVisionTower:
-    """The tower from a local CLIP directory, wrapped to return features + [CLS] attention."""
+) -> ClsAttentionTower:
+    """The tower of a local CLIP or DINOv2 directory, wrapped to return features + [CLS] attention."""
+    select = dict(select_layer=getattr(config, "mm_vision_select_layer", -2),
+                  select_feature=getattr(config, "mm_vision_select_feature", "patch"))
+    if tower_model_type(tower_dir) in DINOV2_TYPES:
+        return _build_dinov2(tower_dir, attn_implementation, dtype, select)
     from transformers import CLIPVisionModel
 
     vision_config = _clip_vision_config(tower_dir)
     model = CLIPVisionModel._from_config(vision_config, attn_implementation=attn_implementation)
     load_tower_weights(model, clip_vision_state_dict(load_state_dict(tower_dir)), source=str(tower_dir))
     model.to(dtype).eval().requires_grad_(False)
-    return CLIPVisionTower(
-        model,
-        select_layer=getattr(config, "mm_vision_select_layer", -2),
-        select_feature=getattr(config, "mm_vision_select_feature", "patch"),
-    )
+    return CLIPVisionTower(model, **select)
+
+
+def _build_dinov2(tower_dir: Path, attn_implementation: str, dtype: torch.dtype, select: dict) -> Dinov2VisionTower:
+    """transformers' `Dinov2Model` from a local directory (hub or current weight names both load)."""
+    from transformers import Dinov2Model
+
+    model, info = Dinov2Model.from_pretrained(str(tower_dir), attn_implementation=attn_implementation, dtype=dtype,
+                                              output_loading_info=True)
+    missing = [k for k in info["missing_keys"] if "mask_token" not in k]  # mask_token: pretraining only
+    if missing or info["unexpected_keys"] or info["mismatched_keys"]:
+        raise ValueError(f"vision tower weights in {tower_dir} do not match its config: missing {sorted(missing)[:5]}, "
+                         f"unexpected {sorted(info['unexpected_keys'])[:5]}, "
+                         f"mismatched {sorted(info['mismatched_keys'])[:5]}")
+    model.eval().requires_grad_(False)
+    return Dinov2VisionTower(model, input_size=dinov2_input_size(tower_dir), **select)
 
 
 def load_tower_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
