@@ -224,6 +224,16 @@ conv_chatml_direct = Conversation(
     sep="<|im_end|>",
 )
 
+# SmolLM2-Instruct's ChatML, as its tokenizer's chat template renders it (a newline after every <|im_end|>), with a
+# short system prompt asking for one-word answers: the template of the tiny real LLaVA (llava/model/tiny_real.py).
+conv_smollm2_short = Conversation(
+    system="<|im_start|>system\nAnswer the question using a single word.",
+    roles=("<|im_start|>user\n", "<|im_start|>assistant\n"),
+    version="chatml",
+    sep_style=SeparatorStyle.MPT,
+    sep="<|im_end|>\n",
+)
+
 default_conversation = conv_vicuna_v1
 
 conv_templates: dict[str, Conversation] = {
@@ -235,6 +245,7 @@ conv_templates: dict[str, Conversation] = {
     "mistral_instruct": conv_mistral_instruct,
     "mpt": conv_mpt,
     "chatml_direct": conv_chatml_direct,
+    "smollm2_short": conv_smollm2_short,
 }
 
 

@@ -119,10 +119,9 @@ def _pick_dtype(device: str, dtype, torch_dtype) -> torch.dtype:
 
 
 def _tokens_per_crop(tower_dir: Path) -> int:
-    from llava.model.multimodal_encoder.builder import _clip_vision_config
+    from llava.model.multimodal_encoder.builder import tokens_per_crop
 
-    vc = _clip_vision_config(tower_dir)
-    return (vc.image_size // vc.patch_size) ** 2
+    return tokens_per_crop(tower_dir)
 
 
 def load_pretrained_model(
