@@ -16,7 +16,8 @@ Figures (attn_dispersion.png):
   cumulative distribution  each sample's scores sorted in descending order and divided by their sum, cumulated,
                            averaged over samples: the share of attention held by the top x% of tokens;
   histograms               every score divided by the largest score of its kind over all samples, as the share of
-                           scores per bin on a log scale.
+                           scores per bin on a log scale (x axis up to about the 99th percentile; the share of
+                           scores beyond it is written on the panel).
 Output folder: attn_dispersion.pt (per-sample scores: cls (n, P), last (n, P), the layer, ids),
 attn_dispersion.png, attn_dispersion_summary.json (the share held by the top 10% of tokens, also printed).
 `--replot` redraws the figure and the summary from attn_dispersion.pt without loading the model.
@@ -42,8 +43,10 @@ from llava.eval.attention_stats import (
 
 NAME = "attn_dispersion"
 KINDS = ("cls", "last")
-HIST_BINS = 40
-HIST_QUANTILE = 0.999  # the histograms' x axis ends a little past this quantile of both kinds' scores
+HIST_BINS = 100
+# The histograms share an x axis that ends a little past this quantile of both kinds' normalised scores, so a few
+# attention-sink outliers (normalised score 1) do not squeeze the bulk into one bin; the share cut off is printed.
+HIST_QUANTILE = 0.99
 
 
 class DispersionAccumulator:
@@ -120,6 +123,10 @@ def plot(stats: dict, folder: str, args) -> list[str]:
         ax.set_yscale("log")
         ax.set_ylim(floor, 1)
         ax.set_xlim(-0.01 * x_max, x_max)
+        beyond = float((values[kind] > x_max).mean())
+        if beyond:
+            ax.text(0.98, 0.96, f"{beyond:.2%} of scores > {x_max:.2f} (not shown)", ha="right", va="top",
+                    transform=ax.transAxes, fontsize=11)
         title = "[CLS] Attention Distribution" if kind == "cls" else f"Last Attention Distribution (layer {layer})"
         ax.set_title(title, fontsize=17)
         ax.set_xlabel("Attention Score (normalized to the max)", fontsize=14)

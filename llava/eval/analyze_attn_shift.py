@@ -120,7 +120,7 @@ def draw_layer(stats: dict, layer: int, path: str, dpi: int = 100) -> str:
                       transform=bars.transAxes)
             continue
         for row_end in range(side, num_image, side):  # grid-row boundaries, as in the paper's figure
-            bars.axvline(row_end + 0.5, color="tab:red", linewidth=0.6, alpha=0.35)
+            bars.axvline(row_end + 0.5, color="tab:red", linewidth=0.6, alpha=0.35, zorder=3)
         bars.stairs(v, edges, fill=True, color="#4472b4")
         bars.set_xlim(0.5, num_image + 0.5)
         bars.set_ylim(0, float(v.max()) * 1.08 or 1)
