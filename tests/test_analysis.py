@@ -76,8 +76,9 @@ def reference(v15_dir, data):
     tokenizer, model, processor, _ = load_pretrained_model(str(v15_dir), None, None, device="cpu",
                                                            attn_implementation="eager")
     out = []
-    for i, (_, question, _) in enumerate(SAMPLES):
-        ids = tokenizer_image_token(build_prompt(question, 1, "vicuna_v1"), tokenizer, return_tensors="pt")
+    for i, (_, question, where) in enumerate(SAMPLES):
+        query = question + ("\n" if where == "last" else "")  # the original keeps the newline before <image>
+        ids = tokenizer_image_token(build_prompt(query, 1, "vicuna_v1"), tokenizer, return_tensors="pt")
         image = load_image(images / f"coco/{i}.png")
         with torch.no_grad():
             mm = model.prepare_multimodal_inputs(ids[None], None, process_images([image], processor, model.config),
@@ -119,6 +120,12 @@ def test_hooked_rows_equal_full_attention_maps(v15_dir, reference, load):
             torch.testing.assert_close(rows[layer], full[layer, span.start:, span.start:span.stop],
                                        rtol=1e-4, atol=1e-6)
         torch.testing.assert_close(last[1][0], full[1, -1, span.start:span.stop], rtol=1e-4, atol=1e-6)
+        with torch.no_grad():  # the forward stops after layer 1: its hooks still give the right row
+            first = capture_image_attention(model.get_model(), mm.inputs_embeds, mm.attention_mask, span, [0], LAST)
+        torch.testing.assert_close(first[0][0], full[0, -1, span.start:span.stop], rtol=1e-4, atol=1e-6)
+    for layer in model.get_model().layers:  # no hook is left behind
+        attn = layer.self_attn
+        assert not (attn._forward_hooks or attn.q_proj._forward_hooks or attn.k_proj._forward_hooks)
 
 
 def test_shift_statistics_equal_the_ones_from_full_maps(runs, reference):

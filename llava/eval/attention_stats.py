@@ -215,12 +215,16 @@ class Prefill:
 
 
 def first_human_turn(record: dict, where: str) -> str:
-    """The prompt of a LLaVA conversation without its `<image>` token (the analysis puts the image first)."""
+    """The prompt of a LLaVA conversation without its `<image>` token (the analysis puts the image first).
+
+    As the original analysis: `<image>\n`, then any other `<image>`, is removed, and nothing else ("Q?\n<image>"
+    leaves "Q?\n"), so the prompts' tokens are the original's.
+    """
     from llava.constants import DEFAULT_IMAGE_TOKEN
 
     for turn in record.get("conversations") or []:
         if turn.get("from") == "human":
-            return turn["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
+            return turn["value"].replace(DEFAULT_IMAGE_TOKEN + "\n", "").replace(DEFAULT_IMAGE_TOKEN, "")
     raise ValueError(f"{where}: sample {record.get('id')!r} has no human turn in 'conversations'")
 
 
