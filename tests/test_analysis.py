@@ -196,7 +196,8 @@ def test_missing_images_are_reported_with_their_sample_id(v15_dir, tmp_path):
 def test_chunks_merge_into_the_whole_run(v15_dir, data, runs, tmp_path):
     qfile, images = data
     for k in range(2):
-        done = analyze_attn_shift.main(cli(v15_dir, qfile, images, tmp_path, "--num-chunks", "2", "--chunk-idx", str(k)))
+        chunk = ["--num-chunks", "2", "--chunk-idx", str(k)]
+        done = analyze_attn_shift.main(cli(v15_dir, qfile, images, tmp_path, *chunk))
         assert done == {"chunk_stats": str(tmp_path / f"attn_shift.chunk{k}-of-2.pt")}
     assert not (tmp_path / "attn_shift.pt").exists()  # nothing merged until --replot
     merged = analyze_attn_shift.main(["--output-folder", str(tmp_path), "--replot", "--num-chunks", "2"])

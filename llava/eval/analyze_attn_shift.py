@@ -80,7 +80,8 @@ class ShiftAccumulator:
 
 def merge(parts: list[dict]) -> dict:
     """Chunk statistics -> the statistics of all their samples (means weighted by each chunk's counts)."""
-    out = {"num_samples": sum(p["num_samples"] for p in parts), "sample_ids": [i for p in parts for i in p["sample_ids"]]}
+    out = {"num_samples": sum(p["num_samples"] for p in parts),
+           "sample_ids": [i for p in parts for i in p["sample_ids"]]}
     out["counts"] = {k: sum(p["counts"][k] for p in parts) for k in KINDS}
     for k in KINDS:
         weighted = [p[k].double() * p["counts"][k] for p in parts if p["counts"][k]]
@@ -210,10 +211,11 @@ def summarize(stats: dict, args) -> tuple[dict, str]:
         "tail_share_mean_over_layers": {kind: number(v.mean()) for kind, v in per_layer.items()},
         "tail_share_per_layer": {kind: [number(x) for x in v] for kind, v in per_layer.items()},
     }
-    headline = (f"[attn_shift] {stats['num_samples']} samples: the last token puts "
-                f"{float(per_layer['last'].mean()):.1%} of its image attention on the last {k} of {num_image} image "
-                f"positions ({fraction:.0%}; mean of {num_layers} layers; {float(per_layer['last'][layer]):.1%} at layer "
-                f"{layer + 1}), [CLS] attention {cls_share:.1%} (uniform: {k / num_image:.1%})")
+    last_mean, last_at = float(per_layer["last"].mean()), float(per_layer["last"][layer])
+    headline = (f"[attn_shift] {stats['num_samples']} samples: the last token puts {last_mean:.1%} of its image "
+                f"attention on the last {k} of {num_image} image positions ({fraction:.0%}; mean of {num_layers} "
+                f"layers; {last_at:.1%} at layer {layer + 1}), [CLS] attention {cls_share:.1%} "
+                f"(uniform: {k / num_image:.1%})")
     return summary, headline
 
 
