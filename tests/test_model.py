@@ -12,7 +12,8 @@ from llava.conversation import conv_templates
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.utils import load_state_dict
 from tests.conftest import pil_image
-from tests.tiny_checkpoints import PATCHES, PINPOINTS, clip_vision_config_dict
+from tests.hf_helpers import expand_image_tokens, hf_model
+from tests.tiny_checkpoints import PATCHES, PINPOINTS
 
 
 def prompt_ids(tokenizer, question="what is in this image?", n_images=1):
@@ -23,59 +24,6 @@ def prompt_ids(tokenizer, question="what is in this image?", n_images=1):
 
 
 # --- parity with transformers' LlavaForConditionalGeneration / LlavaNextForConditionalGeneration ---------------
-def to_hf_state(ckpt_dir, clip_dir, vocab):
-    """Our checkpoint (+ the tower it uses) renamed to transformers' llava layout, with one extra vocab row for
-    transformers' image token."""
-    ours = load_state_dict(ckpt_dir)
-    tower = {k[len("model.vision_tower.vision_tower.vision_model."):]: v for k, v in ours.items()
-             if k.startswith("model.vision_tower.vision_tower.vision_model.")}
-    if not tower:
-        tower = {k[len("vision_model."):]: v for k, v in load_state_dict(clip_dir).items()
-                 if k.startswith("vision_model.")}
-    hf = {"model.vision_tower." + k: v for k, v in tower.items() if not k.endswith("position_ids")}
-    for k, v in ours.items():
-        if k.startswith("model.mm_projector."):
-            idx, name = k.split(".")[2:]
-            hf[f"model.multi_modal_projector.linear_{1 if idx == '0' else 2}.{name}"] = v
-        elif k == "model.image_newline":
-            hf[k] = v
-        elif k.startswith("model.") and not k.startswith("model.vision_tower."):
-            hf["model.language_model." + k[len("model."):]] = v
-        elif k == "lm_head.weight":
-            hf[k] = v
-    for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-        hf[k] = torch.cat([hf[k], torch.zeros(1, hf[k].shape[1])])
-    return hf
-
-
-def hf_model(kind, ckpt_dir, clip_dir):
-    from transformers import CLIPVisionConfig, LlamaConfig
-
-    cfg = json.loads((ckpt_dir / "config.json").read_text())
-    vocab = cfg["vocab_size"]
-    text = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=4, vocab_size=vocab + 1, max_position_embeddings=512, rms_norm_eps=1e-5,
-                       tie_word_embeddings=False)
-    common = dict(vision_config=CLIPVisionConfig(**clip_vision_config_dict()), text_config=text,
-                  image_token_index=vocab, projector_hidden_act="gelu", vision_feature_layer=-2,
-                  vision_feature_select_strategy="default")
-    if kind == "llava":
-        from transformers import LlavaConfig, LlavaForConditionalGeneration as cls
-        config = LlavaConfig(**common)
-    else:
-        from transformers import LlavaNextConfig, LlavaNextForConditionalGeneration as cls
-        config = LlavaNextConfig(**common, image_grid_pinpoints=PINPOINTS)
-    model = cls._from_config(config, attn_implementation="eager").eval()
-    missing, unexpected = model.load_state_dict(to_hf_state(ckpt_dir, clip_dir, vocab), strict=False)
-    assert not unexpected and all("post_layernorm" in k or "rotary" in k for k in missing), (missing, unexpected)
-    return model, vocab
-
-
-def expand_image_tokens(ids, n_tokens, image_token_id):
-    spot = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().item()
-    return torch.cat([ids[0, :spot], torch.full((n_tokens,), image_token_id), ids[0, spot + 1:]]).unsqueeze(0)
-
-
 def test_full_budget_v15_matches_transformers_llava(v15_dir, clip_dir, load):
     tok, model, proc, _ = load(v15_dir)
     image = pil_image(40, 24)  # non-square: exercises the pad-to-square path

@@ -40,27 +40,41 @@ def resolve_local_dir(path_or_name: str | os.PathLike) -> Path:
 
 def read_llava_config(model_dir: Path) -> LlavaConfig:
     """The checkpoint's config.json as our LlavaConfig. `model_type: "llava"` clashes with transformers' own
-    registered type, so the json is read directly rather than through AutoConfig."""
-    cfg_file = model_dir / "config.json"
-    if not cfg_file.is_file():
-        raise FileNotFoundError(f"{model_dir} is not a checkpoint directory: config.json is missing")
-    raw = json.loads(cfg_file.read_text())
-    if "mm_vision_tower" not in raw:
-        if "vision_config" in raw and "text_config" in raw:
-            raise NotImplementedError(
-                f"{model_dir} is in the transformers-native llava-hf layout; this loader reads the liuhaotian layout "
-                f"(config.json with mm_vision_tower)"
-            )
-        raise ValueError(
-            f"{model_dir}/config.json has no mm_vision_tower: not a LLaVA checkpoint (for a projector-only checkpoint "
-            f"the config must still name the vision tower)"
-        )
+    registered type, so the json is read directly rather than through AutoConfig. A transformers-native llava-hf
+    config (text_config + vision_config) is converted (see `llava.model.convert_hf`)."""
+    from llava.model.convert_hf import LLAVA_HF, checkpoint_layout, llava_config_from_hf
+
+    raw = _read_config_json(model_dir)
+    try:
+        layout = checkpoint_layout(raw)
+    except ValueError as err:
+        raise ValueError(f"{model_dir}/{err}") from None
+    if layout == LLAVA_HF:
+        return llava_config_from_hf(raw, str(model_dir))
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
     if isinstance(raw.get("image_grid_pinpoints"), str):
         import ast
 
         raw["image_grid_pinpoints"] = ast.literal_eval(raw["image_grid_pinpoints"])
     return LlavaConfig(**raw)
+
+
+def is_llava_hf(model_dir: Path) -> bool:
+    """Whether the directory holds a transformers-native llava-hf checkpoint (config.json with text_config and
+    vision_config) rather than a liuhaotian one."""
+    from llava.model.convert_hf import LLAVA_HF, checkpoint_layout
+
+    try:
+        return checkpoint_layout(_read_config_json(model_dir)) == LLAVA_HF
+    except (FileNotFoundError, ValueError):
+        return False  # reported with the liuhaotian loader's own messages
+
+
+def _read_config_json(model_dir: Path) -> dict:
+    cfg_file = model_dir / "config.json"
+    if not cfg_file.is_file():
+        raise FileNotFoundError(f"{model_dir} is not a checkpoint directory: config.json is missing")
+    return json.loads(cfg_file.read_text())
 
 
 def _tokenizer_dir(model_dir: Path, base_dir: Path | None) -> Path:
@@ -124,6 +138,32 @@ def _tokens_per_crop(tower_dir: Path) -> int:
     return tokens_per_crop(tower_dir)
 
 
+def _from_pretrained_kwargs(device, device_map, dtype, torch_dtype, attn_implementation, use_flash_attn: bool,
+                            load_8bit: bool, load_4bit: bool, extra: dict) -> tuple[dict, torch.dtype, str]:
+    """(from_pretrained keyword arguments, compute dtype, attention implementation) for the loader's options."""
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError("device='cuda' was asked for but CUDA is not available; pass device='cpu' (--device cpu)")
+    torch_dtype_ = _pick_dtype(device, dtype, torch_dtype)
+    attn = attn_implementation or ("flash_attention_2" if use_flash_attn else "sdpa")
+    load_kwargs = {"dtype": torch_dtype_, "attn_implementation": attn}
+    if str(device) != "cuda":
+        load_kwargs["device_map"] = {"": device}
+    elif device_map is not None:
+        load_kwargs["device_map"] = device_map
+    if load_8bit or load_4bit:
+        from transformers import BitsAndBytesConfig
+
+        keep_full = ["mm_projector", "lm_head"]  # the projector stays in the compute dtype, as the tower does
+        load_kwargs["quantization_config"] = (
+            BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep_full) if load_8bit else BitsAndBytesConfig(
+                load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype_, bnb_4bit_use_double_quant=True,
+                bnb_4bit_quant_type="nf4", llm_int8_skip_modules=keep_full,
+            )
+        )
+    load_kwargs.update(extra)
+    return load_kwargs, torch_dtype_, attn
+
+
 def load_pretrained_model(
     model_path,
     model_base=None,
@@ -144,13 +184,17 @@ def load_pretrained_model(
 ):
     """Load a LLaVA-1.5 / 1.6 checkpoint directory and set up FasterVLM pruning.
 
+    Both layouts load into our `LlavaLlamaForCausalLM`, detected from config.json: liuhaotian (`mm_vision_tower`)
+    and transformers-native llava-hf (`text_config` + `vision_config`, model_type "llava" / "llava_next"; converted
+    while loading, see `llava.model.convert_hf`).
+
     Returns `(tokenizer, model, image_processor, context_len)` as LLaVA does.
 
     visual_token_num: visual tokens kept per crop (None or the crop's token count = no pruning, 576 for
                       CLIP ViT-L/14-336); pruning_method: a name in `llava.model.pruning.METHODS`;
     anyres_mode:      LLaVA-1.6 only: "paper" (original FasterVLM behaviour, the default) or "upstream";
     vision_tower_path: local copy of the `mm_vision_tower` model (else $FASTERVLM_VISION_TOWER, the path in the
-                      config, or the local HF cache);
+                      config, or the local HF cache); llava-hf checkpoints carry their tower and take none;
     model_base:       base LLM for a projector-only checkpoint (a directory holding mm_projector.bin);
     dtype / torch_dtype: default float32 on CPU, float16 otherwise.
     `model_name` is accepted for compatibility; the layout is read from the files, not from the name.
@@ -158,6 +202,14 @@ def load_pretrained_model(
     from transformers import AutoTokenizer
 
     model_dir = resolve_local_dir(model_path)
+    if is_llava_hf(model_dir):  # transformers-native layout: the same weights, renamed while loading
+        from llava.model.convert_hf import load_llava_hf
+
+        load_kwargs, torch_dtype_, attn = _from_pretrained_kwargs(
+            device, device_map, dtype, torch_dtype, attn_implementation, use_flash_attn, load_8bit, load_4bit, kwargs)
+        return load_llava_hf(model_dir, model_base=model_base, vision_tower_path=vision_tower_path,
+                             visual_token_num=visual_token_num, pruning_method=pruning_method,
+                             anyres_mode=anyres_mode, load_kwargs=load_kwargs, dtype=torch_dtype_, attn=attn)
     base_dir = resolve_local_dir(model_base) if model_base else None
     config = read_llava_config(model_dir)
     weights = _weights_kind(model_dir, base_dir)  # fail on a wrong layout before anything heavy is read
@@ -170,27 +222,8 @@ def load_pretrained_model(
         tokens_per_crop=per_crop,
         anyres_mode=anyres_mode,
     )
-
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError("device='cuda' was asked for but CUDA is not available; pass device='cpu' (--device cpu)")
-    torch_dtype_ = _pick_dtype(device, dtype, torch_dtype)
-    attn = attn_implementation or ("flash_attention_2" if use_flash_attn else "sdpa")
-    load_kwargs = {"dtype": torch_dtype_, "attn_implementation": attn}
-    if str(device) != "cuda":
-        load_kwargs["device_map"] = {"": device}
-    elif device_map is not None:
-        load_kwargs["device_map"] = device_map
-    if load_8bit or load_4bit:
-        from transformers import BitsAndBytesConfig
-
-        keep_full = ["mm_projector", "lm_head"]  # the projector stays in the compute dtype, as the tower does
-        load_kwargs["quantization_config"] = (
-            BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=keep_full) if load_8bit else BitsAndBytesConfig(
-                load_in_4bit=True, bnb_4bit_compute_dtype=torch_dtype_, bnb_4bit_use_double_quant=True,
-                bnb_4bit_quant_type="nf4", llm_int8_skip_modules=keep_full,
-            )
-        )
-    load_kwargs.update(kwargs)
+    load_kwargs, torch_dtype_, attn = _from_pretrained_kwargs(
+        device, device_map, dtype, torch_dtype, attn_implementation, use_flash_attn, load_8bit, load_4bit, kwargs)
 
     if weights == "full":
         model = LlavaLlamaForCausalLM.from_pretrained(model_dir, config=config, **load_kwargs)

@@ -1,0 +1,232 @@
+"""The transformers-native llava-hf layout (`llava-hf/llava-1.5-7b-hf`, `llava-hf/llava-v1.6-vicuna-7b-hf`) next to
+the liuhaotian layout our `LlavaLlamaForCausalLM` reads.
+
+Both hold the same weights under other names:
+
+    ours (liuhaotian)                 llava-hf, transformers 5.x names     older llava-hf saves (transformers 4.x)
+    model.{embed_tokens,layers,norm}  model.language_model.*                language_model.model.*
+    lm_head                           lm_head                               language_model.lm_head
+    model.mm_projector.{0,2}          model.multi_modal_projector.linear_{1,2}   multi_modal_projector.*
+    model.image_newline (1.6)         model.image_newline                   image_newline
+    the CLIP tower (CLIPVisionModel)  model.vision_tower.*                  vision_tower.vision_model.*
+
+and config.json has `text_config` / `vision_config` with `model_type` "llava" or "llava_next" instead of Llama
+fields plus `mm_*` fields. `load_llava_hf` converts at load time (names only, through transformers' `key_mapping`,
+so device maps and 8/4-bit loading work as for the liuhaotian layout); afterwards the model is our own and every
+pruning method, both anyres modes, batching and every eval entry point work unchanged. The checkpoint's tower
+weights are used (llava-hf checkpoints carry the tower; no `mm_vision_tower` lookup).
+
+Settings the converted config takes from LLaVA rather than from the llava-hf processor:
+- LLaVA-1.5 pads images to a square (`image_aspect_ratio="pad"`, as the liuhaotian checkpoints say); llava-hf's
+  default processor center-crops instead.
+- `image_grid_pinpoints` are kept as written. The llava-hf lists were copied from the liuhaotian configs, where a
+  pair is (width, height); transformers reads a pair as (height, width). The lists are symmetric, so only ties differ:
+  a small square image gets a 1x2 grid (one crop across, two down) here and in original LLaVA, 2x1 in transformers.
+- The embedding matrix keeps its extra rows (transformers' `<image>` token and the padding to 32064); prompts use
+  IMAGE_TOKEN_INDEX as for every other checkpoint, so those rows are never read.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+LIUHAOTIAN, LLAVA_HF = "liuhaotian", "llava-hf"
+# transformers model_type -> LLaVA's image_aspect_ratio
+HF_MODEL_TYPES = {"llava": "pad", "llava_next": "anyres"}
+
+# Checkpoint name -> our name, as regexes applied in order by transformers' `from_pretrained(key_mapping=...)`.
+# Every matching rule fires on the result of the previous ones, so older names are first brought to the 5.x names.
+HF_TO_LLAVA_KEYS = {
+    r"^language_model\.lm_head\.": "lm_head.",
+    r"^language_model\.model\.": "model.language_model.",
+    r"^multi_modal_projector\.": "model.multi_modal_projector.",
+    r"^vision_tower\.": "model.vision_tower.",  # not loaded by from_pretrained: see `hf_tower_state`
+    r"^image_newline$": "model.image_newline",
+    r"^model\.language_model\.": "model.",
+    r"^model\.multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
+    r"^model\.multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
+}
+HF_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
+
+
+def checkpoint_layout(raw: dict) -> str:
+    """"llava-hf" for a transformers-native config.json (`text_config` + `vision_config`, model_type "llava" or
+    "llava_next"), "liuhaotian" for one with `mm_vision_tower`. Raises ValueError for anything else."""
+    if "mm_vision_tower" in raw:
+        return LIUHAOTIAN
+    if "vision_config" in raw and "text_config" in raw:
+        kind = raw.get("model_type")
+        if kind not in HF_MODEL_TYPES:
+            raise NotImplementedError(
+                f"transformers-native checkpoint of model_type {kind!r}: only {sorted(HF_MODEL_TYPES)} "
+                f"(LlavaForConditionalGeneration / LlavaNextForConditionalGeneration) can be loaded here"
+            )
+        return LLAVA_HF
+    raise ValueError(
+        "config.json has no mm_vision_tower: not a LLaVA checkpoint (the liuhaotian layout names its tower in "
+        "mm_vision_tower, even a projector-only checkpoint; the llava-hf layout has text_config + vision_config)"
+    )
+
+
+def hf_config(raw: dict):
+    """transformers' own LlavaConfig / LlavaNextConfig of a llava-hf config.json (defaults filled in)."""
+    from transformers import LlavaConfig, LlavaNextConfig
+
+    cls = LlavaNextConfig if raw["model_type"] == "llava_next" else LlavaConfig
+    return cls.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
+
+
+def check_supported(config, what: str) -> None:
+    """The llava-hf settings FasterVLM can rank and prune: one feature layer, patch tokens only, a CLIP tower with a
+    [CLS] token. `config` is transformers' LlavaConfig / LlavaNextConfig; `what` names the model in messages."""
+    if not isinstance(config.vision_feature_layer, int):
+        raise NotImplementedError(
+            f"{what}: vision_feature_layer={config.vision_feature_layer!r} concatenates several layers; FasterVLM "
+            f"ranks the tokens of one layer by its [CLS] attention"
+        )
+    if config.vision_feature_select_strategy != "default":
+        raise NotImplementedError(
+            f"{what}: vision_feature_select_strategy={config.vision_feature_select_strategy!r} feeds the [CLS] token "
+            f"to the LLM; FasterVLM ranks and keeps patch tokens only (strategy 'default')"
+        )
+    if config.vision_config.model_type not in ("clip_vision_model", "clip"):
+        raise NotImplementedError(
+            f"{what}: vision tower {config.vision_config.model_type!r}; FasterVLM needs a CLIP tower (its [CLS] "
+            f"attention ranks the patches)"
+        )
+
+
+def llava_config_from_hf(raw: dict, name: str = "llava-hf checkpoint"):
+    """Our `LlavaConfig` (Llama fields + LLaVA's `mm_*` fields) for a llava-hf config.json."""
+    from llava.model.language_model.llava_llama import LlavaConfig
+
+    hf = hf_config(raw)
+    check_supported(hf, name)
+    text, vision = hf.text_config, hf.vision_config
+    if text.model_type != "llama":
+        raise NotImplementedError(
+            f"{name}: the language model is {text.model_type!r}; this loader builds LLaVA on Llama. Load it with "
+            f"transformers and use llava.hf.apply_pruning(model, ...) instead"
+        )
+    if hf.projector_hidden_act != "gelu" or not getattr(hf, "multimodal_projector_bias", True):
+        raise NotImplementedError(f"{name}: projector act {hf.projector_hidden_act!r} without bias is not LLaVA's "
+                                  f"mlp2x_gelu")
+    fields = {k: v for k, v in text.to_dict().items() if k not in ("model_type", "architectures",
+                                                                   "transformers_version", "_name_or_path")}
+    fields.update(
+        tie_word_embeddings=getattr(hf, "tie_word_embeddings", False) or text.tie_word_embeddings,
+        mm_vision_tower=vision._name_or_path or "openai/clip-vit-large-patch14-336",  # informational: weights are ours
+        mm_hidden_size=vision.hidden_size, mm_projector_type="mlp2x_gelu",
+        mm_vision_select_layer=hf.vision_feature_layer, mm_vision_select_feature="patch",
+        mm_use_im_start_end=False, mm_use_im_patch_token=False,
+        image_aspect_ratio=HF_MODEL_TYPES[raw["model_type"]], mm_patch_merge_type="flat",
+    )
+    if raw["model_type"] == "llava_next":
+        fields.update(image_grid_pinpoints=[list(p) for p in hf.image_grid_pinpoints],
+                      mm_patch_merge_type="spatial_unpad")
+    return LlavaConfig(**fields)
+
+
+def hf_tower_state(model_dir: Path) -> dict[str, torch.Tensor]:
+    """The checkpoint's vision tower weights, named as transformers 5.x's `CLIPVisionModel` (no `vision_model.`)."""
+    from llava.utils import load_state_dict
+
+    for prefix in HF_TOWER_PREFIXES:
+        state = load_state_dict(model_dir, prefix=prefix)
+        if state:
+            state = {k.removeprefix("vision_model."): v for k, v in state.items()}
+            return {k: v for k, v in state.items() if not k.endswith("position_ids")}
+    raise ValueError(f"{model_dir}: no vision tower weights (expected keys under {' or '.join(HF_TOWER_PREFIXES)})")
+
+
+def build_hf_tower(vision_config, state: dict[str, torch.Tensor], select_layer: int, attn_implementation: str,
+                   dtype: torch.dtype, source: str):
+    """Our `CLIPVisionTower` around a `CLIPVisionModel` holding the checkpoint's tower weights. `post_layernorm`
+    may be absent: LLaVA never uses it (features come from a hidden layer)."""
+    from transformers import CLIPVisionModel
+
+    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+
+    model = CLIPVisionModel._from_config(vision_config, attn_implementation=attn_implementation)
+    missing, unexpected = model.load_state_dict(state, strict=False)
+    missing = [k for k in missing if not k.startswith("post_layernorm.") and not k.endswith("position_ids")]
+    if missing or unexpected:
+        raise ValueError(f"vision tower weights of {source} do not match its vision_config: missing {missing[:5]}, "
+                         f"unexpected {unexpected[:5]}")
+    model.to(dtype).eval().requires_grad_(False)
+    return CLIPVisionTower(model, select_layer=select_layer, select_feature="patch")
+
+
+def hf_image_processor(model_dir: Path):
+    """The llava-hf directory's image-processor settings as a PIL-backend CLIP processor (the pixels LLaVA was trained
+    on); `process_images` then pads or tiles as the converted config says. Read from preprocessor_config.json, or
+    from the `image_processor` entry of processor_config.json (newer saves)."""
+    from llava.mm_utils import _PROCESSOR_SETTINGS, load_image_processor
+
+    settings = None
+    if (model_dir / "preprocessor_config.json").is_file():
+        settings = json.loads((model_dir / "preprocessor_config.json").read_text())
+    elif (model_dir / "processor_config.json").is_file():
+        settings = json.loads((model_dir / "processor_config.json").read_text()).get("image_processor")
+    if not settings:
+        raise FileNotFoundError(f"{model_dir}: no image processor settings (preprocessor_config.json)")
+    return load_image_processor({k: settings[k] for k in _PROCESSOR_SETTINGS if k in settings})
+
+
+def load_llava_hf(model_dir: Path, *, model_base, vision_tower_path, visual_token_num: int | None,
+                  pruning_method: str, anyres_mode: str, load_kwargs: dict, dtype: torch.dtype, attn: str):
+    """`load_pretrained_model` for a llava-hf directory: returns (tokenizer, model, image_processor, context_len)
+    with our `LlavaLlamaForCausalLM`; `load_kwargs` are the from_pretrained arguments the builder assembled."""
+    from transformers import AutoTokenizer
+
+    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
+    from llava.model.pruning import PruningConfig
+
+    if model_base is not None:
+        raise ValueError(f"{model_dir} is a complete llava-hf checkpoint; model_base is for projector-only "
+                         f"liuhaotian checkpoints")
+    if vision_tower_path is not None:
+        raise ValueError(f"{model_dir} is a llava-hf checkpoint: it carries its own vision tower, so "
+                         f"vision_tower_path / --vision-tower-path does not apply")
+    raw = json.loads((model_dir / "config.json").read_text())
+    config = llava_config_from_hf(raw, str(model_dir))
+    hf = hf_config(raw)
+    per_crop = (hf.vision_config.image_size // hf.vision_config.patch_size) ** 2
+    pruning = PruningConfig(method=pruning_method, visual_token_num=per_crop if visual_token_num is None else
+                            visual_token_num, tokens_per_crop=per_crop, anyres_mode=anyres_mode)
+
+    model, info = LlavaLlamaForCausalLM.from_pretrained(model_dir, config=config, key_mapping=HF_TO_LLAVA_KEYS,
+                                                        output_loading_info=True, **load_kwargs)
+    missing = [k for k in info["missing_keys"] if "rotary" not in k]
+    if missing or info["mismatched_keys"]:  # a name the mapping missed would otherwise stay randomly initialised
+        raise ValueError(f"{model_dir}: weights the llava-hf name mapping did not fill: missing {sorted(missing)[:5]}, "
+                         f"mismatched {sorted(info['mismatched_keys'])[:5]}")
+    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tower = build_hf_tower(hf.vision_config, hf_tower_state(model_dir), hf.vision_feature_layer, attn, dtype,
+                           str(model_dir))
+    tower.to(device=model.device)
+    model.attach_vision_tower(tower, pruning)
+    model.eval()
+    return tokenizer, model, hf_image_processor(model_dir), getattr(config, "max_sequence_length", None) or 2048
+
+
+def llava_to_hf_state(state: dict[str, torch.Tensor], tower: dict[str, torch.Tensor],
+                      image_token_rows: int = 0) -> dict[str, torch.Tensor]:
+    """Our checkpoint's tensors (+ its tower in CLIPVisionModel names) under transformers 5.x's llava names, with
+    `image_token_rows` zero rows appended to the embeddings and lm_head (transformers' `<image>` token)."""
+    out = {"model.vision_tower." + k: v for k, v in tower.items() if not k.endswith("position_ids")}
+    for k, v in state.items():
+        if k.startswith("model.mm_projector."):
+            index, name = k.split(".")[2:]
+            out[f"model.multi_modal_projector.linear_{1 if index == '0' else 2}.{name}"] = v
+        elif k == "model.image_newline" or k == "lm_head.weight":
+            out[k] = v
+        elif k.startswith("model.") and not k.startswith("model.vision_tower."):
+            out["model.language_model." + k.removeprefix("model.")] = v
+    if image_token_rows:
+        for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+            out[k] = torch.cat([out[k], out[k].new_zeros(image_token_rows, out[k].shape[1])])
+    return out
