@@ -135,6 +135,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         optional_args=(("--annotation-file", "mm-vet.json"),),
         outputs=(("results/{run}.json", "grade with MM-Vet's GPT-4 grader"),),
     ),
+    # The tiny real LLaVA (llava/model/tiny_real.py) on easy-vqa's test split; files written by
+    # scripts/tiny/export_easyvqa.py. easyvqa_500: a fixed subset (500 questions drawn with seed 0) for CPU sweeps.
+    *(Benchmark(
+        name=name, folder=name,
+        question_file=f"llava_{name}_test.jsonl", image_folder="../easyvqa/images",
+        entry="model_vqa_loader", prompt="<question> (the conversation's system prompt asks for a single word)",
+        entry_args=("--max_new_tokens", "8"), conv_mode="smollm2_short",
+        scorer="easyvqa", scorer_args=(("--question-file", f"llava_{name}_test.jsonl"),),
+    ) for name in ("easyvqa", "easyvqa_500")),
 )}
 
 # Defaults of the scripts under scripts/<family>/eval/.

