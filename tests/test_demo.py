@@ -22,7 +22,7 @@ def run(tmp_path_factory):
     output = tmp / "out" / "demo.png"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        result = demo.main(["--model-dir", str(tmp / "model"), "--output", str(output), "--image", str(image),
+        result = demo.main(["--random-weights", "--model-dir", str(tmp / "model"), "--output", str(output), "--image", str(image),
                             "--budgets", ",".join(map(str, BUDGETS)), "--max-new-tokens", "2", "--device", "cpu"])
     return result, output, printed.getvalue()
 
@@ -90,7 +90,8 @@ def test_cached_model_is_reused_and_foreign_dirs_are_kept(run, tmp_path):
 def test_bad_budgets_fail_before_running(run, tmp_path):
     result, _, _ = run
     with pytest.raises(ValueError, match="comma-separated"):
-        demo.main(["--model-dir", str(result.model_path), "--budgets", "576,half"])
+        demo.main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "576,half"])
     with pytest.raises(ValueError, match="out of range"):
-        demo.main(["--model-dir", str(result.model_path), "--budgets", "577", "--output", str(tmp_path / "x.png")])
+        demo.main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "577",
+                   "--output", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
