@@ -205,3 +205,9 @@ def test_llava_16_budget_is_per_crop_and_mixed_grids_in_a_batch_are_refused(v16_
     ids = torch.cat([prompt(), prompt()])
     with pytest.raises(NotImplementedError, match="batch size 1"):
         model.generate(ids, images=images, image_sizes=sizes, max_new_tokens=1)
+
+
+def test_beam_search_runs_on_the_expanded_batch(models):
+    out, v_token_num, _ = models["sdpa-2"].generate(prompt(), images=pixels(), max_new_tokens=3, num_beams=2,
+                                                    do_sample=False)
+    assert out.shape == (1, 3) and v_token_num == BUDGET

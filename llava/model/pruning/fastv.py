@@ -191,12 +191,15 @@ class FastV(LLMPruner):
         request, (cos, sin), mask = self._scoring
         self._scoring = None
         q, k = self._captured.pop("q"), self._captured.pop("k")
-        visual = request.visual_mask.to(hidden.device)
+        visual, keep = request.visual_mask.to(hidden.device), request.keep
+        if visual.shape[0] != hidden.shape[0]:  # generate() expanded the batch (beams): rows repeat per sample
+            repeat = hidden.shape[0] // visual.shape[0]
+            visual, keep = visual.repeat_interleave(repeat, dim=0), [k for k in keep for _ in range(repeat)]
         length = hidden.shape[1]
         if visual.shape[1] < length:  # cache-less generation: tokens generated after the prompt are text
             visual = torch.nn.functional.pad(visual, (0, length - visual.shape[1]))
         attention = last_token_attention(q, k, cos, sin, self.num_heads, self.num_kv_heads, self.scaling, mask)
-        kept = choose_kept(attention, visual, request.keep)
+        kept = choose_kept(attention, visual, keep)
         self.kept, self.last_attention, self._prefill_len = kept, attention, length
 
         step = {"position_embeddings": (_take(cos, kept), _take(sin, kept))}
