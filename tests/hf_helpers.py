@@ -91,21 +91,32 @@ def hf_processor(kind: str, tok_dir, clip_dir):
                               vision_feature_select_strategy="default", num_additional_image_tokens=1)
 
 
-def make_llava_hf_dir(path, kind: str, ckpt_dir, clip_dir, tok_dir, legacy_names: bool = False) -> Path:
-    """A llava-hf directory holding a tiny checkpoint's weights: config.json, model.safetensors, tokenizer and
-    processor files. `legacy_names` writes the weight names of transformers 4.x saves (`language_model.model.*`,
-    `vision_tower.vision_model.*`, ...), as most llava-hf hub revisions still have."""
+def make_llava_hf_dir(path, kind: str, ckpt_dir, clip_dir, tok_dir, legacy: bool = False) -> Path:
+    """A llava-hf directory holding a tiny checkpoint's weights: config.json, weights, tokenizer and processor files
+    as transformers 5.x saves them (one model.safetensors, the image processor inside processor_config.json).
+    `legacy` writes what most llava-hf hub revisions hold instead: the weight names of transformers 4.x saves
+    (`language_model.model.*`, `vision_tower.vision_model.*`, ...) in two shards with an index, and a separate
+    preprocessor_config.json."""
     from safetensors.torch import save_file
 
     path = Path(path)
     model, _ = hf_model(kind, ckpt_dir, clip_dir)
     model.save_pretrained(path)
     hf_processor(kind, tok_dir, clip_dir).save_pretrained(path)
-    if legacy_names:
+    if legacy:
         state = {_legacy_name(k): v.contiguous() for k, v in to_hf_state(ckpt_dir, clip_dir).items()}
         for f in path.glob("model*.safetensors*"):
             f.unlink()
-        save_file(state, str(path / "model.safetensors"), metadata={"format": "pt"})
+        keys = sorted(state)
+        shards = {f"model-0000{i + 1}-of-00002.safetensors": part for i, part in
+                  enumerate([keys[: len(keys) // 2], keys[len(keys) // 2:]])}
+        for name, part in shards.items():
+            save_file({k: state[k] for k in part}, str(path / name), metadata={"format": "pt"})
+        weight_map = {k: name for name, part in shards.items() for k in part}
+        (path / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+        processor_config = json.loads((path / "processor_config.json").read_text())
+        (path / "preprocessor_config.json").write_text(json.dumps(processor_config.pop("image_processor"), indent=2))
+        (path / "processor_config.json").write_text(json.dumps(processor_config, indent=2))
     return path
 
 
