@@ -126,10 +126,11 @@ class PruningHandle:
         pruner_class = get_llm_pruner(pruning.method)
         self.llm_pruner = pruner_class(model.model.language_model, pruning) if pruner_class is not None else None
         self._generating = False
+        # Instance attributes shadow the class methods for this model only; whatever the instance had (e.g. an
+        # accelerate hook's forward) is wrapped and put back by undo.
         self._saved = {name: model.__dict__.get(name, _ABSENT) for name in _WRAPPED}
-        self._originals = {name: getattr(model, name) for name in _WRAPPED}
-        self._wrappers = {"forward": self._wrap(self._originals["forward"], self._forward),
-                          "generate": self._wrap(self._originals["generate"], self._generate)}
+        self._wrappers = {"forward": self._wrap(model.forward, self._forward),
+                          "generate": self._wrap(model.generate, self._generate)}
         for name, wrapper in self._wrappers.items():
             model.__dict__[name] = wrapper
         model.__dict__[HANDLE_ATTRIBUTE] = self
@@ -164,36 +165,36 @@ class PruningHandle:
     # -- the pruning itself -------------------------------------------------------------------------------------
     def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor,
                 image_sizes=None, labels: torch.Tensor | None = None) -> PrunedInputs:
-        """Processor outputs -> PrunedInputs. input_ids (B, L) hold each image's placeholders as the processor wrote
-        them; pixel_values: (images, 3, S, S) for LLaVA-1.5, (images, crops, 3, S, S) (padded) or all crops
-        (N, 3, S, S) for LLaVA-1.6, with image_sizes (images, 2) as (height, width)."""
-        sizes = self._image_sizes(image_sizes, pixel_values)
+        """Processor outputs -> PrunedInputs (and an in-LLM method armed for the next prefill).
+
+        input_ids (B, L) hold each image's placeholders as the processor wrote them; pixel_values: (images, 3, S, S)
+        for LLaVA-1.5, (images, crops, 3, S, S) (padded) or all crops (N, 3, S, S) for LLaVA-1.6, with image_sizes
+        (images, 2) as (height, width).
+        """
+        sizes = self._image_sizes(image_sizes)
         visual = self.stages.visual_tokens(self._crops(pixel_values, sizes), sizes)
         full = [self.stages.full_tokens(s) for s in (sizes or [None] * len(visual.embeds))]
-        placeholders = input_ids == self.image_token_id
+        placeholders = input_ids == self.image_token_id  # (B, L)
         if attention_mask is not None:
             placeholders &= attention_mask.bool()
         owner = _assign_images(placeholders.sum(dim=1).tolist(), full)
-        counts = visual.counts
+        mine = [[i for i, o in enumerate(owner) if o == b] for b in range(input_ids.shape[0])]
         keep = ~placeholders
-        for b in range(input_ids.shape[0]):
-            spots = placeholders[b].nonzero().flatten()
-            start = 0
-            for i in (i for i, o in enumerate(owner) if o == b):
-                keep[b, spots[start:start + counts[i]]] = True  # the first n_i placeholders of image i's block
+        for b, images in enumerate(mine):
+            spots, start = placeholders[b].nonzero().flatten(), 0
+            for i in images:  # image i owns the next full[i] placeholders; its n_i kept tokens take the first ones
+                keep[b, spots[start:start + visual.counts[i]]] = True
                 start += full[i]
-        samples = range(input_ids.shape[0])
-        mine = [[i for i, o in enumerate(owner) if o == b] for b in samples]
         cls_attn = [torch.cat([visual.cls_attn[i] for i in m]) if m else visual.cls_attn[0].new_zeros(0, 0)
                     for m in mine]
-        v_token_num = [sum(counts[i] for i in m) for m in mine]
+        v_token_num = [sum(visual.counts[i] for i in m) for m in mine]
         if self.llm_pruner is not None:  # every placeholder stays; the decoder hooks prune after layer K
             budgets = [self.pruning.visual_token_num * a.shape[0] for a in cls_attn]
             v_token_num = self.llm_pruner.arm(placeholders, budgets)
         ids, mask, new_labels = _drop_positions(keep, input_ids, attention_mask, labels, self._pad_id())
         return PrunedInputs(ids, mask, new_labels, visual.embeds, v_token_num, cls_attn)
 
-    def _image_sizes(self, image_sizes, pixel_values) -> list[tuple[int, int]] | None:
+    def _image_sizes(self, image_sizes) -> list[tuple[int, int]] | None:
         """(width, height) per image for LLaVA-1.6 (transformers passes (height, width)); None for LLaVA-1.5."""
         if not self.anyres:
             return None
@@ -230,13 +231,13 @@ class PruningHandle:
         if self._generating:  # inside our generate: inputs are already pruned
             return original(*args, **kwargs)
         kwargs = _as_keywords(original, args, kwargs)
-        if kwargs.get("pixel_values") is None:
+        if kwargs.get("pixel_values") is None and not kwargs.get("mm_encoder_outputs"):
             if self.llm_pruner is not None and _is_prefill(kwargs):
                 self.llm_pruner.disarm()
             return original(**kwargs)
         self._check_inputs(kwargs)
         if kwargs.get("input_ids") is None:
-            raise ValueError("pruning needs input_ids (the processor's output) with pixel_values")
+            raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
         if kwargs.get("position_ids") is not None:
             raise ValueError("pass no position_ids with pixel_values: the pruned prompt gets fresh positions")
         pruned = self.prepare(kwargs["input_ids"], kwargs.get("attention_mask"), kwargs.pop("pixel_values"),
@@ -252,7 +253,7 @@ class PruningHandle:
         if input_ids is None:
             input_ids = kwargs.pop("input_ids", None)
         pixel_values = kwargs.pop("pixel_values", None)
-        if pixel_values is None:
+        if pixel_values is None and not kwargs.get("mm_encoder_outputs"):  # a text-only prompt
             if self.llm_pruner is not None:
                 self.llm_pruner.disarm()
             batch = 1 if input_ids is None else input_ids.shape[0]

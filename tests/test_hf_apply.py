@@ -165,6 +165,37 @@ def test_text_only_generate_and_forward_pass_through(models, processors):
 
 
 # --- refusals ----------------------------------------------------------------------------------------------------
+def test_an_existing_instance_forward_is_wrapped_and_put_back(models, processors):
+    """e.g. accelerate's hooks replace `forward` on the instance: pruning wraps it and undo restores it."""
+    model, _ = models("llava")
+    calls = []
+    original = model.forward
+
+    def hooked(*args, **kwargs):
+        calls.append(kwargs.get("input_ids").shape[1])
+        return original(*args, **kwargs)
+
+    model.forward = hooked
+    inputs = processors["llava"](images=pil_image(40, 24), text=PROMPT, return_tensors="pt")
+    try:
+        with apply_pruning(model, visual_token_num=2):
+            with torch.no_grad():
+                model(**inputs)
+        assert calls == [inputs["input_ids"].shape[1] - 14]  # the hooked forward saw the pruned prompt
+        assert model.__dict__["forward"] is hooked
+    finally:
+        del model.forward
+
+
+def test_precomputed_image_features_are_refused(models, processors):
+    model, _ = models("llava")
+    inputs = processors["llava"](images=pil_image(40, 24), text=PROMPT, return_tensors="pt")
+    features = model.get_image_features(pixel_values=inputs.pop("pixel_values"))
+    with apply_pruning(model, visual_token_num=2):
+        with pytest.raises(ValueError, match="pass pixel_values, not mm_encoder_outputs"):
+            model.generate(**inputs, mm_encoder_outputs={"image": features}, max_new_tokens=2)
+
+
 def test_llava_next_refuses_the_paper_layout(models):
     model, _ = models("llava_next")
     with pytest.raises(ValueError, match="only 'upstream'.*load_pretrained_model"):
