@@ -180,20 +180,25 @@ def run_once(model, inputs: Inputs, new_tokens: int, clock: Clock) -> Sample:
 
 
 @torch.inference_mode()
-def time_tower(model, pixels: torch.Tensor, clock: Clock) -> tuple[float, float]:
-    """(with [CLS] attention, plain) ms: our tower vs the same layers without the [CLS] row."""
+def time_tower(model, pixels: torch.Tensor, clock: Clock, plain_first: bool = False) -> tuple[float, float]:
+    """(with [CLS] attention, plain) ms: our tower vs the same layers without the [CLS] row (features only)."""
     tower = model.get_vision_tower()
     crops = [pixels] if isinstance(pixels, torch.Tensor) else list(pixels)
     pixels = torch.cat([c.flatten(0, -4) for c in crops]).to(device=tower.device, dtype=tower.dtype)  # (N, 3, S, S)
-    t0 = clock.mark()
-    tower(pixels)
-    t1 = clock.mark()
-    hidden = tower.embed(pixels)
-    for layer in tower.layers()[: tower.attn_layer + 1]:
-        hidden = tower.run_layer(layer, hidden)
-    _features = hidden[:, 1:]  # noqa: F841 (what the plain tower returns)
-    t2 = clock.mark()
-    return clock.ms(t0, t1), clock.ms(t1, t2)
+
+    def plain():
+        hidden = tower.embed(pixels)
+        for layer in tower.layers()[: tower.attn_layer + 1]:
+            hidden = tower.run_layer(layer, hidden)
+        return hidden[:, 1:]
+
+    runs = [("plain", plain), ("cls", lambda: tower(pixels))]
+    times = {}
+    for name, fn in runs if plain_first else runs[::-1]:
+        start = clock.mark()
+        fn()
+        times[name] = clock.ms(start, clock.mark())
+    return times["cls"], times["plain"]
 
 
 def set_case(model, case: Case, fastv_layer: int) -> None:
@@ -222,18 +227,21 @@ def median(values) -> float:
 
 def benchmark(model, inputs: Inputs, cases: list[Case], new_tokens: int, repeats: int, warmup: int,
               fastv_layer: int = 2, log=print) -> tuple[list[Result], dict]:
-    """Run every case `warmup + repeats` times, interleaved; then one more run per case for peak memory."""
+    """Run every case `warmup + repeats` times, interleaved (each pass starts one case later, and the two tower
+    variants swap order, so slow drifts and order effects spread over all cases); then one run per case for peak
+    memory."""
     device = model.device
     clock = Clock(device)
     results = {c.label: Result(c) for c in cases}
     tower = {"vision_ms": [], "vision_plain_ms": []}
     for rep in range(warmup + repeats):
         timed = rep >= warmup
-        with_cls, plain = time_tower(model, inputs.pixels, clock)
+        with_cls, plain = time_tower(model, inputs.pixels, clock, plain_first=rep % 2 == 1)
         if timed:
             tower["vision_ms"].append(with_cls)
             tower["vision_plain_ms"].append(plain)
-        for case in cases:
+        shift = rep % len(cases)
+        for case in cases[shift:] + cases[:shift]:
             set_case(model, case, fastv_layer)
             sample = run_once(model, inputs, new_tokens, clock)
             if timed:
