@@ -285,8 +285,9 @@ def main(argv=None) -> dict:
     if wrapped:
         save_adapter(wrapped, out / "llm_lora.safetensors", args.lora_rank, args.lora_alpha)
     n_answers = sum(len(c.turns) for c in convs)
-    title = (f"tiny LLaVA (DINOv2-S/14 + SmolLM2-135M): {args.steps} steps x {args.batch_size} conversations x "
-             f"{args.turns} answers, seed {args.seed}, {train_s / 60:.0f} min on {args.threads} CPU threads")
+    title = (f"tiny LLaVA (DINOv2-S/14 + SmolLM2-135M), projector + LoRA r={args.lora_rank}\n{args.steps} steps x "
+             f"{args.batch_size} conversations x {args.turns} answers, seed {args.seed}, {train_s / 60:.0f} min on "
+             f"{args.threads} CPU thread(s)")
     plot_losses(losses, out / "loss_curve.png", title)
     log = {"settings": vars(args), "conversations": len(convs), "answers": n_answers,
            "images": len({c.image_id for c in convs}), "prepare_seconds": round(prep_s, 1),

