@@ -446,7 +446,8 @@ def parse_args(argv=None):
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's K (PruningConfig.llm_layer)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--dtype", default=None, help="float16 / bfloat16 / float32 (default: fp16 on GPU, fp32 on CPU)")
+    parser.add_argument("--dtype", default=None,
+                        help="float16 / bfloat16 / float32 (default: fp16 on GPU, fp32 on CPU)")
     parser.add_argument("--attn-implementation", default="sdpa", choices=["sdpa", "eager"])
     parser.add_argument("--threads", type=int, default=None, help="CPU threads (torch.set_num_threads)")
     parser.add_argument("--output-dir", default="outputs/efficiency")

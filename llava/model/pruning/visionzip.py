@@ -9,9 +9,10 @@ Per crop, for a budget of k tokens:
    `dominant = k - contextual` (k = 58 -> 49 + 9, 144 -> 121 + 23, 29 -> 24 + 5, 1 -> 1 + 0).
 2. Dominant tokens: the `dominant` patches with the highest [CLS] attention of the selected layer (VisionZip sums the
    heads, we average them: the same ranking).
-3. Contextual tokens: the remaining R patches, in raster order, are split into targets (every `step = R // contextual`-th
-   one from the first, `contextual` of them) and the others; each other token joins the target it is most similar to
-   (cosine similarity, argmax), and a contextual token is the mean of its target and the tokens that joined it.
+3. Contextual tokens: the remaining R patches, in raster order, are split into targets (every
+   `step = R // contextual`-th one from the first, `contextual` of them) and the others; each other token joins the
+   target it is most similar to (cosine similarity, argmax), and a contextual token is the mean of its target and the
+   tokens that joined it.
 
 Where this differs from the public code, because this pipeline projects patch tokens only and every selector gets
 (features, cls_attn, budget, seed):
