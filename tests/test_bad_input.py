@@ -100,3 +100,10 @@ def test_wrong_image_tensor_shape(v15_dir, load):
     tok, model, _, _ = load(v15_dir)
     with pytest.raises(ValueError, match=r"images tensor must be \(B, 3, S, S\)"):
         model.generate(prompt_ids(tok), images=torch.zeros(3, 32, 32), max_new_tokens=1)
+
+
+def test_fastv_layer_flows_from_the_loader_and_is_checked_against_the_llm(v15_dir, load):
+    _, model, _, _ = load(v15_dir, visual_token_num=4, pruning_method="fastv", llm_layer=1)
+    assert model.pruning.llm_layer == 1
+    with pytest.raises(ValueError, match="FastV llm_layer=2 must be between 1 and 1"):
+        load(v15_dir, visual_token_num=4, pruning_method="fastv")  # the tiny LLM has only 2 layers

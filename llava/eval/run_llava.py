@@ -61,6 +61,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
                         help="visual tokens kept per crop (default: all, i.e. no pruning; 576 for CLIP-336)")
     parser.add_argument("--pruning-method", default="fastervlm")
     parser.add_argument("--anyres-mode", default="paper", choices=["paper", "upstream"])
+    parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's K: prune after this many LLM layers")
     parser.add_argument("--vision-tower-path", default=None, help="local copy of the config's mm_vision_tower")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--temperature", type=float, default=0.2)
@@ -74,6 +75,7 @@ def load_from_args(args):
         args.model_path, args.model_base, get_model_name_from_path(args.model_path),
         device=args.device or default_device(), visual_token_num=args.visual_token_num,
         pruning_method=args.pruning_method, anyres_mode=args.anyres_mode, vision_tower_path=args.vision_tower_path,
+        llm_layer=args.fastv_layer,
     )
 
 

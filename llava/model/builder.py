@@ -176,6 +176,7 @@ def load_pretrained_model(
     visual_token_num: int | None = None,
     pruning_method: str = "fastervlm",
     anyres_mode: str = "paper",
+    llm_layer: int = 2,
     vision_tower_path: str | None = None,
     attn_implementation: str | None = None,
     dtype=None,
@@ -192,6 +193,7 @@ def load_pretrained_model(
 
     visual_token_num: visual tokens kept per crop (None or the crop's token count = no pruning, 576 for
                       CLIP ViT-L/14-336); pruning_method: a name in `llava.model.pruning.METHODS`;
+    llm_layer:        in-LLM methods (FastV) only: prune after this many decoder layers (FastV's K, default 2);
     anyres_mode:      LLaVA-1.6 only: "paper" (original FasterVLM behaviour, the default) or "upstream";
     vision_tower_path: local copy of the `mm_vision_tower` model (else $FASTERVLM_VISION_TOWER, the path in the
                       config, or the local HF cache); llava-hf checkpoints carry their tower and take none;
@@ -209,7 +211,8 @@ def load_pretrained_model(
             device, device_map, dtype, torch_dtype, attn_implementation, use_flash_attn, load_8bit, load_4bit, kwargs)
         return load_llava_hf(model_dir, model_base=model_base, vision_tower_path=vision_tower_path,
                              visual_token_num=visual_token_num, pruning_method=pruning_method,
-                             anyres_mode=anyres_mode, load_kwargs=load_kwargs, dtype=torch_dtype_, attn=attn)
+                             anyres_mode=anyres_mode, load_kwargs=load_kwargs, dtype=torch_dtype_, attn=attn,
+                             llm_layer=llm_layer)
     base_dir = resolve_local_dir(model_base) if model_base else None
     config = read_llava_config(model_dir)
     weights = _weights_kind(model_dir, base_dir)  # fail on a wrong layout before anything heavy is read
@@ -221,6 +224,7 @@ def load_pretrained_model(
         visual_token_num=per_crop if visual_token_num is None else visual_token_num,
         tokens_per_crop=per_crop,
         anyres_mode=anyres_mode,
+        llm_layer=llm_layer,
     )
     load_kwargs, torch_dtype_, attn = _from_pretrained_kwargs(
         device, device_map, dtype, torch_dtype, attn_implementation, use_flash_attn, load_8bit, load_4bit, kwargs)

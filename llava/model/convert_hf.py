@@ -177,7 +177,8 @@ def hf_image_processor(model_dir: Path):
 
 
 def load_llava_hf(model_dir: Path, *, model_base, vision_tower_path, visual_token_num: int | None,
-                  pruning_method: str, anyres_mode: str, load_kwargs: dict, dtype: torch.dtype, attn: str):
+                  pruning_method: str, anyres_mode: str, load_kwargs: dict, dtype: torch.dtype, attn: str,
+                  llm_layer: int = 2):
     """`load_pretrained_model` for a llava-hf directory: returns (tokenizer, model, image_processor, context_len)
     with our `LlavaLlamaForCausalLM`; `load_kwargs` are the from_pretrained arguments the builder assembled."""
     from transformers import AutoTokenizer
@@ -196,7 +197,8 @@ def load_llava_hf(model_dir: Path, *, model_base, vision_tower_path, visual_toke
     hf = hf_config(raw)
     per_crop = (hf.vision_config.image_size // hf.vision_config.patch_size) ** 2
     pruning = PruningConfig(method=pruning_method, visual_token_num=per_crop if visual_token_num is None else
-                            visual_token_num, tokens_per_crop=per_crop, anyres_mode=anyres_mode)
+                            visual_token_num, tokens_per_crop=per_crop, anyres_mode=anyres_mode,
+                            llm_layer=llm_layer)
 
     model, info = LlavaLlamaForCausalLM.from_pretrained(model_dir, config=config, key_mapping=HF_TO_LLAVA_KEYS,
                                                         output_loading_info=True, **load_kwargs)
