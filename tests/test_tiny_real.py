@@ -113,25 +113,25 @@ def test_checkpoint_layout(tiny_llava):
 
 
 def test_shipped_weights_answer_easyvqa_questions(loaded):
-    """The first questions of easy-vqa's test split (its images 0 and 1), asked as the eval asks them."""
+    """The first questions of easy-vqa's test split (its images 0 and 1), asked as the eval runner asks them (one
+    left-padded batch, which answers as batch 1 does)."""
     import easy_vqa
 
-    from llava.eval.run_llava import answer, build_prompt
+    from llava.eval.model_vqa_loader import ImageRef, Question, QuestionDataset, generate_batch
     from llava.eval.scoring.easyvqa import normalize
-    from llava.mm_utils import load_image
 
     tokenizer, model, image_processor, _ = loaded
     questions, answers, image_ids = easy_vqa.get_test_questions()
     paths = easy_vqa.get_test_image_paths()
+    asked = [Question(i, questions[i], questions[i], ImageRef(path=paths[image_ids[i]]))
+             for i in range(FIXED_QUESTIONS)]
+    dataset = QuestionDataset(asked, tokenizer, image_processor, model.config, tiny_real.CONV_MODE)
     model.set_pruning(model.pruning.replace(visual_token_num=64))
-    right = []
-    for q, gold, image_id in list(zip(questions, answers, image_ids))[:FIXED_QUESTIONS]:
-        prompt = build_prompt(q, 1, tiny_real.CONV_MODE)
-        text, kept, _ = answer(model, tokenizer, image_processor, prompt, [load_image(paths[image_id])],
-                               do_sample=False, max_new_tokens=8)
-        assert kept == 64
-        right.append(normalize(text) == gold)
-    assert sum(right) >= MIN_RIGHT, f"{sum(right)} of {FIXED_QUESTIONS} right: {right}"
+    out = generate_batch(model, tokenizer, [dataset[i] for i in range(len(dataset))],
+                         dict(do_sample=False, num_beams=1, max_new_tokens=8))
+    assert [kept for _, kept in out] == [64] * FIXED_QUESTIONS
+    right = [normalize(text) == answers[i] for i, (text, _) in enumerate(out)]
+    assert sum(right) >= MIN_RIGHT, f"{sum(right)} of {FIXED_QUESTIONS} right: {[text for text, _ in out]}"
 
 
 def test_fastervlm_keeps_the_top_cls_patches_of_a_real_image(loaded):
