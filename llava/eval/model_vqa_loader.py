@@ -27,7 +27,6 @@ import argparse
 import base64
 import binascii
 import io
-import json
 import math
 import os
 import sys
@@ -114,25 +113,9 @@ def number_repeats(questions: list[Question]) -> None:
 
 def read_jsonl_questions(path: str, required: tuple[str, ...] = ("question_id", "image", "text")) -> list[dict]:
     """Question records of a jsonl file; errors name the file and line number."""
-    path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"question file not found: {path}")
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise ValueError(f"{path}:{line_no}: malformed JSON line ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            missing = [name for name in required if name not in record]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: question lacks field(s) {missing}")
-            records.append(record)
-    return records
+    from llava.eval.scoring.common import read_jsonl
+
+    return read_jsonl(path, role="question file", required=required)
 
 
 def require_image_folder(folder: str) -> str:

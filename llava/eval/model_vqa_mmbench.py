@@ -25,17 +25,11 @@ import os
 
 from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import ImageRef, Question
-
-LETTERS = ("A", "B", "C", "D")
+from llava.eval.scoring.mmbench import LETTERS, is_blank, row_options  # the scorer reads the tsv the same way
 INSTRUCTIONS = {
     "en": "Answer with the option's letter from the given choices directly.",
     "cn": "请直接回答选项字母。",
 }
-
-
-def is_blank(value) -> bool:
-    """An empty cell as pandas shows MMBench's tsv: '', nan or none."""
-    return value is None or str(value).strip().lower() in ("", "nan", "none")
 
 
 def read_tsv(path: str) -> list[tuple[int, dict]]:
@@ -60,15 +54,6 @@ def read_tsv(path: str) -> list[tuple[int, dict]]:
                 raise ValueError(f"{path}:{line_no}: question {row['index']} has no image")
             rows.append((line_no, row))
     return rows
-
-
-def row_options(row: dict) -> list[str]:
-    options = []
-    for letter in LETTERS:
-        if is_blank(row.get(letter)):
-            break
-        options.append(str(row[letter]))
-    return options
 
 
 def round_question(row: dict, options: list[str], round_id: int) -> tuple[str, list[str], list[str]]:

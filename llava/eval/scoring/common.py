@@ -42,9 +42,9 @@ def require_dir(path: str | os.PathLike, role: str) -> str:
     return path
 
 
-def read_jsonl(path: str | os.PathLike, role: str = "jsonl file") -> list[dict]:
-    """Read a jsonl file; blank lines are skipped, anything else must be a JSON object."""
-    path = require_file(path, role)
+def read_jsonl(path: str | os.PathLike, role: str = "jsonl file", required: Sequence[str] = ()) -> list[dict]:
+    """Read a jsonl file; blank lines are skipped, anything else must be a JSON object holding `required` fields."""
+    path = require_file(os.path.expanduser(os.fspath(path)), role)
     records = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
@@ -56,6 +56,9 @@ def read_jsonl(path: str | os.PathLike, role: str = "jsonl file") -> list[dict]:
                 raise ValueError(f"{path}:{line_no}: malformed JSON line ({err.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
+            missing = [name for name in required if name not in record]
+            if missing:
+                raise ValueError(f"{path}:{line_no}: record lacks field(s) {missing}")
             records.append(record)
     return records
 
