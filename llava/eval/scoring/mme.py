@@ -81,6 +81,18 @@ def _stem(path: str) -> str:
     return os.path.splitext(os.path.basename(path))[0]
 
 
+def tab_rows(path: str, n_fields: int, expected: str, encoding: str = "utf-8"):
+    """The tab-separated fields of each non-blank line; a line with another field count names file and line."""
+    with open(path, encoding=encoding) as f:
+        for line_no, line in enumerate(f, start=1):
+            if not line.strip():
+                continue
+            parts = line.rstrip("\n").split("\t")
+            if len(parts) != n_fields:
+                raise ValueError(f"{path}:{line_no}: expected {expected}, got {len(parts)} field(s)")
+            yield parts
+
+
 def load_ground_truth(mme_dir: str) -> dict[tuple[str, str, str], tuple[str, str, str]]:
     """(subtask, image stem, canonical question) -> (image file name, question, gt)."""
     require_dir(mme_dir, "MME benchmark")
@@ -98,18 +110,10 @@ def load_ground_truth(mme_dir: str) -> dict[tuple[str, str, str], tuple[str, str
         for name in sorted(os.listdir(qa_dir)):
             if not name.endswith(".txt"):
                 continue
-            path = os.path.join(qa_dir, name)
-            with open(path, encoding="utf-8-sig") as f:
-                for line_no, line in enumerate(f, start=1):
-                    if not line.strip():
-                        continue
-                    parts = line.rstrip("\n").split("\t")
-                    if len(parts) != 2:
-                        raise ValueError(f"{path}:{line_no}: expected 'question<TAB>answer'")
-                    question, gt = parts
-                    stem = _stem(name)
-                    truth[(subtask, stem, canonical_question(question))] = (
-                        images.get(stem, stem), question, gt.strip().lower())
+            for question, gt in tab_rows(os.path.join(qa_dir, name), 2, "'question<TAB>answer'", "utf-8-sig"):
+                stem = _stem(name)
+                truth[(subtask, stem, canonical_question(question))] = (
+                    images.get(stem, stem), question, gt.strip().lower())
     if not truth:
         raise ValueError(f"no MME question files found under {mme_dir}")
     return truth
@@ -213,16 +217,8 @@ def read_eval_tool(results_dir: str) -> list[MMEItem]:
     for name in sorted(os.listdir(results_dir)):
         if not name.endswith(".txt"):
             continue
-        path = os.path.join(results_dir, name)
-        with open(path, encoding="utf-8") as f:
-            for line_no, line in enumerate(f, start=1):
-                if not line.strip():
-                    continue
-                parts = line.rstrip("\n").split("\t")
-                if len(parts) != 4:
-                    raise ValueError(f"{path}:{line_no}: expected 4 tab-separated fields, got {len(parts)}")
-                image, question, gt, pred = parts
-                items.append(MMEItem(name[:-4], image, question, gt.strip().lower(), pred))
+        for image, question, gt, pred in tab_rows(os.path.join(results_dir, name), 4, "4 tab-separated fields"):
+            items.append(MMEItem(name[:-4], image, question, gt.strip().lower(), pred))
     return items
 
 
