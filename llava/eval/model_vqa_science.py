@@ -15,7 +15,6 @@ Flags, answers file and resuming as :mod:`llava.eval.model_vqa_loader`.
 
 from __future__ import annotations
 
-import json
 import os
 
 from llava.constants import DEFAULT_IMAGE_TOKEN
@@ -26,14 +25,10 @@ SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices dir
 
 
 def read_problems(path: str) -> list[dict]:
+    from llava.eval.scoring.common import read_json
+
     path = os.path.expanduser(path)
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"question file not found: {path}")
-    with open(path, encoding="utf-8") as f:
-        try:
-            problems = json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    problems = read_json(path, role="question file")
     if not isinstance(problems, list):
         raise ValueError(f"{path}: expected a JSON list of questions (LLaVA's ScienceQA format)")
     for i, problem in enumerate(problems):
