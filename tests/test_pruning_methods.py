@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from llava.model.pruning import METHODS, PruningConfig, as_selection, get_llm_pruner, get_selector
-from llava.model.pruning.visionzip import split_budget, visionzip
 from llava.model.pruning.vispruner import vispruner
 from tests.tiny_checkpoints import PATCHES
 
@@ -17,6 +16,16 @@ def random_inputs(n=3, p=16, c=8, seed=0):
     features = torch.randn(n, p, c, generator=gen)
     cls_attn = torch.rand(n, p, generator=gen).softmax(dim=-1)
     return features, cls_attn
+
+
+def run(name, features, cls_attn, budget, seed=0):
+    """A registered selector, given the further tower outputs it declares (VisionZip: keys and the [CLS] row)."""
+    gen = torch.Generator().manual_seed(1)
+    signals = {"keys": torch.randn(*features.shape[:2], 4, generator=gen),
+               "cls_token": torch.randn(features.shape[0], features.shape[2], generator=gen)}
+    selector = METHODS[name]
+    extra = {k: signals[k] for k in getattr(selector, "needs", ())}
+    return as_selection(selector(features, cls_attn, budget, seed=seed, **extra)), signals
 
 
 def test_registry_names_and_kinds():
@@ -47,33 +56,6 @@ def test_random_is_seeded_and_differs_per_image():
     assert not torch.equal(a[0], a[1])
 
 
-def test_visionzip_split_follows_its_published_settings():
-    # VisionZip's LLaVA-1.5 settings: 54+10 of 64, 108+20 of 128, 162+30 of 192
-    assert [split_budget(k) for k in (64, 128, 192)] == [(54, 10), (108, 20), (162, 30)]
-    assert [split_budget(k) for k in (576, 144, 58, 29, 1)] == [(486, 90), (121, 23), (49, 9), (24, 5), (1, 0)]
-
-
-def test_visionzip_dominant_tokens_and_contextual_merges_by_similarity():
-    p, budget = 16, 13  # 11 dominant + 2 contextual
-    assert split_budget(budget) == (11, 2)
-    rest = [2, 5, 7, 11, 14]  # the 5 patches with the lowest [CLS] attention
-    cls_attn = torch.full((1, p), 0.1)
-    cls_attn[0, rest] = torch.tensor([0.01, 0.02, 0.03, 0.04, 0.05])
-    features = torch.randn(1, p, 3, generator=torch.Generator().manual_seed(0))
-    e1, e2 = torch.tensor([1.0, 0, 0]), torch.tensor([0, 1.0, 0])
-    # targets: every 5 // 2 = 2nd remaining patch from the first -> patches 2 and 7; others 5, 11, 14
-    features[0, 2], features[0, 7] = e1, e2
-    features[0, 5], features[0, 11], features[0, 14] = e2 + 0.1 * e1, 2 * e1, 3 * e2
-    sel = visionzip(features, cls_attn, budget)
-    dominant = [i for i in range(p) if i not in rest]
-    assert sel.keep.tolist() == [sorted(dominant + [2, 7])]
-    row = sel.keep[0].tolist()
-    torch.testing.assert_close(sel.features[0, row.index(2)], (e1 + 2 * e1) / 2)  # 11 joined 2
-    torch.testing.assert_close(sel.features[0, row.index(7)], (e2 + e2 + 0.1 * e1 + 3 * e2) / 3)  # 5, 14 joined 7
-    for i in dominant:  # dominant tokens pass unchanged
-        torch.testing.assert_close(sel.features[0, row.index(i)], features[0, i])
-
-
 def test_vispruner_removes_near_duplicates_among_the_rest():
     p, budget = 12, 10  # 5 important + 5 diverse
     cls_attn = torch.linspace(1.0, 0.1, p)[None]  # attention order 0, 1, ..., 11
@@ -90,26 +72,27 @@ def test_vispruner_removes_near_duplicates_among_the_rest():
 @pytest.mark.parametrize("budget", [1, 7, 16])
 def test_selector_budget_order_and_crops_independent(name, budget):
     features, cls_attn = random_inputs()
-    sel = as_selection(METHODS[name](features, cls_attn, budget, seed=0))
-    assert sel.keep.shape == (3, budget)
+    sel, _ = run(name, features, cls_attn, budget)
+    assert sel.n_prefix + sel.keep.shape[1] + sel.n_suffix == budget
+    assert sel.tokens(features).shape == (3, budget, 8)
     assert bool((sel.keep.diff(dim=-1) > 0).all())  # ascending, unique
-    assert int(sel.keep.min()) >= 0 and int(sel.keep.max()) < 16
-    if sel.features is not None:
-        assert sel.features.shape == (3, budget, 8)
+    if sel.keep.numel():
+        assert int(sel.keep.min()) >= 0 and int(sel.keep.max()) < 16
     for i in range(3):  # one crop alone gives the same answer
-        alone = as_selection(METHODS[name](features[i:i + 1], cls_attn[i:i + 1], budget, seed=0))
+        alone, signals = run(name, features[i:i + 1], cls_attn[i:i + 1], budget)
         assert torch.equal(alone.keep[0], sel.keep[i])
-    if budget == 16:  # everything kept, features untouched
+    if budget == 16 and sel.n_prefix + sel.n_suffix == 0:  # everything kept, features untouched
         assert sel.keep.tolist() == [list(range(16))] * 3
-        if sel.features is not None:
-            torch.testing.assert_close(sel.features, features)
+        torch.testing.assert_close(sel.tokens(features), features)
 
 
 def test_budget_one_keeps_the_top_token_for_attention_methods():
     features, cls_attn = random_inputs()
     top = cls_attn.argmax(dim=-1, keepdim=True)
     assert torch.equal(as_selection(METHODS["fastervlm"](features, cls_attn, 1)).keep, top)
-    assert torch.equal(visionzip(features, cls_attn, 1).keep, top)  # 1 dominant + 0 contextual
+    zipped, signals = run("visionzip", features, cls_attn, 1)  # [CLS] alone: 1 dominant + 0 contextual
+    assert zipped.keep.shape == (3, 0)
+    torch.testing.assert_close(zipped.tokens(features)[:, 0], signals["cls_token"])
     assert vispruner(features, cls_attn, 1).shape == (3, 1)  # 0 important + 1 diverse
 
 

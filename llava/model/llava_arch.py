@@ -246,31 +246,43 @@ class LlavaMetaForCausalLM:
             raise RuntimeError("this model has no vision tower attached; load it with load_pretrained_model")
         return tower(crops)
 
-    def select(self, features: torch.Tensor, cls_attn: torch.Tensor) -> Selection:
-        """Kept patch indices (N, k), ascending per crop, k = pruning.visual_token_num (+ merged features); all P
-        patches for a method that prunes inside the LLM."""
+    def select(self, features: torch.Tensor, cls_attn: torch.Tensor, **signals: torch.Tensor) -> Selection:
+        """Kept patch indices (N, k), ascending per crop, k = pruning.visual_token_num (+ merged or extra tokens); all
+        P patches for a method that prunes inside the LLM. `signals` are further tower outputs (keys, cls_token) for
+        the selectors that declare them in `needs` (VisionZip)."""
         selector = get_selector(self.pruning.method)
-        return as_selection(selector(features, cls_attn, self.pruning.pre_projector_budget, seed=self.pruning.seed))
+        needs = getattr(selector, "needs", ())
+        missing = [name for name in needs if signals.get(name) is None]
+        if missing:
+            raise ValueError(f"pruning method {self.pruning.method!r} needs the tower's {missing}, which this tower "
+                             f"does not provide")
+        extra = {name: signals[name] for name in needs}
+        return as_selection(selector(features, cls_attn, self.pruning.pre_projector_budget, seed=self.pruning.seed,
+                                     **extra))
 
     def project(self, features: torch.Tensor, selection: Selection | torch.Tensor) -> torch.Tensor:
-        """Project only the kept tokens: features (N, P, C), selection.keep (N, k) -> (N, k, D)."""
-        selection = as_selection(selection)
-        kept = selection.features
-        if kept is None:
-            keep = selection.keep
-            kept = features.gather(1, keep.unsqueeze(-1).expand(-1, -1, features.shape[-1]))  # (N, k, C)
+        """Project only the kept tokens: features (N, P, C), a selection of k tokens per crop -> (N, k, D), in the
+        order [prefix, kept patches, suffix] (see `Selection`)."""
+        tokens = as_selection(selection).tokens(features)  # (N, k, C)
         # The compute dtype, not the projector's parameter dtype: under 8/4-bit loading that is an integer type.
-        return self.get_model().mm_projector(kept.to(self.get_model().embed_tokens.weight.dtype))
+        return self.get_model().mm_projector(tokens.to(self.get_model().embed_tokens.weight.dtype))
 
-    def merge(self, embeds: torch.Tensor, keep: torch.Tensor, image_size: tuple[int, int] | None) -> torch.Tensor:
-        """One image's crops as one sequence. embeds (crops, k, D), keep (crops, k) -> (n, D).
+    def merge(self, embeds: torch.Tensor, keep: torch.Tensor, image_size: tuple[int, int] | None,
+              n_prefix: int = 0, n_suffix: int = 0) -> torch.Tensor:
+        """One image's crops as one sequence. embeds (crops, k, D), keep (crops, m) -> (n, D); each crop's k tokens
+        are [n_prefix tokens, m kept patches, n_suffix tokens] (see `Selection`).
 
-        A single crop (LLaVA-1.5) is returned as is. LLaVA-1.6: the base crop first, then the grid crops merged as
-        the pruning config's `anyres_mode` says (see `merge_grid_paper` / `merge_grid_upstream`).
+        A single crop (LLaVA-1.5) is returned as is. LLaVA-1.6: the base crop first (as is), then the grid crops'
+        kept patches merged as the pruning config's `anyres_mode` says (see `merge_grid_paper` /
+        `merge_grid_upstream`), then every grid crop's prefix tokens, then every grid crop's suffix tokens (VisionZip's
+        order for its [CLS] and contextual tokens).
         """
         if getattr(self.config, "image_aspect_ratio", None) != "anyres":
             return embeds.reshape(-1, embeds.shape[-1])
-        base, grid, grid_keep = embeds[0], embeds[1:], keep[1:]
+        m = keep.shape[1]
+        base, grid, grid_keep = embeds[0], embeds[1:, n_prefix:n_prefix + m], keep[1:]
+        extras = [embeds[1:, :n_prefix], embeds[1:, n_prefix + m:]]
+        extras = [x.reshape(-1, x.shape[-1]) for x in extras]
         upstream = self.pruning.anyres_mode == "upstream"
         if grid.shape[0] == 0:
             if upstream:  # upstream appends one newline to a lone base crop
@@ -288,7 +300,7 @@ class LlavaMetaForCausalLM:
             grid_seq = merge_grid_upstream(grid, grid_keep, layout, image_size, self.get_model().image_newline)
         else:
             grid_seq = merge_grid_paper(grid, grid_keep, layout)
-        return torch.cat([base, grid_seq])
+        return torch.cat([base, grid_seq, *extras])
 
     def grid_layout(self, image_size: tuple[int, int]) -> GridLayout:
         from llava.mm_utils import get_anyres_image_grid_shape
@@ -308,15 +320,15 @@ class LlavaMetaForCausalLM:
         per_image = _as_crop_list(images)
         counts = [c.shape[0] for c in per_image]
         out = self.encode(torch.cat(per_image))
-        selection = self.select(out.features, out.cls_attn)
-        keep = selection.keep  # (N, k)
-        projected = self.project(out.features, selection)  # (N, k, D)
+        selection = self.select(out.features, out.cls_attn, keys=out.keys, cls_token=out.cls_token)
+        keep = selection.keep  # (N, m)
+        projected = self.project(out.features, selection)  # (N, k, D), k = prefix + m + suffix
         embeds, attn = [], []
         for i, (e, k, a) in enumerate(
             zip(projected.split(counts), keep.split(counts), out.cls_attn.split(counts))
         ):
             size = image_sizes[i] if image_sizes is not None else None
-            embeds.append(self.merge(e, k, size))
+            embeds.append(self.merge(e, k, size, selection.n_prefix, selection.n_suffix))
             attn.append(a)
         self._check_budget(embeds, counts)
         return VisualTokens(embeds=embeds, cls_attn=attn)

@@ -19,6 +19,14 @@ import torch.nn as nn
 class TowerOutput:
     features: torch.Tensor  # (N, P, C) patch features of the selected layer
     cls_attn: torch.Tensor  # (N, P) head-mean softmax of the [CLS] query at that layer, patch columns only
+    keys: torch.Tensor | None = None  # (N, P, C / heads) head-mean key projections of the patches at that layer
+    cls_token: torch.Tensor | None = None  # (N, C) the [CLS] row of the selected layer's output
+
+
+def head_mean(x: torch.Tensor, num_heads: int) -> torch.Tensor:
+    """(N, T, C) projections -> (N, T, C / num_heads), averaged over the heads (VisionZip's token descriptor)."""
+    n, t, c = x.shape
+    return x.view(n, t, num_heads, c // num_heads).mean(dim=2)
 
 
 def cls_attention_from_qk(q: torch.Tensor, k: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
@@ -101,7 +109,8 @@ class ClsAttentionTower(nn.Module):
 
     @torch.no_grad()
     def forward(self, pixel_values: torch.Tensor) -> TowerOutput:
-        """pixel_values (N, 3, S, S) -> features (N, P, C) and cls_attn (N, P), P = (S / patch)^2."""
+        """pixel_values (N, 3, S, S) -> features (N, P, C), cls_attn (N, P), P = (S / patch)^2, plus the patches'
+        head-mean keys and the [CLS] row of the same layer (for selectors that need them, e.g. VisionZip)."""
         hidden = self.embed(pixel_values.to(device=self.device, dtype=self.dtype))  # (N, 1 + P, C)
         layers = self.layers()
         for layer in layers[: self.attn_layer]:
@@ -119,7 +128,8 @@ class ClsAttentionTower(nn.Module):
             for h in handles:
                 h.remove()
         cls_attn = cls_attention_from_qk(captured["q"], captured["k"], num_heads, scale)[:, 1:]  # (N, P)
-        return TowerOutput(features=hidden[:, 1:], cls_attn=cls_attn)
+        keys = head_mean(captured["k"][:, 1:], num_heads)  # (N, P, C / heads)
+        return TowerOutput(features=hidden[:, 1:], cls_attn=cls_attn, keys=keys, cls_token=hidden[:, 0])
 
 
 class CLIPVisionTower(ClsAttentionTower):
