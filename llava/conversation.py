@@ -47,10 +47,26 @@ def _message_text(message: Message) -> str | None:
 
 
 def _image_first(text: str) -> str:
-    """Put the image token at the front of a message that carries an image (upstream rule)."""
-    if text.startswith(DEFAULT_IMAGE_TOKEN):
-        return text
-    return DEFAULT_IMAGE_TOKEN + "\n" + text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+    """The text of a first message that carries an image, as upstream LLaVA rebuilds it: every ``<image>`` is
+    removed, the rest stripped, and one ``<image>`` plus a newline put in front (even when the text already
+    started with ``<image>``: "<image>What?  " -> "<image>\\nWhat?").
+    Source: haotian-liu/LLaVA llava/conversation.py, `Conversation.get_prompt`."""
+    return DEFAULT_IMAGE_TOKEN + "\n" + _without_image(text)
+
+
+def _without_image(text: str) -> str:
+    return text.replace(DEFAULT_IMAGE_TOKEN, "").strip()
+
+
+def _first_image_turns(conv: "Conversation", turns: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    """``turns`` with the first one rebuilt because its message was a (text, image, mode) tuple. "mmtag" templates
+    get two turns in front instead (the image wrapped in <Image></Image>, then the assistant's "Received."), and
+    the first message loses its image token (upstream LLaVA)."""
+    role, text = turns[0]
+    if "mmtag" in conv.version:
+        return [(conv.roles[0], "<Image><image></Image>"), (conv.roles[1], "Received."),
+                (role, _without_image(text))] + turns[1:]
+    return [(role, _image_first(text))] + turns[1:]
 
 
 @dataclasses.dataclass
@@ -89,12 +105,12 @@ class Conversation:
         """Render the conversation as the single string the language model reads.
 
         Message text is used as is (an ``<image>`` inside it stays where it is). Only a first
-        message given as an ``(text, image, mode)`` tuple is normalised as in upstream LLaVA:
-        its ``<image>`` token is moved to the front, followed by a newline.
+        message given as an ``(text, image, mode)`` tuple is rebuilt as in upstream LLaVA:
+        ``"<image>\\n" + text without <image>, stripped`` (see `_first_image_turns`).
         """
         turns = [(role, _message_text(msg)) for role, msg in self.messages]
         if turns and isinstance(self.messages[0][1], tuple):
-            turns[0] = (turns[0][0], _image_first(turns[0][1]))
+            turns = _first_image_turns(self, turns)
         render = _RENDERERS.get(self.sep_style)
         if render is None:
             raise ValueError(f"Unsupported separator style: {self.sep_style}")

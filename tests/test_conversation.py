@@ -1,5 +1,7 @@
 """Prompt strings of each template, written out by hand from upstream LLaVA's formats."""
 
+import dataclasses
+
 import pytest
 from PIL import Image
 
@@ -92,6 +94,39 @@ def test_tuple_first_message_moves_image_token_to_front():
     assert conv.get_prompt() == VICUNA_SYSTEM + " USER: <image>\nWhat is this? ASSISTANT:"
     conv = _chat("vicuna_v1", ("<image>\nKeep me", image, "Default"), None)
     assert conv.get_prompt() == VICUNA_SYSTEM + " USER: <image>\nKeep me ASSISTANT:"
+
+
+@pytest.mark.parametrize("text, rebuilt", [
+    # Upstream LLaVA (haotian-liu/LLaVA llava/conversation.py, get_prompt) always rebuilds a tuple first message as
+    # "<image>\n" + text.replace("<image>", "").strip(), also when the text already starts with <image>.
+    ("<image>What is it?  ", "<image>\nWhat is it?"),
+    ("<image> \n What is it?", "<image>\nWhat is it?"),
+    ("  Is it <image> red <image>?  ", "<image>\nIs it  red ?"),
+    ("No image token.", "<image>\nNo image token."),
+])
+def test_tuple_first_message_is_rebuilt_as_upstream(text, rebuilt):
+    image = Image.new("RGB", (4, 4))
+    conv = _chat("vicuna_v1", (text, image, "Pad"), "A1", ("Then? <image>", image, "Pad"), None)
+    # Only the first message is rebuilt; a later tuple contributes its text as is.
+    expected = VICUNA_SYSTEM + f" USER: {rebuilt} ASSISTANT: A1</s>USER: Then? <image> ASSISTANT:"
+    assert conv.get_prompt() == expected
+
+
+def test_tuple_first_message_in_other_styles():
+    image = Image.new("RGB", (4, 4))
+    assert _chat("plain", ("<image>caption me ", image, "Pad"), None).get_prompt() == "<image>\ncaption me\n"
+    prompt = _chat("chatml_direct", ("Q <image>", image, "Pad"), None).get_prompt()
+    assert prompt.endswith("<|im_start|>user\n<image>\nQ<|im_end|><|im_start|>assistant\n")
+
+
+def test_tuple_first_message_with_mmtag_version():
+    # Upstream's "mmtag" templates put the image in a turn of its own, answered with "Received.".
+    conv = dataclasses.replace(get_conv_template("vicuna_v1"), version="v1_mmtag")
+    conv.append_message("USER", ("<image>\nWhat is it?", Image.new("RGB", (4, 4)), "Pad"))
+    conv.append_message("ASSISTANT", None)
+    assert conv.get_prompt() == (
+        VICUNA_SYSTEM + " USER: <Image><image></Image> ASSISTANT: Received.</s>USER: What is it? ASSISTANT:"
+    )
 
 
 def test_copy_and_get_conv_template_do_not_share_messages():
