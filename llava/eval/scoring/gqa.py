@@ -5,14 +5,24 @@ Inputs
                  ``types``: {``structural``, ``semantic``, ...}, ``isBalanced``, ...}
   result file    answers jsonl; ``question_id`` is the GQA questionId
 
-A prediction is the answer text with trailing periods removed and lower-cased
-(LLaVA's ``convert_gqa_for_eval``; surrounding whitespace is stripped first) and
-is right iff it equals the gold answer. As in GQA's ``eval.py``, only balanced
-questions count; "open" questions are the structural type ``query``, all other
-types are "binary".
+What the official pipeline does (LLaVA's ``scripts/v1_5/eval/gqa.sh``), and what we do:
 
-``--predictions-file`` writes ``[{"questionId", "prediction"}]`` for GQA's own
-``eval.py`` (``testdev_balanced_predictions.json``).
+* ``scripts/convert_gqa_for_eval.py`` (haotian-liu/LLaVA) turns every answer line into
+  ``{"questionId": id, "prediction": text.rstrip('.').lower()}``: trailing periods off, then
+  lower-cased, nothing else (no whitespace strip: "yes. " stays "yes. "). :func:`normalize_prediction`
+  is exactly that.
+* GQA's ``eval.py --tier testdev_balanced`` keeps one prediction per questionId (a later line
+  replaces an earlier one; so do we, and report the id as duplicate), ignores predictions for ids
+  that are not questions (we list them as unknown), scores only ``isBalanced`` questions, a prediction
+  is right iff it equals ``answer`` (exact string match), "open" questions are the structural type
+  ``query``, the rest "binary". Answers to unbalanced questions are ignored here too.
+* A balanced question without a prediction makes ``eval.py`` stop ("missing predictions"): it only
+  scores complete runs, over all balanced questions. Here an incomplete run is scored over the same
+  denominator, a missing answer counting as wrong, so the number can only rise as the run completes;
+  ``partial`` is true and ``accuracy_on_answered`` gives the accuracy over the answered questions.
+
+``--predictions-file`` writes the official ``testdev_balanced_predictions.json`` (every answer line,
+in file order, as the converter does).
 """
 
 from __future__ import annotations
@@ -24,44 +34,53 @@ from .common import (MatchReport, base_parser, emit, index_by_id, load_answers, 
 
 
 def normalize_prediction(text: str) -> str:
-    return text.strip().rstrip(".").lower()
+    """LLaVA's convert_gqa_for_eval: ``text.rstrip('.').lower()``."""
+    return text.rstrip(".").lower()
 
 
 def predictions_list(answers: list[dict]) -> list[dict]:
-    """The official GQA predictions layout, one entry per answer."""
+    """The official GQA predictions layout, one entry per answer line (file order)."""
     return [{"questionId": answer["question_id"], "prediction": normalize_prediction(answer["text"])}
             for answer in answers]
 
 
+def _groups(question: dict) -> list[str]:
+    """The tallies one balanced question counts in."""
+    types = question.get("types", {})
+    groups = ["all", "open" if types.get("structural") == "query" else "binary"]
+    if "structural" in types:
+        groups.append(f"structural/{types['structural']}")
+    if "semantic" in types:
+        groups.append(f"semantic/{types['semantic']}")
+    return groups
+
+
 def score_gqa(questions: dict, answers: list[dict]) -> dict:
+    """Accuracy over every balanced question (missing = wrong), overall and per type."""
     balanced = {qid_key(qid): q for qid, q in questions.items() if q.get("isBalanced", True)}
     report = MatchReport(n_results=len(answers), n_annotations=len(balanced))
     results = index_by_id(answers, report)
-    report.unknown_ids = [key for key in results if key not in balanced]
-    tallies: dict[str, list[int]] = {}
-
-    def add(group: str, correct: bool) -> None:
-        tally = tallies.setdefault(group, [0, 0])
-        tally[0] += correct
-        tally[1] += 1
-
+    # Answers to unbalanced questions are ignored (not scored), answers to no question at all are unknown.
+    all_ids = {qid_key(qid) for qid in questions}
+    report.unknown_ids = [key for key in results if key not in all_ids]
+    tallies: dict[str, list[int]] = {}  # group -> [correct, questions]
+    answered = [0, 0]
     for qid, question in balanced.items():
-        if qid not in results:
+        if qid in results:
+            correct = normalize_prediction(results[qid]["text"]) == question["answer"]
+            answered[0] += correct
+            answered[1] += 1
+        else:
             report.missing_ids.append(qid)
-            continue
-        correct = normalize_prediction(results[qid]["text"]) == question["answer"]
-        types = question.get("types", {})
-        add("all", correct)
-        add("open" if types.get("structural") == "query" else "binary", correct)
-        if "structural" in types:
-            add(f"structural/{types['structural']}", correct)
-        if "semantic" in types:
-            add(f"semantic/{types['semantic']}", correct)
-    report.n_matched = tallies.get("all", [0, 0])[1]
+            correct = False
+        for group in _groups(question):
+            tally = tallies.setdefault(group, [0, 0])
+            tally[0] += correct
+            tally[1] += 1
+    report.n_matched = answered[1]
 
     def acc(group: str) -> float:
-        correct, total = tallies.get(group, (0, 0))
-        return percent(correct, total)
+        return percent(*tallies.get(group, (0, 0)))
 
     def by_prefix(prefix: str) -> dict:
         return {g[len(prefix):]: acc(g) for g in sorted(tallies) if g.startswith(prefix)}
@@ -72,6 +91,8 @@ def score_gqa(questions: dict, answers: list[dict]) -> dict:
         "open": acc("open"),
         "structural": by_prefix("structural/"),
         "semantic": by_prefix("semantic/"),
+        "partial": report.n_matched < report.n_annotations,
+        "accuracy_on_answered": percent(*answered),
         "report": report.to_dict(),
     }
 
