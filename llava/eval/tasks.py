@@ -58,6 +58,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
         scorer="vqav2",
         scorer_args=(("--test-split", "llava_vqav2_mscoco_test2015.jsonl"),
+                     ("--question-file", "llava_vqav2_mscoco_test-dev2015.jsonl"),
                      ("--upload-file", "answers_upload/{run}.json")),
         outputs=(("answers_upload/{run}.json", "upload to the EvalAI VQAv2 test-dev phase"),),
     ),

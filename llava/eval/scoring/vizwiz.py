@@ -4,9 +4,12 @@ Inputs
   test split   LLaVA's ``llava_test.jsonl``: ``question_id`` and ``image`` per line
   result file  answers jsonl
 
-The upload is ``[{"image", "answer"}]`` in split order with answers cleaned by
-the EvalAI answer processor (LLaVA's ``convert_vizwiz_for_submission``). LLaVA
-stopped on a missing answer; here it is written empty and reported.
+The upload is ``[{"image", "answer"}]``, one entry per split question in split order, answers
+cleaned by the EvalAI answer processor, as LLaVA's ``scripts/convert_vizwiz_for_submission.py``
+(haotian-liu/LLaVA) writes it; a repeated question id keeps its last line (the original builds a
+dict), results for ids outside the split are dropped (listed as unknown). The original stops with an
+``AssertionError`` when a split question has no result; here its answer is written empty (the
+server scores it wrong), the run is marked ``partial`` and the missing ids are listed.
 """
 
 from __future__ import annotations
@@ -32,7 +35,8 @@ def evaluate(result_file: str, test_split: str, upload_file: str | None = None) 
     for i, question in enumerate(questions, start=1):
         require_fields(question, ("question_id", "image"), f"{test_split}: question #{i}")
     entries, report = submission(questions, load_answers(result_file))
-    metrics = {"n_questions": len(entries), "n_empty": report["n_missing"], "report": report}
+    metrics = {"n_questions": len(entries), "n_empty": report["n_missing"],
+               "partial": report["n_matched"] < report["n_annotations"], "report": report}
     if upload_file:
         write_json(upload_file, entries, indent=None)
         metrics["upload_file"] = upload_file
