@@ -6,26 +6,36 @@ Inputs
                   and the prompt to the question plus an answer-format instruction
   ground truth    either ``--mme-dir``: the ``MME_Benchmark_release_version`` folder,
                   one folder per subtask, each image ``<name>.<ext>`` with a
-                  ``<name>.txt`` of ``question<TAB>yes|no`` lines (next to the image, or
+                  ``<name>.txt`` of ``question<TAB>Yes|No`` lines (next to the image, or
                   in ``questions_answers_YN/`` when the images sit in ``images/``);
                   or a question file whose records carry ``answer`` (yes/no)
   question file   optional; its ``category`` gives the subtask (else the first
                   component of ``question_id``)
 
-A prediction is read as MME's ``calculation.py`` does: lower-case; "yes"/"no"
-as is, otherwise "yes" if "yes" occurs in its first 4 characters, else "no" if
-"no" does, else "other" (always wrong).
+The official pipeline (LLaVA's ``scripts/v1_5/eval/mme.sh``) is two scripts:
 
-Per subtask: acc = correct / questions; acc+ = images whose questions are all
-correct / images; score = 100 * (acc + acc+). Perception is the sum over its 10
-subtasks (max 2000), cognition over its 4 (max 800). Every MME image has two
-questions; the official tool pairs consecutive lines, here questions are
-grouped by image explicitly, so line order does not matter.
+* ``convert_answer_to_mme.py`` (LLaVA's ``playground/data/eval/MME``, run there) finds each
+  answer's ground truth by (subtask, ``<name>.txt``, question) -- the prompt without LLaVA's
+  "Answer the question using a single word or phrase." plus " Please answer yes or no." (one
+  space, else two, as the benchmark writes it) -- and writes
+  ``eval_tool/answers/<experiment>/<subtask>.txt`` with ``<name>.txt<TAB>question<TAB>gt<TAB>answer``
+  lines in answer order. An answer without ground truth stops it (KeyError).
+* MME's ``eval_tool/calculation.py`` reads the 14 subtask files, pairs consecutive lines as the
+  two questions of one image and reads a prediction as :func:`parse_pred` does. Per subtask:
+  acc = right / questions, acc+ = images with both questions right / images, score =
+  100 * (acc + acc+); perception sums its 10 subtasks (max 2000), cognition its 4 (max 800).
+  A missing subtask file stops it; a missing or repeated answer shifts the pairing.
 
-``--eval-tool-dir DIR`` also writes ``DIR/<subtask>.txt`` with
-``image<TAB>question<TAB>gt<TAB>prediction`` lines (an image's questions
-adjacent), the layout MME's ``eval_tool/calculation.py --results_dir`` reads.
-``--results-dir DIR`` scores such a folder instead of an answers file.
+Here the pairs are formed by image explicitly, so line order does not matter, and every
+question of the ground truth is scored: a missing answer is written and read as an empty
+prediction, i.e. wrong ("other"), so acc and acc+ keep the benchmark's denominators and a partial
+run never scores higher than the finished one (``partial`` is then true). Answers without ground
+truth are listed as unknown and skipped; a repeated (image, question) keeps its last answer and
+is listed as duplicate. The eval_tool files we write are the converter's, line for line, for a
+complete run whose answers are in question-file order.
+
+``--eval-tool-dir DIR`` writes the ``<subtask>.txt`` files; ``--results-dir DIR`` scores such a
+folder (as calculation.py would) instead of an answers file.
 """
 
 from __future__ import annotations
@@ -51,10 +61,10 @@ _SPACES = re.compile(r"\s+")
 @dataclass
 class MMEItem:
     subtask: str
-    image: str  # image file name, e.g. "0020.png"
+    image: str  # the image's question file name, "<name>.txt": the first field of an eval_tool line
     question: str  # the benchmark's wording
-    gt: str  # "yes" / "no"
-    pred: str  # raw model answer
+    gt: str  # "Yes" / "No" as the benchmark writes it
+    pred: str  # raw model answer; "" for a question without an answer
 
 
 def parse_pred(text: str) -> str:
@@ -94,26 +104,22 @@ def tab_rows(path: str, n_fields: int, expected: str, encoding: str = "utf-8"):
 
 
 def load_ground_truth(mme_dir: str) -> dict[tuple[str, str, str], tuple[str, str, str]]:
-    """(subtask, image stem, canonical question) -> (image file name, question, gt)."""
+    """(subtask, image stem, canonical question) -> ("<stem>.txt", question, gt), in benchmark order."""
     require_dir(mme_dir, "MME benchmark")
     truth = {}
     for subtask in sorted(os.listdir(mme_dir)):
         root = os.path.join(mme_dir, subtask)
         if not os.path.isdir(root):
             continue
+        qa_dir = root
         if os.path.isdir(os.path.join(root, "images")):
-            image_dir, qa_dir = os.path.join(root, "images"), os.path.join(root, "questions_answers_YN")
-            require_dir(qa_dir, f"MME {subtask} questions_answers_YN")
-        else:
-            image_dir = qa_dir = root
-        images = {_stem(name): name for name in os.listdir(image_dir) if not name.endswith(".txt")}
+            qa_dir = require_dir(os.path.join(root, "questions_answers_YN"), f"MME {subtask} questions_answers_YN")
         for name in sorted(os.listdir(qa_dir)):
             if not name.endswith(".txt"):
                 continue
             for question, gt in tab_rows(os.path.join(qa_dir, name), 2, "'question<TAB>answer'", "utf-8-sig"):
-                stem = _stem(name)
-                truth[(subtask, stem, canonical_question(question))] = (
-                    images.get(stem, stem), question, gt.strip().lower())
+                # The converter strips the whole line, so the question as written, without surrounding blanks.
+                truth[(subtask, _stem(name), canonical_question(question))] = (name, question.strip(), gt.strip())
     if not truth:
         raise ValueError(f"no MME question files found under {mme_dir}")
     return truth
@@ -124,15 +130,19 @@ def truth_from_questions(questions: list[dict], path: str) -> dict[tuple[str, st
     for i, question in enumerate(questions, start=1):
         require_fields(question, ("question_id", "text", "answer"), f"{path}: question #{i}")
         subtask = question.get("category") or qid_key(question["question_id"]).split("/")[0]
-        image = os.path.basename(question.get("image") or qid_key(question["question_id"]))
-        truth[(subtask, _stem(image), canonical_question(question["text"]))] = (
-            image, canonical_question(question["text"]), str(question["answer"]).strip().lower())
+        stem = _stem(question.get("image") or qid_key(question["question_id"]))
+        truth[(subtask, stem, canonical_question(question["text"]))] = (
+            f"{stem}.txt", canonical_question(question["text"]), str(question["answer"]).strip())
     return truth
 
 
-def match_answers(answers: list[dict], truth: dict, categories: dict[str, str] | None = None) -> tuple[list[MMEItem], MatchReport]:
-    """Join answers to ground truth by (subtask, image, question); ``categories`` maps
-    question_id -> subtask (from the question file)."""
+def match_answers(answers: list[dict], truth: dict,
+                  categories: dict[str, str] | None = None) -> tuple[list[MMEItem], MatchReport]:
+    """One item per ground-truth question, joined to its answer by (subtask, image, question).
+
+    ``categories`` maps question_id -> subtask (from the question file). Items come in answer
+    order, then the unanswered questions (empty ``pred``) in benchmark order.
+    """
     report = MatchReport(n_results=len(answers), n_annotations=len(truth))
     matched: dict[tuple[str, str, str], MMEItem] = {}
     for answer in answers:
@@ -146,18 +156,23 @@ def match_answers(answers: list[dict], truth: dict, categories: dict[str, str] |
             report.duplicate_ids.append(f"{qid} | {key[2][:60]}")
         image, question, gt = truth[key]
         matched[key] = MMEItem(subtask, image, question, gt, answer["text"])
-    report.missing_ids = [f"{s}/{stem} | {q[:60]}" for (s, stem, q) in truth if (s, stem, q) not in matched]
     report.n_matched = len(matched)
-    return list(matched.values()), report
+    items = list(matched.values())
+    for key, (image, question, gt) in truth.items():
+        if key not in matched:
+            report.missing_ids.append(f"{key[0]}/{key[1]} | {key[2][:60]}")
+            items.append(MMEItem(key[0], image, question, gt, ""))
+    return items, report
 
 
 def score_items(items: list[MMEItem]) -> dict:
     """acc, acc+ and score per subtask; perception / cognition totals."""
     by_subtask: dict[str, dict[str, list[bool]]] = {}  # subtask -> image -> [correct...]
     for item in items:
-        if item.gt not in ("yes", "no"):
+        gt = item.gt.lower()
+        if gt not in ("yes", "no"):
             raise ValueError(f"MME ground truth must be yes/no, got {item.gt!r} for {item.subtask}/{item.image}")
-        correct = parse_pred(item.pred) == item.gt
+        correct = parse_pred(item.pred) == gt
         by_subtask.setdefault(item.subtask, {}).setdefault(item.image, []).append(correct)
 
     subtasks, warnings = {}, []
@@ -167,7 +182,7 @@ def score_items(items: list[MMEItem]) -> dict:
         n_images_right = sum(all(v) for v in images.values())
         odd = [name for name, v in images.items() if len(v) != 2]
         if odd:
-            warnings.append(f"{subtask}: {len(odd)} images do not have exactly 2 answered questions (e.g. {odd[0]})")
+            warnings.append(f"{subtask}: {len(odd)} images do not have exactly 2 questions (e.g. {odd[0]})")
         acc, acc_plus = percent(n_correct, n_questions), percent(n_images_right, len(images))
         subtasks[subtask] = {"acc": acc, "acc_plus": acc_plus, "score": acc + acc_plus,
                              "n_questions": n_questions, "n_images": len(images)}
@@ -194,7 +209,11 @@ def _clean_field(text: str) -> str:
 
 
 def write_eval_tool(items: list[MMEItem], out_dir: str) -> list[str]:
-    """Write ``<subtask>.txt`` files for MME's calculation.py; returns the paths."""
+    """Write ``<subtask>.txt`` files for MME's calculation.py; returns the paths.
+
+    Lines are ``<name>.txt<TAB>question<TAB>gt<TAB>answer``; an image's questions are adjacent
+    (calculation.py pairs consecutive lines), images in order of first appearance in ``items``.
+    """
     os.makedirs(out_dir, exist_ok=True)
     by_subtask: dict[str, dict[str, list[MMEItem]]] = {}
     for item in items:
@@ -218,7 +237,7 @@ def read_eval_tool(results_dir: str) -> list[MMEItem]:
         if not name.endswith(".txt"):
             continue
         for image, question, gt, pred in tab_rows(os.path.join(results_dir, name), 4, "4 tab-separated fields"):
-            items.append(MMEItem(name[:-4], image, question, gt.strip().lower(), pred))
+            items.append(MMEItem(name[:-4], image, question, gt.strip(), pred))
     return items
 
 
@@ -234,6 +253,7 @@ def evaluate(result_file: str, mme_dir: str | None = None, question_file: str | 
         raise ValueError("MME needs ground truth: pass --mme-dir, or a --question-file with 'answer' fields")
     items, report = match_answers(load_answers(result_file), truth, categories)
     metrics = score_items(items)
+    metrics["partial"] = report.n_matched < report.n_annotations
     metrics["report"] = report.to_dict()
     if eval_tool_dir:
         metrics["eval_tool_files"] = write_eval_tool(items, eval_tool_dir)
