@@ -16,18 +16,27 @@ counts as right only if every rotation is answered right. Two layouts are read:
   round r showed the options rotated left by r under the letters A, B, ...
   (the letter shown at position i is original option (i + r) mod n).
 
-A group with a rotation that has no answer is not scored and is reported as
-missing. ``accuracy`` is the circular accuracy; ``single_round_accuracy``
-scores only the original rows' round 0 (the non-circular number).
+``accuracy`` is the circular accuracy over every question of the tsv (groups of rows with
+equal index mod 1e6); ``single_round_accuracy`` scores each question's original row, round 0,
+alone (the non-circular number). Incomplete runs: LLaVA's ``scripts/convert_mmbench_for_submission.py``
+(haotian-liu/LLaVA) writes every tsv row and leaves ``prediction`` empty where there is no answer,
+and the evaluation (OpenCompass server; VLMEvalKit's ``mcq_circular_eval`` and ``eval_sub_data``
+locally) fails a question as soon as one of its rotations does not give the right letter, which an
+empty prediction cannot. So a rotation without an answer is wrong, its question counts as wrong,
+and ``partial`` is true; the report counts rotations (answered / expected). A repeated
+(index, round) keeps its last answer, as the converter's row assignment does; answers to indexes
+outside the tsv are listed as unknown.
 
 Letter extraction (:func:`extract_option_letter`) is a local stand-in for the
 official matcher (which falls back to an LLM): a bare letter, a leading
 "B." / "(B)", "the answer is B" / "答案是B", exactly one standalone option
 letter, or exactly one option text contained in the answer.
 
-The submission xlsx keeps the tsv's columns except the base64 ``image`` and
-adds ``prediction`` after the last option column; each row gets the answer to
-its own index, round 0. Writing it needs ``openpyxl``.
+The submission xlsx is the converter's: the tsv's rows and columns without ``hint``,
+``category``, ``source``, ``image``, ``comment`` and ``l2-category``, and a ``prediction``
+column after the last option column (``D``); each row gets the answer to its own index, round 0
+(the original, fed ``--all-rounds`` answers, would keep the last round's letter, which names a
+rotated option). Writing it needs ``openpyxl``.
 """
 
 from __future__ import annotations
@@ -41,6 +50,8 @@ from .common import MatchReport, base_parser, emit, load_answers, percent, qid_k
 
 LETTERS = "ABCD"
 CIRCULAR_OFFSET = 1_000_000
+# Columns LLaVA's convert_mmbench_for_submission drops from the tsv before adding ``prediction``.
+DROPPED_COLUMNS = ("hint", "category", "source", "image", "comment", "l2-category")
 
 _BARE = re.compile(r"^\(?([A-Z])\)?[.:)：。]?$")
 _LEADING = re.compile(r"^\(?([A-Z])[.:)：、]\s*\S")
@@ -166,51 +177,65 @@ def score_mmbench(rows: list[dict], answers: list[dict]) -> dict:
             report.duplicate_ids.append(f"{unit[0]}/round{unit[1]}")
         by_unit[unit] = answer["text"]
 
-    groups: dict[int, list[tuple[int, int]]] = {}
+    groups: dict[int, list[tuple[int, int]]] = {}  # index mod 1e6 -> its (row index, round) units
     for row in rows:
         rounds = range(len(row_options(row))) if all_rounds else (0,)
         groups.setdefault(row["index"] % CIRCULAR_OFFSET, []).extend((row["index"], r) for r in rounds)
-    report.n_annotations = len(groups)
+    units = [unit for group in groups.values() for unit in group]
+    report.n_annotations = len(units)
+    report.missing_ids = [f"{i}/round{r}" for i, r in units if (i, r) not in by_unit]
+    report.n_matched = len(units) - len(report.missing_ids)
 
-    tallies: dict[str, list[int]] = {}
+    tallies: dict[str, list[int]] = {}  # group -> [right questions, questions]
 
     def add(group: str, correct: bool) -> None:
         tally = tallies.setdefault(group, [0, 0])
         tally[0] += correct
         tally[1] += 1
 
-    single = [0, 0]
-    for base, units in groups.items():
-        head = rows_by_index.get(base, rows_by_index[units[0][0]])
-        if (base, 0) in by_unit:
-            single[0] += round_correct(head, 0, by_unit[(base, 0)])
-            single[1] += 1
-        missing = [unit for unit in units if unit not in by_unit]
-        if missing:
-            report.missing_ids.extend(f"{i}/round{r}" for i, r in missing)
-            continue
-        correct = all(round_correct(rows_by_index[i], r, by_unit[(i, r)]) for i, r in units)
+    def unit_correct(unit: tuple[int, int]) -> bool:
+        # A rotation without an answer is wrong: the server reads its empty prediction cell.
+        return unit in by_unit and round_correct(rows_by_index[unit[0]], unit[1], by_unit[unit])
+
+    complete = 0
+    for base, group in groups.items():
+        head = rows_by_index.get(base, rows_by_index[group[0][0]])
+        complete += all(unit in by_unit for unit in group)
+        add("single", unit_correct((head["index"], 0)))
+        correct = all(unit_correct(unit) for unit in group)
         add("all", correct)
         add(f"category/{head.get('category', '')}", correct)
         add(f"l2/{head.get('l2-category', '')}", correct)
-    report.n_matched = tallies.get("all", [0, 0])[1]
 
     def by_prefix(prefix: str) -> dict:
         return {g[len(prefix):]: percent(*tallies[g]) for g in sorted(tallies) if g.startswith(prefix)}
 
     return {
         "accuracy": percent(*tallies.get("all", (0, 0))),
-        "single_round_accuracy": percent(*single),
-        "n_questions": report.n_matched,
+        "single_round_accuracy": percent(*tallies.get("single", (0, 0))),
+        "n_questions": len(groups),
+        "n_complete_questions": complete,
         "layout": "round_id rotations" if all_rounds else "tsv rows (index mod 1e6)",
         "category": by_prefix("category/"),
         "l2_category": by_prefix("l2/"),
+        "partial": report.n_matched < report.n_annotations,
         "report": report.to_dict(),
     }
 
 
+def submission_columns(header: list[str]) -> list[str]:
+    """The converter's columns: ``header`` without :data:`DROPPED_COLUMNS`, ``prediction`` after the options."""
+    kept = [column for column in header if column not in DROPPED_COLUMNS]
+    last_option = max(kept.index(letter) for letter in LETTERS if letter in kept)
+    return kept[:last_option + 1] + ["prediction"] + kept[last_option + 1:]
+
+
 def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[dict], path: str) -> dict:
-    """The upload file: tsv columns minus ``image``, plus ``prediction``. Returns counts."""
+    """The upload file (see the module docstring). Returns counts.
+
+    Cells hold the tsv's text (the index as an integer); an empty tsv cell or a missing prediction is an
+    empty cell. The original goes through pandas, which also turns all-number option columns into numbers.
+    """
     try:
         from openpyxl import Workbook
         from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
@@ -220,9 +245,7 @@ def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[
     for answer in answers:
         if _round_id(answer) == 0 and _answer_index(answer) is not None:
             predictions[_answer_index(answer)] = answer["text"]
-    header = [column for column in tsv_header(annotation_file) if column != "image"]
-    last_option = max(header.index(letter) for letter in LETTERS if letter in header)
-    columns = header[:last_option + 1] + ["prediction"] + header[last_option + 1:]
+    columns = submission_columns(tsv_header(annotation_file))
 
     def cell(value):
         if value is None or value == "":
