@@ -11,7 +11,12 @@ A prediction is normalised before the comparison: lower-cased, surrounding white
 (open questions), ``yes/no`` and ``yes/no negated`` ("is there not a red shape?", "is no circle present?",
 "does the image not contain ...").
 
-``majority_baseline`` is the accuracy of always answering the most frequent gold answer of the scored questions.
+``majority_baseline`` is the accuracy of always answering the most frequent gold answer.
+
+easy-vqa has no official scorer; its rules are the ones ScienceQA's official script uses for incomplete runs:
+every question of the question file is in the denominator and a question without an answer counts as wrong
+(``partial`` is then true, ``accuracy_on_answered`` is the accuracy over the answered ones); answers to ids that
+are not in the question file are listed as unknown; a repeated id keeps its last answer and is listed.
 """
 
 from __future__ import annotations
@@ -41,32 +46,39 @@ def question_kind(question: str, answer: str) -> str:
 
 
 def score_easyvqa(questions: list[dict], answers: list[dict]) -> dict:
+    """Exact match after :func:`normalize` over every question (missing = wrong), overall and by kind."""
     report = MatchReport(n_results=len(answers), n_annotations=len(questions))
     results = index_by_id(answers, report)
     known = {qid_key(q["question_id"]) for q in questions}
     report.unknown_ids = [key for key in results if key not in known]
-    tallies: dict[str, list[int]] = {}
+    tallies: dict[str, list[int]] = {}  # group -> [right, questions]
     gold_counts: Counter = Counter()
+    answered = [0, 0]
     for q in questions:
         key = qid_key(q["question_id"])
-        if key not in results:
-            report.missing_ids.append(key)
-            continue
         gold = normalize(q["answer"])
         gold_counts[gold] += 1
-        right = normalize(results[key]["text"]) == gold
+        right = False
+        if key in results:
+            right = normalize(results[key]["text"]) == gold
+            answered[0] += right
+            answered[1] += 1
+        else:
+            report.missing_ids.append(key)
         for group in ("all", q.get("kind") or question_kind(q["text"], gold)):
             tally = tallies.setdefault(group, [0, 0])
             tally[0] += right
             tally[1] += 1
-    report.n_matched = tallies.get("all", [0, 0])[1]
+    report.n_matched = answered[1]
     majority, majority_n = gold_counts.most_common(1)[0] if gold_counts else ("", 0)
     return {
         "accuracy": percent(*tallies.get("all", (0, 0))),
         "by_kind": {k: percent(*v) for k, v in sorted(tallies.items()) if k != "all"},
         "questions_by_kind": {k: v[1] for k, v in sorted(tallies.items()) if k != "all"},
         "majority_answer": majority,
-        "majority_baseline": percent(majority_n, report.n_matched),
+        "majority_baseline": percent(majority_n, len(questions)),
+        "partial": report.n_matched < report.n_annotations,
+        "accuracy_on_answered": percent(*answered),
         "report": report.to_dict(),
     }
 

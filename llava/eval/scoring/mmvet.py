@@ -1,9 +1,15 @@
 """MM-Vet: the json the GPT grader reads.
 
 Input: answers jsonl; ``question_id`` is MM-Vet's number (0, 1, ...) or its id
-(``v1_0``). Output: ``{"v1_<n>": answer}`` (LLaVA's ``convert_mmvet_for_eval``),
-answers verbatim -- the grader compares free-form text. Optionally checked
-against MM-Vet's ``mm-vet.json`` (id -> question) for unknown and missing ids.
+(``v1_0``). Output: ``{"v1_<n>": answer}``, answers verbatim -- the grader compares
+free-form text -- as LLaVA's ``scripts/convert_mmvet_for_eval.py`` (haotian-liu/LLaVA)
+writes it: one key per answered id, a repeated id keeps its last line.
+
+The grader (MM-Vet's ``mm-vet_evaluator``) loops over the questions of ``mm-vet.json`` and
+reads ``results[id]``: a missing answer stops it (KeyError), answers to other ids are never
+read. So the json is written as the original writes it, and with ``--annotation-file``
+(``mm-vet.json``) the ids are checked: missing ids are listed and ``partial`` is true, unknown
+ids are listed.
 """
 
 from __future__ import annotations
@@ -22,17 +28,17 @@ def mmvet_id(question_id) -> str:
 
 
 def submission(answers: list[dict], known_ids=None) -> tuple[dict[str, str], dict]:
+    """``{v1_<id>: answer}`` and the match report; without ``known_ids`` (mm-vet.json's keys) nothing is
+    known to be missing, so the answered ids are all that is expected."""
     report = MatchReport(n_results=len(answers))
     results = index_by_id([dict(a, question_id=mmvet_id(a["question_id"])) for a in answers], report)
     entries = {key: result["text"] for key, result in results.items()}
-    if known_ids is not None:
-        known = [str(k) for k in known_ids]
-        report.n_annotations = len(known)
-        report.unknown_ids = [key for key in entries if key not in set(known)]
-        report.missing_ids = [key for key in known if key not in entries]
-        report.n_matched = len(entries) - len(report.unknown_ids)
-    else:
-        report.n_matched = len(entries)
+    known = [mmvet_id(k) for k in known_ids] if known_ids is not None else list(entries)
+    known_set = set(known)
+    report.n_annotations = len(known)
+    report.unknown_ids = [key for key in entries if key not in known_set]
+    report.missing_ids = [key for key in known if key not in entries]
+    report.n_matched = len(entries) - len(report.unknown_ids)
     return entries, report.to_dict()
 
 
@@ -40,6 +46,8 @@ def evaluate(result_file: str, upload_file: str | None = None, annotation_file: 
     known = read_json(annotation_file, role="MM-Vet mm-vet.json") if annotation_file else None
     entries, report = submission(load_answers(result_file), known)
     metrics = {"n_answers": len(entries), "report": report}
+    if known is not None:
+        metrics["partial"] = report["n_matched"] < report["n_annotations"]
     if upload_file:
         write_json(upload_file, entries)
         metrics["upload_file"] = upload_file
