@@ -16,6 +16,7 @@ from llava.model.multimodal_encoder.builder import (
     resolve_vision_tower_path,
 )
 from llava.model.pruning import PruningConfig
+from llava.model.tokenizer import load_tokenizer
 from llava.utils import find_weight_files, load_state_dict
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -201,8 +202,6 @@ def load_pretrained_model(
     dtype / torch_dtype: default float32 on CPU, float16 otherwise.
     `model_name` is accepted for compatibility; the layout is read from the files, not from the name.
     """
-    from transformers import AutoTokenizer
-
     model_dir = resolve_local_dir(model_path)
     if is_llava_hf(model_dir):  # transformers-native layout: the same weights, renamed while loading
         from llava.model.convert_hf import load_llava_hf
@@ -238,7 +237,7 @@ def load_pretrained_model(
         model.get_model().mm_projector.load_state_dict(state)
         model.get_model().mm_projector.to(device=model.device, dtype=torch_dtype_)
 
-    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = load_tokenizer(tokenizer_dir)  # SentencePiece-exact for Llama checkpoints, as the original stack
     _add_image_tokens(model, tokenizer)
 
     tower = build_vision_tower(config, tower_dir, attn_implementation=attn, dtype=torch_dtype_)
