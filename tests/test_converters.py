@@ -104,6 +104,17 @@ def test_mmvet(tmp_path):
     assert "partial: True" in out and "v1_2" in out
 
 
+def test_mmvet_ids_duplicates_and_unknown(tmp_path):
+    from llava.eval.scoring import mmvet
+
+    answers = [{"question_id": 0, "text": "first"}, {"question_id": "v1_0", "text": "second"},  # same id, last wins
+               {"question_id": 5, "text": "x"}]
+    entries, report = mmvet.submission(answers, known_ids=["v1_0", "v1_1"])
+    assert entries == {"v1_0": "second", "v1_5": "x"}
+    assert report["duplicate_ids"] == ["v1_0"] and report["unknown_ids"] == ["v1_5"]
+    assert report["missing_ids"] == ["v1_1"] and (report["n_annotations"], report["n_matched"]) == (2, 1)
+
+
 MMBENCH_COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "source", "l2-category",
                    "comment", "split", "image"]
 
@@ -129,7 +140,9 @@ def test_mmbench(tmp_path):
         "--result-dir", f"./playground/data/eval/mmbench/answers/{split}",
         "--upload-dir", f"./playground/data/eval/mmbench/answers_upload/{split}",
         "--experiment", "llava-v1.5-13b"], cwd=tmp_path)
-    values = list(load_workbook(root / "answers_upload" / split / "llava-v1.5-13b.xlsx").active.values)
+    book = load_workbook(root / "answers_upload" / split / "llava-v1.5-13b.xlsx")
+    assert book.sheetnames == ["Sheet1"]
+    values = list(book.active.values)
     assert values == [
         ("index", "question", "A", "B", "C", "D", "prediction", "answer", "split"),
         (1, "Which animal?", "cat", "dog", "bird", None, "B", "B", "dev"),

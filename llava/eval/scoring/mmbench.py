@@ -254,6 +254,7 @@ def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[
 
     book = Workbook()
     sheet = book.active
+    sheet.title = "Sheet1"  # pandas' to_excel default, as in the converter's file
     sheet.append(columns)
     for row in rows:
         values = dict(row, prediction=predictions.get(row["index"]))
