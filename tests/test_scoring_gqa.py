@@ -52,16 +52,16 @@ def test_complete_run(tmp_path, question_file):
     answers = write_jsonl(tmp_path / "answers.jsonl", [
         {"question_id": "q1", "text": "Yes."},       # "yes": right
         {"question_id": "q2", "text": "Left"},       # "left": right
-        {"question_id": "q3", "text": "yes"},        # wrong
+        {"question_id": "q3", "text": "NO"},         # right
         {"question_id": "q4", "text": "The table"},  # "the table" != "table": wrong
-        {"question_id": "q5", "text": "red"},        # unbalanced: not scored, not unknown
+        {"question_id": "q5", "text": "blue"},       # unbalanced: not scored, not unknown
     ])
     m = gqa.evaluate(answers, question_file)
-    assert m["accuracy"] == pytest.approx(50.0)
-    assert m["binary"] == pytest.approx(50.0)   # q1 right, q3 wrong
+    assert m["accuracy"] == pytest.approx(75.0)
+    assert m["binary"] == pytest.approx(100.0)  # q1, q3 right
     assert m["open"] == pytest.approx(50.0)     # q2 right, q4 wrong
-    assert m["structural"] == {"logical": 0.0, "query": 50.0, "verify": 100.0}
-    assert m["semantic"] == {"attr": 100.0, "obj": 0.0, "rel": 100.0}  # q5's "attr" is not counted
+    assert m["structural"] == {"logical": 100.0, "query": 50.0, "verify": 100.0}
+    assert m["semantic"] == {"attr": 100.0, "obj": 50.0, "rel": 100.0}  # q5's wrong "attr" is not counted
     assert m["partial"] is False
     r = m["report"]
     assert (r["n_annotations"], r["n_matched"], r["n_unknown"], r["n_missing"]) == (4, 4, 0, 0)

@@ -198,6 +198,17 @@ def test_submission_xlsx(tmp_path, legacy_tsv):
     assert len(values) == 8
 
 
+def test_submission_xlsx_takes_round_0_of_all_rounds_answers(tmp_path):
+    from openpyxl import load_workbook
+
+    tsv = write_tsv(tmp_path / "dev.tsv", [row(1, "Q1?", Q1, "B", "c")])
+    answers = write_jsonl(tmp_path / "a.jsonl", [{"question_id": 1, "round_id": r, "text": RIGHT[1][r]}
+                                                 for r in range(4)])
+    mmbench.evaluate(answers, tsv, str(tmp_path / "up.xlsx"))
+    values = list(load_workbook(tmp_path / "up.xlsx").active.values)
+    assert dict(zip(values[0], values[1]))["prediction"] == "B"   # round 3's "C" names a rotated option
+
+
 def test_test_split_is_not_scored_but_converted(tmp_path):
     columns = [c for c in COLUMNS if c != "answer"]
     tsv = write_tsv(tmp_path / "test.tsv", [row(5, "Q?", ["x", "y"], "", "attr")], columns=columns)
