@@ -37,7 +37,8 @@ def test_vqav2(tmp_path):
     # LLaVA's vqav2.sh, from the repo root: python scripts/convert_vqav2_for_submission.py --split $SPLIT --ckpt $CKPT
     root = tmp_path / "playground" / "data" / "eval" / "vqav2"
     split, ckpt = "llava_vqav2_mscoco_test-dev2015", "llava-v1.5-13b"
-    write_jsonl(root / "llava_vqav2_mscoco_test2015.jsonl", [{"question_id": q, "image": f"{q}.jpg"} for q in (10, 11, 12)])
+    write_jsonl(root / "llava_vqav2_mscoco_test2015.jsonl",
+                [{"question_id": q, "image": f"{q}.jpg"} for q in (10, 11, 12)])
     write_jsonl(root / f"{split}.jsonl", [{"question_id": q} for q in (10, 11)])
     write_jsonl(root / "answers" / split / ckpt / "merge.jsonl", [
         {"question_id": 10, "text": "Two"}, {"question_id": 11, "text": "Yes."}, {"question_id": 11, "text": "No."}])
@@ -128,7 +129,8 @@ def test_mmbench(tmp_path):
     with open(root / f"{split}.tsv", "w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f, delimiter="\t")
         writer.writerow(MMBENCH_COLUMNS)
-        writer.writerow([1, "Which animal?", "Look.", "cat", "dog", "bird", "", "B", "c1", "s", "l2", "", "dev", "aGk="])
+        writer.writerow([1, "Which animal?", "Look.", "cat", "dog", "bird", "", "B", "c1", "s", "l2", "", "dev",
+                         "aGk="])
         writer.writerow([1000001, "Which animal?", "Look.", "dog", "bird", "cat", "", "A", "c1", "s", "l2", "", "dev",
                          "aGk="])
         writer.writerow([2, "How many?", "", "1", "2", "", "", "A", "c2", "s", "l2", "", "dev", "aGk="])

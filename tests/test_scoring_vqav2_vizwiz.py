@@ -138,7 +138,7 @@ def test_vizwiz_upload(tmp_path):
     m = vizwiz.evaluate(result, split, str(upload))
     assert json.loads(upload.read_text()) == [
         {"image": "VizWiz_test_00000000.jpg", "answer": "unanswerable"},
-        {"image": "VizWiz_test_00000001.jpg", "answer": ""},          # the original asserts here; we write "" and say so
+        {"image": "VizWiz_test_00000001.jpg", "answer": ""},   # the original asserts here; we write "" and say so
         {"image": "VizWiz_test_00000002.jpg", "answer": "bottle 's label"}]
     assert m["n_empty"] == 1 and m["partial"] is True
     r = m["report"]

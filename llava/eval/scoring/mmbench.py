@@ -161,7 +161,8 @@ def round_correct(row: dict, round_id: int, text: str) -> bool:
 
 def score_mmbench(rows: list[dict], answers: list[dict]) -> dict:
     if any(is_blank(row.get("answer")) for row in rows):
-        raise ValueError("this MMBench tsv has rows without an 'answer' (a test split?); only the submission xlsx can be made")
+        raise ValueError("this MMBench tsv has rows without an 'answer' (a test split?); "
+                         "only the submission xlsx can be made")
     rows_by_index = {row["index"]: row for row in rows}
     all_rounds = any(_round_id(answer) > 0 for answer in answers)
 

@@ -224,7 +224,8 @@ def write_eval_tool(items: list[MMEItem], out_dir: str) -> list[str]:
         with open(path, "w", encoding="utf-8") as f:
             for group in images.values():  # calculation.py pairs consecutive lines
                 for item in group:
-                    f.write("\t".join((item.image, _clean_field(item.question), item.gt, _clean_field(item.pred))) + "\n")
+                    fields = (item.image, _clean_field(item.question), item.gt, _clean_field(item.pred))
+                    f.write("\t".join(fields) + "\n")
         paths.append(path)
     return paths
 
