@@ -22,6 +22,7 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
 from PIL import Image, UnidentifiedImageError
 from transformers import StoppingCriteria
@@ -36,12 +37,18 @@ _RESAMPLE = Image.Resampling.BICUBIC
 # --------------------------------------------------------------------------- image loading
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Open a local image file as an RGB PIL image.
+def load_image(path: str | os.PathLike, background: tuple[int, int, int] | None = None) -> Image.Image:
+    """Open a local image file as an RGB PIL image, converted by :func:`to_rgb`.
+
+    Args:
+        background: the colour transparent pixels are composited on; default: LLaVA's pad colour for the
+            CLIP processor of every LLaVA checkpoint, :data:`CLIP_PAD_COLOR`. Pass ``pad_color(processor)``
+            for another processor, or convert later (:func:`process_images` does it with its processor's
+            colour for images that still have alpha).
 
     Raises:
-        ValueError: for an http(s) URL (no downloads: everything runs offline) or a file that
-            is not a readable image; the message names the path.
+        ValueError: for an http(s) URL (no downloads: everything runs offline), a file that is not a
+            readable image, or one over Pillow's decompression-bomb limit; the message names the path.
         FileNotFoundError: when the file does not exist.
     """
     path = os.fspath(path)
@@ -52,14 +59,76 @@ def load_image(path: str | os.PathLike) -> Image.Image:
         raise FileNotFoundError(f"Image file not found: {path}")
     try:
         with Image.open(path) as image:
-            return image.convert("RGB")
+            image.load()
+            rgb = to_rgb(image, CLIP_PAD_COLOR if background is None else background)
+            return image.copy() if rgb is image else rgb  # the with-block closes `image`
+    except Image.DecompressionBombError as err:
+        raise ValueError(f"Cannot read image {path}: {err} Pillow refuses images over 2 x "
+                         f"PIL.Image.MAX_IMAGE_PIXELS = {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; raise "
+                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from err
     except (UnidentifiedImageError, OSError, SyntaxError) as err:
         raise ValueError(f"Cannot read image {path}: {err}") from err
 
 
-def load_images(image_files: Sequence[str | os.PathLike]) -> list[Image.Image]:
+def load_images(image_files: Sequence[str | os.PathLike],
+                background: tuple[int, int, int] | None = None) -> list[Image.Image]:
     """:func:`load_image` on each path, in order."""
-    return [load_image(path) for path in image_files]
+    return [load_image(path, background) for path in image_files]
+
+
+# LLaVA pads with the processor's mean colour as 8 bit; this is CLIP's (every LLaVA-1.5/1.6 checkpoint's).
+CLIP_PAD_COLOR = (122, 116, 104)
+_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
+_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
+
+
+def pad_color(image_processor) -> tuple[int, ...]:
+    """LLaVA's pad colour: the processor's mean as 8-bit levels, ``int(x * 255)`` (upstream LLaVA's expression)."""
+    return tuple(int(x * 255) for x in image_processor.image_mean)
+
+
+def to_rgb(image: Image.Image, background: tuple[int, int, int] = CLIP_PAD_COLOR) -> Image.Image:
+    """The one conversion of any PIL image to 8-bit RGB; an RGB image without transparency is returned as is.
+
+    ``Image.convert("RGB")`` gets two kinds of image wrong, and they are handled here:
+
+    - high bit depths ("I;16*", "I", "F") are clipped at 255, so a 16-bit grayscale PNG turns white: they are
+      rescaled to 8 bit by :func:`_to_8bit`;
+    - alpha ("RGBA", "LA", "PA", palette or grayscale/RGB with a ``transparency`` key) is dropped, so whatever
+      colour sits under transparent pixels (often black) shows: the image is composited on ``background``
+      (``a/255 * colour + (1 - a/255) * background``), LLaVA's pad colour by default, so transparent areas look
+      like the padding the model saw in training.
+    """
+    if image.mode in _HIGH_DEPTH_MODES:
+        image = _to_8bit(image)
+    if image.mode == "RGB" and "transparency" not in image.info:
+        return image
+    if image.mode in _ALPHA_MODES or "transparency" in image.info:
+        canvas = Image.new("RGBA", image.size, (*background[:3], 255))
+        return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
+    return image.convert("RGB")
+
+
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """A high-bit-depth grayscale image as "L" (or "LA" when it has a transparent level).
+
+    "I;16*" and "I" images with levels in [0, 65535] are 16-bit data (Pillow opens 16-bit PNGs as one of them):
+    ``round(v / 257)``, so 65535 -> 255. "F" images in [0, 1]: ``round(v * 255)``. Anything else is stretched
+    linearly from its own min..max to 0..255 (its range has no standard meaning).
+    """
+    levels = np.asarray(image).astype(np.float64)
+    low, high = (float(levels.min()), float(levels.max())) if levels.size else (0.0, 0.0)
+    if image.mode == "F" and 0 <= low and high <= 1:
+        scaled = levels * 255
+    elif image.mode != "F" and 0 <= low and high <= 65535:
+        scaled = levels / 257
+    else:
+        scaled = (levels - low) * (255 / (high - low)) if high > low else np.zeros_like(levels)
+    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
+    key = image.info.get("transparency")
+    if isinstance(key, (int, float)):  # a tRNS level: that level is transparent
+        gray.putalpha(Image.fromarray(np.where(levels == key, 0, 255).astype(np.uint8)))
+    return gray
 
 
 # --------------------------------------------------------------------------- image processor
@@ -137,6 +206,103 @@ def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
     result = Image.new(pil_img.mode, (side, side), background_color)
     result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
     return result
+
+
+# Bands up to this many pixels are resampled in Pillow's own pass order (bit-exact), see `expand2square_resized`.
+_EXACT_BAND_PIXELS = 1 << 24
+
+
+def expand2square_resized(pil_img: Image.Image, background_color, side: int,
+                          resample: Image.Resampling = _RESAMPLE) -> Image.Image:
+    """``expand2square(pil_img, background_color).resize((side, side), resample)``, without the full-size square.
+
+    The square canvas of a 30000 x 60 image is 2.7 GB; here the image is resampled along its long axis to
+    ``side`` and only the rows (columns) of the output that a resampling filter centred there can reach from the
+    image are computed, from a band of background around it; the rest is background. Pillow resizes in two
+    passes, horizontal first, rounding to 8 bit in between. A wide image (padded rows) is done in that order, so
+    its pixels equal the full canvas' exactly (up to float rounding of the filter positions). A tall image is
+    padded horizontally first, over its full height, while that band is at most ``_EXACT_BAND_PIXELS``; an
+    extreme one is resized vertically first, which can move pixels by one level.
+    """
+    width, height = pil_img.size
+    if width == height:
+        return pil_img.resize((side, side), resample)
+    long_side = max(width, height)
+    if width > height:  # pad rows: horizontal (long) pass first, as Pillow
+        return _pad_axis(_resize_axis(pil_img, 0, side, resample), 1, long_side, side, background_color, resample)
+    band = (width + 8 * max(long_side / side, 1.0)) * height
+    if band <= _EXACT_BAND_PIXELS:  # pad columns first, as Pillow
+        return _resize_axis(_pad_axis(pil_img, 0, long_side, side, background_color, resample), 1, side, resample)
+    return _pad_axis(_resize_axis(pil_img, 1, side, resample), 0, long_side, side, background_color, resample)
+
+
+def _resize_axis(image: Image.Image, axis: int, length: int, resample, box: tuple[float, float] | None = None):
+    """Resample along one axis only (0: x, 1: y) to ``length``; ``box`` = (start, end) on that axis in source px."""
+    width, height = image.size
+    start, end = box if box is not None else (0, image.size[axis])
+    if axis == 0:
+        return image.resize((length, height), resample, box=(start, 0, end, height))
+    return image.resize((width, length), resample, box=(0, start, width, end))
+
+
+def _pad_axis(image: Image.Image, axis: int, long_side: int, side: int, fill, resample) -> Image.Image:
+    """Centre ``image`` along ``axis`` in a ``long_side`` canvas of ``fill`` (as expand2square) and resample that
+    axis to ``side``; the other axis is kept. Output positions whose filter window misses the image are ``fill``
+    (a constant resamples to itself); the others come from a band of fill around the image, wide enough that no
+    window is clipped by the band (Pillow's widest filter, Lanczos, reaches 3 source px per output px)."""
+    short = image.size[axis]
+    scale = long_side / side  # source px per output px
+    offset = (long_side - short) // 2  # expand2square's paste position
+    margin = 3 * max(scale, 1.0) + 2
+    first = max(0, math.floor((offset - margin) / scale))
+    last = min(side, math.ceil((offset + short + margin) / scale))
+    low = max(0, math.floor(first * scale - margin))
+    high = min(long_side, math.ceil(last * scale + margin))
+    band = Image.new(image.mode, _along(image.size, axis, high - low), fill)
+    band.paste(image, _along((0, 0), axis, offset - low))
+    # positions as first * long_side / side: exact at the canvas end (Pillow rejects a box past the image)
+    box = (first * long_side / side - low, last * long_side / side - low)
+    out = Image.new(image.mode, _along(image.size, axis, side), fill)
+    out.paste(_resize_axis(band, axis, last - first, resample, box), _along((0, 0), axis, first))
+    return out
+
+
+def _along(size: tuple[int, int], axis: int, value: int) -> tuple[int, int]:
+    """``size`` with its ``axis`` entry replaced by ``value``."""
+    return (value, size[1]) if axis == 0 else (size[0], value)
+
+
+def _pad_side(processor) -> int | None:
+    """The side the processor resizes a square to, or None when it does not resize squares to a square."""
+    if not getattr(processor, "do_resize", True):
+        return None
+    size = processor.size
+    if size.get("shortest_edge") and not size.get("longest_edge"):
+        return size["shortest_edge"]
+    if size.get("height") and size.get("height") == size.get("width"):
+        return size["height"]
+    return None
+
+
+def _pad_to_square(image: Image.Image, processor) -> Image.Image:
+    """LLaVA's pad step: the image centred on a square of the processor's mean colour, at the processor's size."""
+    fill = pad_color(processor)
+    side = _pad_side(processor)
+    if side is None:  # an unusual processor: pad at full size and let it do what it does
+        return expand2square(image, fill)
+    return expand2square_resized(image, fill, side, Image.Resampling(int(processor.resample)))
+
+
+def _check_image_list(images) -> None:
+    """`process_images` takes a list of PIL images; the usual mistakes are said plainly."""
+    if isinstance(images, Image.Image):
+        raise TypeError("process_images takes a list of PIL images, got a single PIL image: pass [image]")
+    if isinstance(images, (str, os.PathLike, torch.Tensor)) or not isinstance(images, Sequence):
+        raise TypeError(f"process_images takes a list of PIL images, got {type(images).__name__}")
+    for i, image in enumerate(images):
+        if not isinstance(image, Image.Image):
+            hint = ": open it with load_image(path) first" if isinstance(image, (str, os.PathLike)) else ""
+            raise TypeError(f"process_images: images[{i}] is a {type(image).__name__}, not a PIL image{hint}")
 
 
 def _parse_pinpoints(grid_pinpoints) -> list[tuple[int, int]]:
@@ -263,7 +429,10 @@ def _anyres_rule(model_cfg) -> str:
 def process_images(images: Sequence[Image.Image], image_processor, model_cfg):
     """Pixel tensors for a batch of images, following ``model_cfg.image_aspect_ratio``.
 
-    - "pad": pad to square with the processor's mean colour, then process → ``[B, 3, S, S]``.
+    Images are first made RGB by :func:`to_rgb`, transparency composited on the processor's mean colour.
+
+    - "pad": pad to square with the processor's mean colour, then process → ``[B, 3, S, S]`` (resized before
+      padding, see :func:`expand2square_resized`).
     - "anyres": :func:`process_anyres_image` per image with ``model_cfg.image_grid_pinpoints``
       and the grid rule ``model_cfg.anyres_mode`` ("paper" default, or "upstream")
       → ``[B, 1 + crops, 3, S, S]``.
@@ -272,10 +441,11 @@ def process_images(images: Sequence[Image.Image], image_processor, model_cfg):
     Returns a stacked tensor when all images give the same shape, else a list of tensors
     (anyres images with different grids).
     """
+    _check_image_list(images)
+    images = [to_rgb(image, pad_color(image_processor)) for image in images]
     aspect = getattr(model_cfg, "image_aspect_ratio", None)
     if aspect == "pad":
-        fill = tuple(int(x * 255) for x in image_processor.image_mean)
-        tensors = [_pixels(image_processor, expand2square(image, fill)) for image in images]
+        tensors = [_pixels(image_processor, _pad_to_square(image, image_processor)) for image in images]
     elif aspect == "anyres":
         pinpoints, rule = model_cfg.image_grid_pinpoints, _anyres_rule(model_cfg)
         tensors = [process_anyres_image(image, image_processor, pinpoints, rule) for image in images]
