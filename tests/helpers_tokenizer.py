@@ -37,8 +37,9 @@ def piece_ids() -> dict[str, int]:
     return ids
 
 
-def sentencepiece_proto(dummy_prefix: bool = True) -> bytes:
-    """The serialized model. `dummy_prefix=False` is the same model with the normalizer's add_dummy_prefix off."""
+def sentencepiece_proto(dummy_prefix: bool = True, remove_extra_whitespaces: bool = False) -> bytes:
+    """The serialized model. `dummy_prefix=False` is the same model with the normalizer's add_dummy_prefix off;
+    `remove_extra_whitespaces=True` a normalizer that drops leading spaces and collapses runs (LLaMA's does not)."""
     m = pb.ModelProto()
     spec = m.trainer_spec
     spec.model_type = pb.TrainerSpec.BPE
@@ -48,7 +49,7 @@ def sentencepiece_proto(dummy_prefix: bool = True) -> bytes:
     norm = m.normalizer_spec
     norm.name = "identity"
     norm.add_dummy_prefix = dummy_prefix
-    norm.remove_extra_whitespaces = False  # LLaMA keeps runs of spaces
+    norm.remove_extra_whitespaces = remove_extra_whitespaces
     norm.escape_whitespaces = True
     for piece, kind in (("<unk>", pb.ModelProto.SentencePiece.UNKNOWN), ("<s>", pb.ModelProto.SentencePiece.CONTROL),
                         ("</s>", pb.ModelProto.SentencePiece.CONTROL)):
@@ -64,16 +65,17 @@ def sentencepiece_proto(dummy_prefix: bool = True) -> bytes:
 
 
 def make_sentencepiece_dir(path, legacy: bool | None = False, pad_token: str | None = None,
-                           with_tokenizer_json: bool = False) -> Path:
+                           with_tokenizer_json: bool = False, config: dict | None = None,
+                           remove_extra_whitespaces: bool = False) -> Path:
     """A checkpoint's tokenizer files: tokenizer.model (the hand-built model), tokenizer_config.json as
     liuhaotian/llava-v1.5-7b writes it (legacy=None leaves the key out, as older configs do), and, when
     `pad_token` is given, special_tokens_map.json naming it (LLaVA's training saved pad_token "<unk>").
     `with_tokenizer_json` adds the transformers-5 tokenizer.json of the same vocabulary, as a re-saved
-    checkpoint would hold."""
+    checkpoint would hold. `config` overrides tokenizer_config.json entries."""
     path = Path(path)
     path.mkdir(parents=True, exist_ok=True)
-    (path / "tokenizer.model").write_bytes(sentencepiece_proto())
-    cfg = dict(TOKENIZER_CONFIG)
+    (path / "tokenizer.model").write_bytes(sentencepiece_proto(remove_extra_whitespaces=remove_extra_whitespaces))
+    cfg = dict(TOKENIZER_CONFIG, **(config or {}))
     if legacy is None:
         cfg.pop("legacy")
     else:

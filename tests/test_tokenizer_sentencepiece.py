@@ -211,11 +211,24 @@ def test_load_pretrained_model_returns_the_sentencepiece_tokenizer(load, v15_dir
 
 
 def test_config_values_win_over_a_tokenizer_json(tmp_path, proto):
-    """A re-saved checkpoint with tokenizer.json next to tokenizer.model: still SentencePiece, still bos."""
-    d = make_sentencepiece_dir(tmp_path, legacy=False, with_tokenizer_json=True)
+    """A re-saved checkpoint with tokenizer.json next to tokenizer.model: still SentencePiece, and the config's
+    add_bos_token still holds (transformers 5 drops it from the config when it sees a tokenizer.json)."""
+    d = make_sentencepiece_dir(tmp_path / "a", legacy=False, with_tokenizer_json=True)
     tokenizer = load_tokenizer(d)
     assert isinstance(tokenizer, SentencePieceLlamaTokenizer)
     assert tokenizer("What?  Thank").input_ids == oracle_ids("What?  Thank", proto, False)
+    d = make_sentencepiece_dir(tmp_path / "b", legacy=False, with_tokenizer_json=True,
+                               config={"add_bos_token": False, "add_eos_token": True})
+    assert load_tokenizer(d)("What?  Thank").input_ids == oracle_ids("What?  Thank", proto, False)[1:] + [EOS]
+
+
+def test_leading_space_with_a_whitespace_removing_normalizer(tmp_path):
+    """legacy=False encodes a text that starts with a space behind the unk token's text (transformers 4.37). With a
+    normalizer that drops leading spaces (LLaMA's does not), " cat" after </s> encoded alone would lose its "▁"
+    (c, at); behind "<unk>" it stays "▁cat". Hand-traced; runs of spaces collapse to one."""
+    tokenizer = load_tokenizer(make_sentencepiece_dir(tmp_path, legacy=False, remove_extra_whitespaces=True))
+    assert tokenizer("cat</s> cat").input_ids == [BOS, P["▁cat"], EOS, P["▁cat"]]
+    assert tokenizer("What?   cat").input_ids == [BOS, P["▁What"], P["?"], P["▁cat"]]
 
 
 # ----------------------------------------------------------------------------- what the rest of the code uses
@@ -297,6 +310,7 @@ def test_non_sentencepiece_directories_load_as_before(tmp_path):
     # A tokenizer.model that SentencePiece cannot read (Llama-3 keeps a tiktoken file under that name).
     tiktoken = _gpt2_style_dir(tmp_path / "tiktoken")
     (tiktoken / "tokenizer.model").write_text("IQ== 0\nIg== 1\n")
+    (tiktoken / "tokenizer_config.json").write_text(json.dumps({"eos_token": "<|endoftext|>"}))  # no class named
     assert not is_sentencepiece_llama(tiktoken)
     assert not isinstance(load_tokenizer(tiktoken), SentencePieceLlamaTokenizer)
 
