@@ -20,6 +20,7 @@ import re
 import pytest
 import sentencepiece as spm
 from sentencepiece import sentencepiece_model_pb2 as pb
+
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
 from llava.mm_utils import tokenizer_image_token
@@ -276,6 +277,15 @@ def test_added_special_tokens_split_the_text(tmp_path, proto):
                           special_ids={"<s>": 1, "</s>": 2, "<unk>": 0, "<im_patch>": new_id})
     assert tokenizer("cat<im_patch>What").input_ids == expected
     assert expected == [BOS, P["▁cat"], new_id, P["W"], P["h"], P["at"]]  # no prefix after <im_patch>
+
+
+def test_saved_tokenizer_loads_back_the_same(tmp_path, proto):
+    d = make_sentencepiece_dir(tmp_path / "a", legacy=False, pad_token="<unk>", config={"add_bos_token": False})
+    load_tokenizer(d).save_pretrained(str(tmp_path / "saved"))
+    again = load_tokenizer(tmp_path / "saved")
+    assert isinstance(again, SentencePieceLlamaTokenizer) and again.pad_token_id == 0
+    text = "USER: cat</s>USER:  What?"
+    assert again(text).input_ids == oracle_ids(text, proto, False)[1:]
 
 
 def test_pickled_tokenizer_encodes_the_same(tok, proto):

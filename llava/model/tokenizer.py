@@ -191,6 +191,17 @@ class SentencePieceLlamaTokenizer(PreTrainedTokenizer):
                 prev_literal = False
         return out + self.sp_model.decode(run)
 
+    def save_pretrained(self, save_directory, *args, filename_prefix: str | None = None, **kwargs):
+        """transformers' save, with the tokenizer_config.json the original stack reads: class "LlamaTokenizer" (so
+        `load_tokenizer` and transformers 4.x pick it up again) and add_bos_token / add_eos_token, which
+        transformers 5 leaves out."""
+        files = super().save_pretrained(save_directory, *args, filename_prefix=filename_prefix, **kwargs)
+        cfg_file = Path(save_directory) / ((filename_prefix + "-" if filename_prefix else "") + "tokenizer_config.json")
+        cfg = json.loads(cfg_file.read_text())
+        cfg.update(tokenizer_class="LlamaTokenizer", add_bos_token=self.add_bos_token, add_eos_token=self.add_eos_token)
+        cfg_file.write_text(json.dumps(cfg, indent=2, ensure_ascii=False) + "\n")
+        return files
+
     def save_vocabulary(self, save_directory: str, filename_prefix: str | None = None) -> tuple[str]:
         """Writes the unmodified SentencePiece model next to the saved config."""
         name = (filename_prefix + "-" if filename_prefix else "") + SENTENCEPIECE_FILE
