@@ -9,6 +9,7 @@ import torch
 from llava.mm_utils import process_images
 from llava.model.pruning import PruningConfig
 from tests.conftest import pil_image
+from tests.oracle_llava import cls_attention_and_features, eager_llava, greedy_tokens, logits_from_embeds, pruned_embeds
 from tests.test_model import prompt_ids
 
 
@@ -42,11 +43,22 @@ def test_more_placeholders_than_images(v15_dir, load):
         model.generate(prompt_ids(tok), max_new_tokens=2)
 
 
-def test_two_images_two_placeholders_work(v15_dir, load):
+def test_two_images_two_placeholders_equal_the_oracle(v15_dir, clip_dir, load):
+    """Two different images, 3 tokens each: the [CLS] attention per image, the logits (kept tokens spliced in
+    placeholder order) and the greedy answer equal FasterVLM run in transformers' eager Llava (tests/oracle_llava.py);
+    a swapped image order or a wrong kept set would change the logits."""
     tok, model, proc, _ = load(v15_dir, visual_token_num=3)
-    pixels = process_images([pil_image(32, 32), pil_image(32, 32, seed=1)], proc, model.config)
-    _, n, cls_attn = model.generate(prompt_ids(tok, n_images=2), images=pixels, max_new_tokens=2, do_sample=False)
-    assert n == 6 and cls_attn.shape == (2, 16)
+    pixels = process_images([pil_image(40, 24, seed=1), pil_image(30, 50, seed=2)], proc, model.config)
+    ids = prompt_ids(tok, n_images=2)
+    out, n, cls_attn = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
+    logits = model(ids, images=pixels).logits
+    hf, vocab = eager_llava(v15_dir, clip_dir)
+    expected_cls, _ = cls_attention_and_features(hf.model.vision_tower, pixels)
+    embeds = pruned_embeds(hf, ids, pixels, 3)
+    assert n == 6 and embeds.shape[1] == ids.shape[1] - 2 + 6
+    torch.testing.assert_close(cls_attn, expected_cls, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(logits, logits_from_embeds(hf, embeds, vocab), atol=1e-4, rtol=1e-4)
+    assert out[0].tolist() == greedy_tokens(hf, embeds, vocab, 4, tok.eos_token_id)
 
 
 @pytest.mark.parametrize("remove,message", [
