@@ -402,6 +402,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--conv-mode", default=None,
                    help="conversation template (default: the model's own, `conv_mode` in its config, else vicuna_v1)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return p
 
 
@@ -460,11 +461,23 @@ def main(argv=None) -> DemoResult:
     """Run the demo; returns the first image's result (the others in `.more`)."""
     from transformers.utils import logging as hf_logging
 
-    from llava.eval.run_llava import answer, build_prompt, default_device
+    from llava.eval.run_llava import (
+        answer,
+        build_prompt,
+        check_conv_mode,
+        check_device,
+        default_device,
+        resolve_conv_mode,
+    )
     from llava.model.builder import load_pretrained_model
 
     args = build_parser().parse_args(argv)
+    # What can be checked without the model is checked before it is built or loaded.
     budgets = parse_budgets(args.budgets) if args.budgets is not None else None
+    if args.conv_mode is not None:
+        check_conv_mode(args.conv_mode)
+    check_device(args.device)
+    images = demo_images(args, real_model=not args.random_weights and args.model_path is None)
     say = lambda msg: print(f"[demo] {msg}", file=sys.stderr, flush=True)  # noqa: E731
     start = time.perf_counter()
 
@@ -483,8 +496,7 @@ def main(argv=None) -> DemoResult:
     per_crop = model.pruning.tokens_per_crop
     budgets = budgets or default_budgets(per_crop)
     configs = [model.pruning.replace(visual_token_num=b) for b in budgets]  # all budgets checked before any run
-    conv_mode = args.conv_mode or getattr(model.config, "conv_mode", None) or "vicuna_v1"
-    images = demo_images(args, real_model=not random_weights and args.model_path is None)
+    conv_mode = resolve_conv_mode(args.conv_mode, model.config)
     say(f"model ready after {time.perf_counter() - start:.1f} s on {device}: {per_crop} visual tokens per crop")
 
     gen = dict(do_sample=False, num_beams=1, max_new_tokens=args.max_new_tokens, use_cache=True)
@@ -515,5 +527,13 @@ def main(argv=None) -> DemoResult:
     return first
 
 
+def cli(argv=None) -> int:
+    """The command line: expected errors (bad path, image, budget, template) as one line and exit 1; --debug
+    shows the traceback."""
+    from llava.eval.run_llava import run_cli
+
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())

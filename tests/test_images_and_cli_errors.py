@@ -190,3 +190,185 @@ def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # 3600 px > 2 x 1000: Pillow refuses it
     with pytest.raises(ValueError, match=r"huge\.png.*3600 pixels.*MAX_IMAGE_PIXELS"):
         load_image(path)
+
+
+# --------------------------------------------------------------------------- item 13: run_llava's defaults
+
+
+def _spy_answer(monkeypatch):
+    """Record what run_llava.main asks `answer` for (prompt, generation settings), then answer for real."""
+    from llava.eval import run_llava
+
+    calls, real = [], run_llava.answer
+
+    def spy(model, tokenizer, processor, prompt, images, **gen):
+        calls.append(SimpleNamespace(prompt=prompt, gen=gen, tokenizer=tokenizer))
+        return real(model, tokenizer, processor, prompt, images, **gen)
+
+    monkeypatch.setattr(run_llava, "answer", spy)
+    return calls
+
+
+def _image_file(tmp_path, name="img.png"):
+    path = tmp_path / name
+    pil_image(30, 20).save(path)
+    return str(path)
+
+
+def test_run_llava_uses_the_checkpoints_template_and_greedy(v15_dir, tmp_path, monkeypatch):
+    from llava.eval import run_llava
+
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(v15_dir, ckpt)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["conv_mode"] = "mistral_instruct"
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    calls = _spy_answer(monkeypatch)
+    run_llava.main(["--model-path", str(ckpt), "--image-file", _image_file(tmp_path), "--query", "what?",
+                    "--device", "cpu", "--max_new_tokens", "2"])
+    # mistral_instruct (LLAMA_2 style, no system prompt, sep ""), written out by hand
+    assert calls[0].prompt == "[INST] <image>\nwhat? [/INST]"
+    gen = calls[0].gen
+    assert gen["do_sample"] is False and "temperature" not in gen  # greedy unless --temperature > 0
+    assert gen["eos_token_id"] == calls[0].tokenizer.eos_token_id == 2
+    assert [c.keywords for c in gen["stopping_criteria"]] == [["</s>"]]  # LLAMA_2's turn end
+
+
+def test_stop_strings_per_template():
+    from llava.conversation import conv_templates
+    from llava.eval.run_llava import stop_string
+
+    # what ends an assistant turn in each template (llava/conversation.py), by hand
+    expected = {"vicuna_v1": "</s>", "llava_v1": "</s>", "llava_llama_2": "</s>", "mistral_instruct": "</s>",
+                "mpt": "<|im_end|>", "chatml_direct": "<|im_end|>", "smollm2_short": "<|im_end|>", "plain": "\n"}
+    assert {name: stop_string(conv_templates[name]) for name in expected} == expected
+
+
+def test_run_llava_stops_at_the_stop_string(v15_dir, tmp_path, monkeypatch, load):
+    """Greedy output without stopping, cut by hand at the first occurrence of a stop string, equals run_llava's."""
+    from llava.conversation import conv_templates
+    from llava.eval import run_llava
+
+    tok, model, proc, _ = load(v15_dir)
+    image = _image_file(tmp_path)
+    prompt = run_llava.build_prompt("what?", 1, "vicuna_v1")
+    free, _, _ = run_llava.answer(model, tok, proc, prompt, [load_image(image)], do_sample=False, max_new_tokens=8,
+                                  min_new_tokens=8)
+    words = free.split()
+    assert len(words) >= 3, free
+    stop = words[2]  # a piece the model writes third: the template's stop string for this test
+    cut = free.split(stop, 1)[0].strip()
+    template = conv_templates["vicuna_v1"].copy()
+    template.sep2 = stop  # the prompt is unchanged: sep2 only follows assistant turns
+    monkeypatch.setitem(conv_templates, "stop_test", template)
+    text = run_llava.main(["--model-path", str(v15_dir), "--image-file", image, "--query", "what?",
+                           "--device", "cpu", "--max_new_tokens", "8", "--conv-mode", "stop_test"])
+    assert text == cut and len(cut) < len(free)
+
+
+# --------------------------------------------------------------------------- items 14, 15: one-line CLI errors
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: ") and "Traceback" not in err, err
+    for needle in needles:
+        assert needle in lines[0], (needle, lines[0])
+    return lines[0]
+
+
+@pytest.fixture
+def no_model_load(monkeypatch):
+    """Fail the test if a CLI loads a model."""
+    import llava.model.builder
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("the model was loaded")
+
+    for module in ("llava.eval.run_llava", "llava.model.builder"):
+        monkeypatch.setattr(f"{module}.load_pretrained_model", refuse)
+    return llava.model.builder
+
+
+def test_run_llava_bad_conv_mode_fails_before_loading(v15_dir, tmp_path, capsys, no_model_load):
+    from llava.eval import run_llava
+
+    argv = ["--model-path", str(v15_dir), "--image-file", _image_file(tmp_path), "--query", "q", "--device", "cpu"]
+    assert run_llava.cli(argv + ["--conv-mode", "vicuna"]) == 1
+    _one_line_error(capsys, "'vicuna'", "vicuna_v1", "smollm2_short", "chatml_direct")
+
+
+@pytest.mark.parametrize("case", ["missing image", "bad image", "zero budget", "budget too large", "bad model path",
+                                  "cuda without cuda"])
+def test_run_llava_expected_errors_are_one_line(v15_dir, tmp_path, capsys, case):
+    from llava.eval import run_llava
+
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"not an image")
+    image, model, extra, needles = _image_file(tmp_path), str(v15_dir), [], []
+    if case == "missing image":
+        image, needles = str(tmp_path / "nope.png"), ["nope.png", "not found"]
+    elif case == "bad image":
+        image, needles = str(bad), ["bad.png", "Cannot read image"]
+    elif case == "zero budget":
+        extra, needles = ["--visual-token-num", "0"], ["--visual-token-num 0", "positive"]
+    elif case == "budget too large":
+        extra, needles = ["--visual-token-num", "17"], ["visual_token_num=17 is out of range", "between 1 and 16"]
+    elif case == "bad model path":
+        model, needles = str(tmp_path / "no-model"), ["no-model", "neither a local directory"]
+    else:
+        if torch.cuda.is_available():
+            pytest.skip("this machine has CUDA")
+        extra, needles = ["--device", "cuda"], ["--device cuda", "no CUDA device"]
+    argv = ["--model-path", model, "--image-file", image, "--query", "q", *extra]
+    assert run_llava.cli(argv + (["--device", "cpu"] if case != "cuda without cuda" else [])) == 1
+    _one_line_error(capsys, *needles)
+    with pytest.raises((OSError, ValueError)):  # --debug: the exception itself, with its traceback
+        run_llava.cli(argv + ["--debug"])
+
+
+def test_demo_bad_template_image_budget_fail_before_building(tmp_path, capsys):
+    from llava import demo
+
+    model_dir = tmp_path / "model"
+    base = ["--random-weights", "--model-dir", str(model_dir), "--output", str(tmp_path / "x.png")]
+    assert demo.cli(base + ["--conv-mode", "bogus"]) == 1
+    _one_line_error(capsys, "'bogus'", "vicuna_v1")
+    assert demo.cli(base + ["--image", str(tmp_path / "nope.png")]) == 1
+    _one_line_error(capsys, "nope.png")
+    assert demo.cli(base + ["--budgets", "8,half"]) == 1
+    _one_line_error(capsys, "comma-separated")
+    assert not model_dir.exists()  # all three failed before the model was built
+    with pytest.raises(ValueError, match="bogus"):
+        demo.cli(base + ["--conv-mode", "bogus", "--debug"])
+
+
+def test_runner_bad_budget_template_and_paths_are_one_line(tmp_path, capsys):
+    from llava.eval import run_benchmark
+
+    base = ["--benchmark", "textvqa", "--data-root", str(tmp_path), "--model-path", str(tmp_path)]
+    assert run_benchmark.cli(base + ["--visual-token-num", "0"]) == 1
+    _one_line_error(capsys, "--visual-token-num 0", "positive")
+    assert run_benchmark.cli(base + ["--visual-token-num", "5", "--conv-mode", "vicuna1"]) == 1
+    _one_line_error(capsys, "'vicuna1'", "vicuna_v1")
+    assert run_benchmark.cli(base + ["--visual-token-num", "5", "--conv-mode=llava-v1"]) == 1
+    _one_line_error(capsys, "'llava-v1'")
+    assert run_benchmark.cli(base + ["--visual-token-num", "5"]) == 1  # no question file under the data root
+    _one_line_error(capsys, "question file not found", str(tmp_path))
+    with pytest.raises(ValueError, match="positive"):
+        run_benchmark.cli(base + ["--visual-token-num", "0", "--debug"])
+
+
+@pytest.mark.parametrize("module,argv", [
+    ("llava.eval.run_llava", ["--model-path", "nowhere", "--image-file", "x.png", "--query", "q", "--conv-mode", "x"]),
+    ("llava.demo", ["--random-weights", "--conv-mode", "x"]),
+    ("llava.eval.run_benchmark", ["--benchmark", "textvqa", "--visual-token-num", "-1"]),
+])
+def test_commands_exit_1_with_one_line(module, argv, tmp_path):
+    """The real commands (python -m ...): exit status 1, one line on stderr, no traceback."""
+    env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path))
+    result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env,
+                            cwd=tmp_path, timeout=300)
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr

@@ -119,23 +119,41 @@ def build_parser() -> argparse.ArgumentParser:
                         help="processes to split the questions over (default: one per GPU in CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--no-score", action="store_true", help="stop after the answers file")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     return parser
+
+
+def _passed_value(passthrough: list[str], flag: str) -> str | None:
+    """The last value given to `flag` among the entry point's arguments (`--flag V` or `--flag=V`), else None."""
+    value = None
+    for i, arg in enumerate(passthrough):
+        if arg == flag and i + 1 < len(passthrough):
+            value = passthrough[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
 
 
 def make_plan(argv=None) -> Plan:
     parser = build_parser()
     args, passthrough = parser.parse_known_args(argv)
+    # Bad values are ValueErrors (one line and exit 1 from `cli`), checked before anything runs or loads.
     owned = [a for a in passthrough if a.split("=")[0] in RUNNER_FLAGS]
     if owned:
-        parser.error(f"{owned[0].split('=')[0]} is set by the runner; use its own flags / environment variables")
+        raise ValueError(f"{owned[0].split('=')[0]} is set by the runner; use its own flags / environment variables")
     if args.visual_token_num < 1:
-        parser.error("--visual-token-num must be a positive number of tokens per crop")
+        raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
+    conv_mode = _passed_value(passthrough, "--conv-mode")
+    if conv_mode is not None:
+        from llava.eval.run_llava import check_conv_mode
+
+        check_conv_mode(conv_mode)
     bench = BENCHMARKS[args.benchmark]
     ckpt = args.ckpt or os.environ.get("CKPT") or FAMILY_CKPT[args.family]
     gpus = visible_gpus()
     chunks = args.num_chunks or max(len(gpus), 1)
     if chunks < 1:
-        parser.error("--num-chunks must be at least 1")
+        raise ValueError(f"--num-chunks {chunks}: must be at least 1")
     plan = Plan(
         bench=bench, tokens=args.visual_token_num, ckpt=ckpt,
         model_path=args.model_path or os.environ.get("MODEL_PATH") or f"liuhaotian/{ckpt}",
@@ -236,13 +254,12 @@ def main(argv=None) -> dict:
     return {"answers": answers, "metrics": metrics}
 
 
-def cli() -> int:
-    try:
-        main()
-    except (FileNotFoundError, ValueError, RuntimeError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    return 0
+def cli(argv=None) -> int:
+    """The command line: expected errors (bad paths, arguments, templates, failed chunks) as one line and exit 1;
+    --debug shows the traceback."""
+    from llava.eval.run_llava import EXPECTED_ERRORS, run_cli
+
+    return run_cli(main, argv, EXPECTED_ERRORS + (RuntimeError,))  # RuntimeError: a chunk process failed
 
 
 if __name__ == "__main__":

@@ -1,6 +1,10 @@
 """Ask one question about one or more images:
 
     python -m llava.eval.run_llava --model-path DIR --image-file IMG[,IMG2] --query "..." --visual-token-num 58
+
+Greedy by default (`--temperature` > 0 samples); the conversation template is the checkpoint's own (`conv_mode`
+in its config) unless `--conv-mode` names one; generation stops at the template's stop string or EOS. Expected
+errors (a bad path, image, budget or template) print one line and exit 1; `--debug` shows the traceback.
 """
 
 from __future__ import annotations
@@ -12,9 +16,19 @@ import sys
 import torch
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
-from llava.conversation import conv_templates
-from llava.mm_utils import get_model_name_from_path, load_images, process_images, tokenizer_image_token
+from llava.conversation import Conversation, SeparatorStyle, conv_templates
+from llava.mm_utils import (
+    KeywordsStoppingCriteria,
+    get_model_name_from_path,
+    load_images,
+    process_images,
+    tokenizer_image_token,
+)
 from llava.model.builder import load_pretrained_model
+
+DEFAULT_CONV_MODE = "vicuna_v1"  # when neither --conv-mode nor the checkpoint's config names one (LLaVA-1.5)
+# What a CLI reports in one line (exit 1) instead of a traceback: bad paths, files, arguments, missing packages.
+EXPECTED_ERRORS = (OSError, ValueError, ImportError)
 
 
 def build_prompt(query: str, n_images: int, conv_mode: str) -> str:
@@ -31,6 +45,46 @@ def build_prompt(query: str, n_images: int, conv_mode: str) -> str:
 
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> None:
+    """A CUDA device asked for on a machine without one fails here, in words, not inside torch."""
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+
+
+def check_conv_mode(name: str, source: str = "--conv-mode") -> str:
+    """`name` if it is a known conversation template, else ValueError listing the known ones."""
+    if name not in conv_templates:
+        raise ValueError(f"{source}: unknown conversation template {name!r}; valid: {', '.join(sorted(conv_templates))}")
+    return name
+
+
+def resolve_conv_mode(requested: str | None, model_config) -> str:
+    """--conv-mode if given, else the checkpoint's own `conv_mode` (as llava/demo.py), else vicuna_v1."""
+    if requested:
+        return check_conv_mode(requested)
+    own = getattr(model_config, "conv_mode", None)
+    if own:
+        return check_conv_mode(own, "the checkpoint's config.json conv_mode")
+    return DEFAULT_CONV_MODE
+
+
+def stop_string(conv: Conversation) -> str:
+    """The text that ends an assistant turn in `conv`'s template: generation stops there (upstream LLaVA's
+    run_llava stops on `sep2` for the two-separator style and on `sep` otherwise; here LLAMA_2 and PLAIN also
+    use the separator written after an assistant turn, which is what the model learned to emit)."""
+    if conv.sep_style == SeparatorStyle.MPT:
+        text = conv.sep
+    else:
+        text = conv.sep if conv.sep2 is None else conv.sep2
+    return text.strip() or text
+
+
+def trim_at_stop(text: str, stop: str) -> str:
+    """The answer before the first `stop` (the stopping criterion lets the stop string itself through)."""
+    return text.split(stop, 1)[0].strip() if stop else text.strip()
 
 
 def generation_kwargs(args) -> dict:
@@ -64,7 +118,7 @@ def add_model_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's K: prune after this many LLM layers")
     parser.add_argument("--vision-tower-path", default=None, help="local copy of the config's mm_vision_tower")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--temperature", type=float, default=0.2)
+    parser.add_argument("--temperature", type=float, default=0.2)  # run_llava: 0 (greedy)
     parser.add_argument("--top_p", type=float, default=None)
     parser.add_argument("--num_beams", type=int, default=1)
     parser.add_argument("--max_new_tokens", type=int, default=512)
@@ -80,22 +134,56 @@ def load_from_args(args):
 
 
 def main(argv=None) -> str:
+    """Answer the query; raises on errors (see `cli` for the command line)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     parser.add_argument("--image-file", required=True, help="one image, or several joined by --sep")
     parser.add_argument("--query", required=True)
     parser.add_argument("--sep", default=",")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.set_defaults(conv_mode=None, temperature=0.0)  # the checkpoint's own template; greedy
     args = parser.parse_args(argv)
 
-    images = load_images(args.image_file.split(args.sep))
+    # Everything that can be checked without the model is checked before it loads.
+    if args.conv_mode is not None:
+        check_conv_mode(args.conv_mode)
+    check_device(args.device)
+    if args.visual_token_num is not None and args.visual_token_num < 1:
+        raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
+    images = load_images(args.image_file.split(args.sep))[::-1]
     tokenizer, model, image_processor, _ = load_from_args(args)
-    prompt = build_prompt(args.query, len(images), args.conv_mode)
-    text, v_token_num, _ = answer(model, tokenizer, image_processor, prompt, images, **generation_kwargs(args))
+    conv_mode = resolve_conv_mode(args.conv_mode, model.config)
+    prompt = build_prompt(args.query, len(images), conv_mode)
+    stop = stop_string(conv_templates[conv_mode])
+    gen = generation_kwargs(args)
+    gen.update(eos_token_id=tokenizer.eos_token_id,
+               stopping_criteria=[KeywordsStoppingCriteria([stop], tokenizer)] if stop else None)
+    text, v_token_num, _ = answer(model, tokenizer, image_processor, prompt, images, **gen)
+    text = trim_at_stop(text, stop)
     print(text)
     print(f"[FasterVLM] {v_token_num} visual tokens kept ({model.pruning.method}, "
           f"{model.pruning.visual_token_num} per crop)", file=sys.stderr)
     return text
 
 
+def run_cli(main_function, argv=None, expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS) -> int:
+    """Run `main_function(argv)` as a command: 0 on success; an expected error is printed as one line on stderr
+    and gives 1, unless `--debug` is among the arguments (then it propagates with its traceback)."""
+    argv = sys.argv[1:] if argv is None else list(argv)
+    try:
+        main_function(argv)
+    except expected as err:
+        if "--debug" in argv:
+            raise
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cli(argv=None) -> int:
+    return run_cli(main, argv)
+
+
 if __name__ == "__main__":
-    main()
+    sys.exit(cli())
