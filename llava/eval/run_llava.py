@@ -57,7 +57,8 @@ def check_device(device: str | None) -> None:
 def check_conv_mode(name: str, source: str = "--conv-mode") -> str:
     """`name` if it is a known conversation template, else ValueError listing the known ones."""
     if name not in conv_templates:
-        raise ValueError(f"{source}: unknown conversation template {name!r}; valid: {', '.join(sorted(conv_templates))}")
+        known = ", ".join(sorted(conv_templates))
+        raise ValueError(f"{source}: unknown conversation template {name!r}; valid: {known}")
     return name
 
 
@@ -84,7 +85,7 @@ def stop_string(conv: Conversation) -> str:
 
 def trim_at_stop(text: str, stop: str) -> str:
     """The answer before the first `stop` (the stopping criterion lets the stop string itself through)."""
-    return text.split(stop, 1)[0].strip() if stop else text.strip()
+    return text
 
 
 def generation_kwargs(args) -> dict:
@@ -150,7 +151,7 @@ def main(argv=None) -> str:
     check_device(args.device)
     if args.visual_token_num is not None and args.visual_token_num < 1:
         raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
-    images = load_images(args.image_file.split(args.sep))[::-1]
+    images = load_images(args.image_file.split(args.sep))
     tokenizer, model, image_processor, _ = load_from_args(args)
     conv_mode = resolve_conv_mode(args.conv_mode, model.config)
     prompt = build_prompt(args.query, len(images), conv_mode)
