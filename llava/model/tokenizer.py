@@ -15,7 +15,8 @@ and on LLaMA's vocabulary that differs from SentencePiece on some prompts:
 transformers v4.37's `LlamaTokenizer` (huggingface/transformers, src/transformers/models/llama/tokenization_llama.py):
   legacy=True  (also when the config leaves it unset): every text between special tokens is encoded by the model as
                it is, dummy prefix included ("</s>USER" -> "</s>", "▁USER");
-  legacy=False (what liuhaotian/llava-v1.5-* and vicuna-v1.5 configs say): the model's dummy prefix is switched off;
+  legacy=False (vicuna-v1.5's config, copied into liuhaotian/llava-v1.5-*; LLaVA's llava/train/train.py
+               `preprocess_v1` adjusts its masks for `not tokenizer.legacy`): the model's dummy prefix is switched off;
                "▁" is put once in front of the whole text, so only the first text (and any text that itself starts
                with a space) gets a leading "▁" ("</s>USER" -> "</s>", "US", "ER"); a "▁" left alone in front of a
                leading special token is dropped;
