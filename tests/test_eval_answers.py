@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from llava.eval.answers import (AnswersFile, AnswersMismatchError, RunIdentity, merge_answers, read_answers,
-                                record_key)
+from llava.eval.answers import (IDENTITY_FIELDS, AnswersFile, AnswersMismatchError, RunIdentity, merge_answers,
+                                read_answers, record_key)
 from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import get_chunk, split_list
 
@@ -56,6 +56,83 @@ def test_refuses_to_mix_budgets_and_says_how_to_start_fresh(tmp_path):
     fresh = AnswersFile(str(path), overwrite=True)
     assert fresh.records == []
     fresh.check(other)
+
+
+# For each identity field, a value another run could have written. Written out by hand: a field added to RunIdentity
+# without an entry here fails test_every_identity_field_is_listed, so the per-field tests below cover it too.
+OTHER_RUN = {
+    "model_id": "llava-v1.5-13b",
+    "visual_token_num": 58,
+    "pruning_method": "random",
+    "anyres_mode": "paper",
+}
+
+
+def differing_in(name):
+    """RUN with only `name` changed."""
+    return RunIdentity(**{**RUN.as_fields(), name: OTHER_RUN[name]})
+
+
+def test_every_identity_field_is_listed():
+    assert set(IDENTITY_FIELDS) == set(OTHER_RUN) == {"model_id", "visual_token_num", "pruning_method", "anyres_mode"}
+    assert set(RunIdentity("m", 1, "fastervlm").as_fields()) == set(IDENTITY_FIELDS)
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_RUN))
+def test_resume_refuses_a_file_differing_in_one_field(tmp_path, name):
+    path = tmp_path / "a.jsonl"
+    other = differing_in(name)
+    write_lines(path, [line(1, identity=other)])
+    with pytest.raises(AnswersMismatchError) as err:
+        AnswersFile(str(path)).check(RUN)
+    # only that field is named, with both values
+    assert f"{name}: {OTHER_RUN[name]!r} in the file, {RUN.as_fields()[name]!r} in this run" in str(err.value)
+    assert [f for f in IDENTITY_FIELDS if f"{f}:" in str(err.value)] == [name]
+    AnswersFile(str(path)).check(other)  # the run that wrote it resumes
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_RUN))
+def test_a_conflict_on_any_line_is_refused(tmp_path, name):
+    path = tmp_path / "a.jsonl"
+    records = [line(q) for q in range(1, 6)]
+    records[2] = line(3, identity=differing_in(name))  # line 3 of 5 written by another run
+    write_lines(path, records)
+    with pytest.raises(AnswersMismatchError, match=rf"answer #3: {name}:"):
+        AnswersFile(str(path)).check(RUN)
+    records[2], records[4] = line(3), line(5, identity=differing_in(name))  # and the last line
+    write_lines(path, records)
+    with pytest.raises(AnswersMismatchError, match=rf"answer #5: {name}:"):
+        AnswersFile(str(path)).check(RUN)
+
+
+@pytest.mark.parametrize("name", sorted(OTHER_RUN))
+def test_merge_refuses_chunks_differing_in_one_field_on_any_line(tmp_path, name):
+    a, b, out = tmp_path / "2_0.jsonl", tmp_path / "2_1.jsonl", tmp_path / "merged.jsonl"
+    write_lines(a, [line(1), line(2)])
+    write_lines(b, [line(3), line(4, identity=differing_in(name)), line(5)])
+    with pytest.raises(AnswersMismatchError, match=rf"cannot merge.*{name}: .*2_1\.jsonl \(answer #2\)"):
+        merge_answers([str(a), str(b)], str(out))
+    assert not out.exists()
+    # the whole second chunk by another run, also refused; the first chunk's lines are what the rest must match
+    write_lines(b, [line(3, identity=differing_in(name))])
+    with pytest.raises(AnswersMismatchError, match=name):
+        merge_answers([str(a), str(b)], str(out))
+
+
+def test_merge_refuses_a_key_answered_in_two_chunks(tmp_path):
+    a, b, c = (tmp_path / f"3_{k}.jsonl" for k in range(3))
+    out = tmp_path / "merged.jsonl"
+    write_lines(a, [line(1), line(2)])
+    write_lines(b, [line(3)])
+    write_lines(c, [line(4), line(2)])  # question 2 again, in the last chunk
+    with pytest.raises(ValueError, match=r"question 2 answered twice, in .*3_0\.jsonl \(answer #2\) and again in "
+                                         r".*3_2\.jsonl \(answer #2\)"):
+        merge_answers([str(a), str(b), str(c)], str(out))
+    assert not out.exists()
+    # the same id in another round or as a repeat is a different key: merged
+    write_lines(c, [line(4), line(2, round_id=1), line(2, metadata={"repeat": 1})])
+    assert merge_answers([str(a), str(b), str(c)], str(out)) == 6
+    assert [record_key(r) for r in read_answers(str(out))] == ["1", "2", "3", "4", "2#r1", "2#1"]
 
 
 def test_lines_without_identity_are_refused(tmp_path):

@@ -29,11 +29,10 @@ from __future__ import annotations
 import json
 import os
 import sys
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields as dataclass_fields
 from typing import Any, Iterable
 
-# The fields of a line that say which run wrote it.
-IDENTITY_FIELDS = ("model_id", "visual_token_num", "pruning_method", "anyres_mode")
+_MISSING = "<missing>"  # what a line without an identity field reports for it
 
 
 class AnswersMismatchError(ValueError):
@@ -42,7 +41,8 @@ class AnswersMismatchError(ValueError):
 
 @dataclass(frozen=True)
 class RunIdentity:
-    """What must agree between the lines of one answers file.
+    """What must agree between the lines of one answers file. Every field is written on every line and compared on
+    every line (resume and merge): to widen the identity, add one field here.
 
     model_id:          ``get_model_name_from_path(--model-path)``, as LLaVA records it.
     visual_token_num:  visual tokens kept per crop (the resolved budget; 576 = no pruning for CLIP-336).
@@ -59,15 +59,25 @@ class RunIdentity:
         return asdict(self)
 
 
+# The fields of a line that say which run wrote it: all of RunIdentity's, in its order.
+IDENTITY_FIELDS = tuple(f.name for f in dataclass_fields(RunIdentity))
+
+
+def record_identity(record: dict, fields: Iterable[str] = IDENTITY_FIELDS) -> dict[str, Any]:
+    """The identity fields of an answer line (``"<missing>"`` where the line lacks one)."""
+    return {name: record.get(name, _MISSING) for name in fields}
+
+
+def _differences(theirs: dict, ours: dict, their_name: str, our_name: str) -> list[str]:
+    return [f"{name}: {theirs[name]!r} in {their_name}, {ours[name]!r} in {our_name}"
+            for name in ours if theirs[name] != ours[name]]
+
+
 def identity_conflicts(record: dict, identity: RunIdentity, fields: Iterable[str] = IDENTITY_FIELDS) -> list[str]:
     """``field: file has X, this run has Y`` for each of ``fields`` where ``record`` disagrees."""
-    ours = identity.as_fields()
-    out = []
-    for name in fields:
-        theirs = record.get(name, "<missing>")
-        if theirs != ours[name]:
-            out.append(f"{name}: {theirs!r} in the file, {ours[name]!r} in this run")
-    return out
+    fields = tuple(fields)
+    ours = {name: identity.as_fields()[name] for name in fields}
+    return _differences(record_identity(record, fields), ours, "the file", "this run")
 
 
 def item_key(question_id: Any, round_id: int | None = None, repeat: int = 0) -> str:
@@ -197,21 +207,22 @@ def merge_answers(chunk_paths: list[str], out_path: str) -> int:
     The merged file is written next to ``out_path`` and renamed over it, so a crash never leaves
     a half-merged file. Returns the number of answers.
     """
-    merged, seen, first = [], set(), None
+    merged, seen, first = [], {}, None
     for path in chunk_paths:
         if not os.path.exists(path):
             raise FileNotFoundError(f"chunk answers file not found: {path}")
-        for record in read_answers(path):
-            identity = {name: record.get(name) for name in IDENTITY_FIELDS}
+        for number, record in enumerate(read_answers(path), start=1):
+            where = f"{path} (answer #{number})"
+            identity = record_identity(record)
             if first is None:
-                first = (identity, path)
-            elif identity != first[0]:
-                raise AnswersMismatchError(f"cannot merge: {path} was written by {identity}, "
-                                           f"{first[1]} by {first[0]}")
+                first = (identity, where)
+            conflicts = _differences(identity, first[0], where, first[1])
+            if conflicts:
+                raise AnswersMismatchError(f"cannot merge answers of two runs: {'; '.join(conflicts)}")
             key = record_key(record)
             if key in seen:
-                raise ValueError(f"cannot merge: question {key} answered twice (again in {path})")
-            seen.add(key)
+                raise ValueError(f"cannot merge: question {key} answered twice, in {seen[key]} and again in {where}")
+            seen[key] = where
             merged.append(record)
     os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
     tmp = f"{out_path}.merging"
