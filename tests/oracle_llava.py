@@ -93,8 +93,8 @@ def greedy_tokens(hf, embeds: torch.Tensor, vocab: int, max_new_tokens: int, eos
 def vicuna_v1_prompt(question: str, n_images: int = 1) -> str:
     """LLaVA's `vicuna_v1` conversation (llava/conversation.py in haotian-liu/LLaVA) with the images first, written
     out by hand: system line, `USER: <image>\n...<question> ASSISTANT:`."""
-    system = ("A chat between a curious human and an artificial intelligence assistant. "
-              "The assistant gives helpful, detailed, and polite answers to the human's questions.")
+    system = ("A chat between a curious user and an artificial intelligence assistant. "
+              "The assistant gives helpful, detailed, and polite answers to the user's questions.")
     return f"{system} USER: " + "<image>\n" * n_images + f"{question} ASSISTANT:"
 
 
