@@ -6,7 +6,8 @@ import json
 import pytest
 
 from llava.eval.scoring import SCORERS, gqa, pope, textvqa
-from llava.eval.scoring.common import load_answers, match_by_id, read_jsonl
+from llava.eval.scoring.common import (MatchReport, coverage_line, emit, exit_code, load_answers, match_by_id,
+                                      read_jsonl)
 
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
@@ -57,7 +58,51 @@ def test_match_report_lists_first_ids_and_counts_all():
     assert [k for k, _ in pairs] == ["1"]
     assert listed["n_unknown"] == 25 and len(listed["unknown_ids"]) == 10
     assert listed["missing_ids"] == ["2", "3"]
-    assert "(15 more)" in report.warnings()[0]
+    unknown_line = [w for w in report.warnings() if "result ids not in the annotations" in w]
+    assert unknown_line == ["WARNING: 25 result ids not in the annotations (ignored): "
+                            + ", ".join(str(i) for i in range(100, 110)) + ", ... (15 more)"]
+
+
+def test_report_coverage_fields():
+    # 1 of the 3 annotated ids has an answer: 1/3 = 33.33...%
+    _, report = match_by_id([{"question_id": 1, "text": ""}, {"question_id": 9, "text": ""}], [1, 2, 3])
+    listed = report.to_dict()
+    assert (listed["n_expected"], listed["n_answered"]) == (3, 1)
+    assert listed["coverage"] == pytest.approx(100 / 3)
+    assert coverage_line(listed) == "coverage: 1/3 (33.3%)"
+    assert report.warnings()[0] == "WARNING: incomplete answers: 1 of 3 questions answered (33.3% coverage)"
+
+
+def test_full_coverage_has_no_warning():
+    _, report = match_by_id([{"question_id": 2, "text": ""}, {"question_id": 1, "text": ""}], [1, 2])
+    assert report.to_dict()["coverage"] == 100.0
+    assert report.warnings() == []
+
+
+def test_emit_prints_a_coverage_line_per_report(capsys):
+    outer = MatchReport(n_results=950, n_annotations=1000, n_matched=950).to_dict()
+    inner = MatchReport(n_results=4, n_annotations=4, n_matched=4).to_dict()
+    emit({"accuracy": 50.0, "report": outer, "perception": {"report": inner}}, None)
+    lines = capsys.readouterr().out.splitlines()
+    assert "coverage: 950/1000 (95.0%)" in lines
+    assert "perception coverage: 4/4 (100.0%)" in lines
+    warnings = [line for line in lines if line.startswith("WARNING")]
+    assert warnings == ["WARNING: incomplete answers: 950 of 1000 questions answered (95.0% coverage)"]
+
+
+@pytest.mark.parametrize("reports, code", [
+    ([(0, 0)], 1),            # nothing expected
+    ([(5, 0)], 1),            # nothing answered
+    ([(5, 0), (0, 0)], 1),    # no report scored anything
+    ([(5, 1)], 0),
+    ([(5, 0), (3, 3)], 0),    # one part scored
+    ([], 0),                  # no report: not judged
+])
+def test_exit_code_when_nothing_was_scored(reports, code, capsys):
+    metrics = {f"part{i}": {"report": MatchReport(n_annotations=e, n_matched=a).to_dict()}
+               for i, (e, a) in enumerate(reports)}
+    assert exit_code(metrics) == code
+    assert ("ERROR: nothing was scored" in capsys.readouterr().err) == bool(code)
 
 
 def test_registry_entries_resolve():

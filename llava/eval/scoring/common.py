@@ -12,6 +12,20 @@ Matching rules that hold for all benchmarks:
   so an incomplete answers file gives a visibly incomplete report, not a
   silently lower (or higher) score.
 
+Coverage. Every report also carries ``n_expected`` (questions the benchmark
+asks: the annotations), ``n_answered`` (those that have an answer) and
+``coverage`` = 100 * n_answered / n_expected, a percentage (None when nothing
+is expected). :func:`emit` prints ``coverage: 950/1000 (95.0%)`` for every
+report in the metrics and a ``WARNING:`` line when it is below 100%, whether the
+scorer counts the unanswered questions as wrong (ScienceQA, GQA) or leaves them
+out as its official script does (TextVQA, POPE; those set ``partial``).
+
+Exit status. A scorer's ``main(argv)`` returns its metrics (the eval runner
+calls it in-process); its ``__main__`` block ends with
+``sys.exit(exit_code(main(sys.argv[1:])))``: :func:`exit_code` is 1 (and says
+why on stderr) when nothing at all was scored -- no report has both an
+expected and an answered question -- and 0 otherwise.
+
 Aggregate metrics are percentages (0-100), as LLaVA's scripts print them.
 """
 
@@ -20,6 +34,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Sequence
 
@@ -113,8 +128,16 @@ class MatchReport:
     missing_ids: list = field(default_factory=list)  # annotated, no result
     duplicate_ids: list = field(default_factory=list)  # more than one result (last one kept)
 
+    @property
+    def coverage(self) -> float | None:
+        """Answered / expected in percent; None when nothing is expected."""
+        return 100.0 * self.n_matched / self.n_annotations if self.n_annotations else None
+
     def to_dict(self) -> dict:
         return {
+            "n_expected": self.n_annotations,
+            "n_answered": self.n_matched,
+            "coverage": self.coverage,
             "n_results": self.n_results,
             "n_annotations": self.n_annotations,
             "n_matched": self.n_matched,
@@ -132,14 +155,40 @@ class MatchReport:
 
 _WARNING_TEXT = {
     "unknown": "result ids not in the annotations (ignored)",
-    "missing": "annotated questions without a result (not scored)",
+    "missing": "annotated questions without a result",
     "duplicate": "question ids answered more than once (last answer kept)",
 }
 
 
+def _expected_answered(report: dict) -> tuple[int, int]:
+    """(expected, answered) of a report dict; older dicts only have n_annotations / n_matched."""
+    return report.get("n_expected", report.get("n_annotations", 0)), report.get("n_answered", report.get("n_matched", 0))
+
+
+def coverage_line(report: dict) -> str:
+    """``coverage: 950/1000 (95.0%)`` for a ``MatchReport.to_dict()``."""
+    expected, answered = _expected_answered(report)
+    share = f"{100.0 * answered / expected:.1f}%" if expected else "nothing expected"
+    return f"coverage: {answered}/{expected} ({share})"
+
+
+def coverage_warning(report: dict) -> str | None:
+    """A WARNING line when fewer questions were answered than expected (or none were expected)."""
+    expected, answered = _expected_answered(report)
+    if not expected:
+        return "WARNING: no questions expected (empty annotations or split): nothing was scored"
+    if answered < expected:
+        return (f"WARNING: incomplete answers: {answered} of {expected} questions answered "
+                f"({100.0 * answered / expected:.1f}% coverage)")
+    return None
+
+
 def warning_lines(report: dict) -> list[str]:
-    """Human-readable warnings from a ``MatchReport.to_dict()``."""
+    """Human-readable warnings from a ``MatchReport.to_dict()``: coverage, then unknown / missing / duplicate ids."""
     lines = []
+    low_coverage = coverage_warning(report)
+    if low_coverage:
+        lines.append(low_coverage)
     for label, what in _WARNING_TEXT.items():
         count = report.get(f"n_{label}", 0)
         if count:
@@ -213,14 +262,34 @@ def format_metrics(metrics: dict, indent: int = 0) -> list[str]:
 
 
 def emit(metrics: dict, output_json: str | None) -> None:
-    """Print the metrics, then warnings from any ``report`` entries; write JSON if asked."""
+    """Print the metrics, a coverage line per ``report``, then the warnings; write JSON if asked."""
     for line in format_metrics(metrics):
         print(line)
-    for line in _collect_warnings(metrics):
+    for line in report_lines(metrics):
         print(line)
     if output_json:
         write_json(output_json, metrics)
         print(f"metrics written to {output_json}")
+
+
+def find_reports(metrics: dict, path: str = "") -> list[tuple[str, dict]]:
+    """``(where, report)`` for every ``report`` entry, depth first; ``where`` is the path of the enclosing dict."""
+    found = []
+    for key, value in metrics.items():
+        if key == "report" and isinstance(value, dict):
+            found.append((path, value))
+        elif isinstance(value, dict):
+            found.extend(find_reports(value, f"{path}/{key}" if path else key))
+    return found
+
+
+def report_lines(metrics: dict) -> list[str]:
+    """Coverage line of every report (prefixed with its place when it is nested), then all warnings."""
+    lines = []
+    for where, report in find_reports(metrics):
+        line = coverage_line(report)
+        lines.append(f"{where} {line}" if where else line)
+    return lines + _collect_warnings(metrics)
 
 
 def _collect_warnings(metrics: dict) -> list[str]:
@@ -233,3 +302,28 @@ def _collect_warnings(metrics: dict) -> list[str]:
         elif isinstance(value, dict):
             lines.extend(_collect_warnings(value))
     return lines
+
+
+def nothing_scored(metrics: dict) -> str | None:
+    """Why nothing at all was scored (no report with an expected *and* an answered question), else None.
+
+    Metrics without any report are not judged (None).
+    """
+    reports = [report for _, report in find_reports(metrics)]
+    if not reports:
+        return None
+    counts = [_expected_answered(report) for report in reports]
+    if any(expected and answered for expected, answered in counts):
+        return None
+    if all(not expected for expected, _ in counts):
+        return "no questions expected (empty annotations or split)"
+    return "no expected question has an answer (wrong result file, or ids that match nothing)"
+
+
+def exit_code(metrics: dict) -> int:
+    """Process exit status of a scorer CLI: 1 (with the reason on stderr) when nothing was scored, else 0."""
+    reason = nothing_scored(metrics)
+    if reason is None:
+        return 0
+    print(f"ERROR: nothing was scored: {reason}", file=sys.stderr)
+    return 1
