@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llava.eval.scoring import mmvet  # noqa: E402
-from llava.eval.scoring.common import emit  # noqa: E402
+from llava.eval.scoring.common import emit, exit_code  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -30,4 +30,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

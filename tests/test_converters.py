@@ -47,6 +47,7 @@ def test_vqav2(tmp_path):
     assert upload.read_text().rstrip("\n") == (
         '[{"question_id": 10, "answer": "2"}, {"question_id": 11, "answer": "no"}, {"question_id": 12, "answer": ""}]')
     assert "total results: 3, total split: 3" in out
+    assert "coverage: 2/2 (100.0%)" in out             # both asked test-dev questions answered
     assert "WARNING" in out and "n_empty: 1" in out    # the repeated id 11 is reported
 
 
@@ -209,6 +210,16 @@ def test_mme_experiment_may_be_our_runs_path(tmp_path):
     assert written.read_text() == ("1.txt\tIs it red? Please answer yes or no.\tYes\tyes\n"
                                    "1.txt\tIs it blue? Please answer yes or no.\tNo\t\n")
     assert "partial: True" in out
+
+
+def test_nothing_scored_exits_non_zero(tmp_path):
+    write_jsonl(tmp_path / "llava_test.jsonl", [{"question_id": 0, "image": "a.jpg"}])
+    write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 5, "text": "x"}])   # matches no question
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "convert_vizwiz_for_submission.py"),
+                           "--annotation-file", "llava_test.jsonl", "--result-file", "answers.jsonl",
+                           "--result-upload-file", "up.json"], cwd=tmp_path, capture_output=True, text=True)
+    assert proc.returncode == 1 and "nothing was scored" in proc.stderr
+    assert "coverage: 0/1" in proc.stdout
 
 
 def test_mme_outside_the_mme_folder(tmp_path):

@@ -6,6 +6,8 @@ structural type ``query``, one prediction per id, the last line wins).
 """
 
 import json
+import subprocess
+import sys
 
 import pytest
 
@@ -112,3 +114,15 @@ def test_predictions_file_is_every_answer_line_in_order(tmp_path, question_file)
     assert json.loads(predictions.read_text()) == [
         {"questionId": "q2", "prediction": "left"}, {"questionId": "q1", "prediction": "no"},
         {"questionId": "q1", "prediction": "yes"}, {"questionId": "zz", "prediction": "x"}]
+
+
+def test_cli_exit_status(tmp_path, question_file):
+    def cli(records):
+        answers = write_jsonl(tmp_path / "a.jsonl", records)
+        return subprocess.run([sys.executable, "-m", "llava.eval.scoring.gqa", "--question-file", question_file,
+                               "--result-file", answers], capture_output=True, text=True)
+
+    partial = cli([{"question_id": "q1", "text": "yes"}])
+    assert partial.returncode == 0 and "coverage: 1/4 (25.0%)" in partial.stdout and "accuracy: 25.00" in partial.stdout
+    nothing = cli([{"question_id": "zz", "text": "yes"}])
+    assert nothing.returncode == 1 and "nothing was scored" in nothing.stderr

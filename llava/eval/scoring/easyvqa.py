@@ -25,8 +25,8 @@ import string
 import sys
 from collections import Counter
 
-from .common import (MatchReport, base_parser, emit, index_by_id, load_answers, percent, qid_key, read_jsonl,
-                     require_fields)
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
+                     read_jsonl, require_fields)
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")
@@ -100,4 +100,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

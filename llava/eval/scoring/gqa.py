@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_parser, emit, index_by_id, load_answers, percent, qid_key,
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
                      read_json, write_json)
 
 
@@ -121,4 +121,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

@@ -46,7 +46,7 @@ import os
 import re
 import sys
 
-from .common import MatchReport, base_parser, emit, load_answers, percent, qid_key, require_file
+from .common import MatchReport, base_parser, emit, exit_code, load_answers, percent, qid_key, require_file
 
 LETTERS = "ABCD"
 CIRCULAR_OFFSET = 1_000_000
@@ -290,4 +290,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

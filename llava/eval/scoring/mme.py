@@ -45,7 +45,7 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .common import (MatchReport, emit, load_answers, percent, qid_key, read_jsonl, require_dir,
+from .common import (MatchReport, emit, exit_code, load_answers, percent, qid_key, read_jsonl, require_dir,
                      require_fields)
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
@@ -282,4 +282,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

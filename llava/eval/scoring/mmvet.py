@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_parser, emit, index_by_id, load_answers, qid_key, read_json,
-                     write_json)
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, qid_key,
+                     read_json, write_json)
 
 ID_PREFIX = "v1_"
 
@@ -65,4 +65,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import base_parser, emit, load_answers, match_by_id, read_jsonl, require_fields, write_json
+from .common import (base_parser, emit, exit_code, load_answers, match_by_id, read_jsonl, require_fields,
+                     write_json)
 from .vqa_normalize import evalai_normalize
 
 
@@ -54,4 +55,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))

@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_parser, emit, index_by_id, load_answers, match_by_id, percent,
-                     qid_key, read_json, read_jsonl, require_fields, write_json)
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, match_by_id,
+                     percent, qid_key, read_json, read_jsonl, require_fields, write_json)
 from .vqa_normalize import evalai_normalize, vqa_accuracy
 
 
@@ -122,4 +122,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))
