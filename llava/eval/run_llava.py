@@ -85,7 +85,7 @@ def stop_string(conv: Conversation) -> str:
 
 def trim_at_stop(text: str, stop: str) -> str:
     """The answer before the first `stop` (the stopping criterion lets the stop string itself through)."""
-    return text
+    return text.split(stop, 1)[0].strip() if stop else text.strip()
 
 
 def generation_kwargs(args) -> dict:
