@@ -66,6 +66,8 @@ class _Stages(LlavaMetaForCausalLM):
     """Our encode -> select -> project -> merge stages (`LlavaMetaForCausalLM.visual_tokens`) over the modules of
     one transformers instance, so the kept tokens are chosen and laid out exactly as in our own model tree."""
 
+    unpad_rule = "transformers"  # transformers' processor counted the placeholders with its own unpad rounding
+
     def __init__(self, model: nn.Module, tower: nn.Module, pruning: PruningConfig, anyres: bool) -> None:
         base = model.model
         self.parts = SimpleNamespace(vision_tower=tower, mm_projector=base.multi_modal_projector,
@@ -101,7 +103,8 @@ class _Stages(LlavaMetaForCausalLM):
         if self.config.image_aspect_ratio != "anyres":
             return per_crop
         layout = self.grid_layout(image_size)
-        r0, r1, c0, c1 = unpad_window(image_size, layout.rows * layout.side, layout.cols * layout.side)
+        r0, r1, c0, c1 = unpad_window(image_size, layout.rows * layout.side, layout.cols * layout.side,
+                                      self.unpad_rule)
         return per_crop + (r1 - r0) * (c1 - c0 + 1)
 
 

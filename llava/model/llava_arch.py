@@ -71,15 +71,35 @@ def grid_positions(keep: torch.Tensor, layout: GridLayout) -> tuple[torch.Tensor
     return row.reshape(-1), col.reshape(-1)
 
 
-def unpad_window(image_size: tuple[int, int], height: int, width: int) -> tuple[int, int, int, int]:
+UNPAD_RULES = ("llava", "transformers")
+
+
+def _scaled_side(value: float, rule: str) -> int:
+    """The unpadded side length: LLaVA-1.6's own code truncates (`int(x)`); transformers' llava_next first rounds to 7
+    decimals (`int(round(x, 7))`), which differs when the float product falls just below an integer."""
+    if rule == "llava":
+        return int(value)
+    if rule == "transformers":
+        return int(round(value, 7))
+    raise ValueError(f"unknown unpad rule {rule!r} (llava_arch.unpad_window); expected one of {UNPAD_RULES}")
+
+
+def unpad_window(image_size: tuple[int, int], height: int, width: int,
+                 rule: str = "llava") -> tuple[int, int, int, int]:
     """Rows [r0, r1) and columns [c0, c1) of a (height, width) patch grid that hold the image and not the padding
-    added when it was fitted to the grid resolution (upstream LLaVA-1.6's `unpad_image`). image_size is (w, h)."""
+    added when it was fitted to the grid resolution. image_size is (w, h).
+
+    rule "llava": haotian-liu/LLaVA's `unpad_image` (llava/model/llava_arch.py), the code the LLaVA-1.6 checkpoints
+    ran with: the scaled side is truncated, so a wide 188x47 image on a 12x4 grid keeps rows [1, 3) (47 * 12 / 188
+    is 2.9999999999999996 in floating point). rule "transformers": transformers' llava_next `unpad_image`, whose
+    processor counts placeholders that way (rows [0, 4) for the same image); used for llava-hf models (llava.hf).
+    """
     orig_w, orig_h = image_size
     if orig_w / orig_h > width / height:
-        new_h = int(round(orig_h * (width / orig_w), 7))
+        new_h = _scaled_side(orig_h * (width / orig_w), rule)
         pad = (height - new_h) // 2
         return pad, height - pad, 0, width
-    new_w = int(round(orig_w * (height / orig_h), 7))
+    new_w = _scaled_side(orig_w * (height / orig_h), rule)
     pad = (width - new_w) // 2
     return 0, height, pad, width - pad
 
@@ -94,12 +114,13 @@ def merge_grid_paper(grid_embeds: torch.Tensor, keep: torch.Tensor, layout: Grid
 
 def merge_grid_upstream(
     grid_embeds: torch.Tensor, keep: torch.Tensor, layout: GridLayout, image_size: tuple[int, int],
-    newline: torch.Tensor,
+    newline: torch.Tensor, rule: str = "llava",
 ) -> torch.Tensor:
-    """Upstream LLaVA-1.6 `spatial_unpad`: drop tokens in the padding, raster order, `newline` (D,) after every
-    remaining patch row. Newlines are never pruned. grid_embeds (n_grid, k, D) -> (kept_in_window + rows, D)."""
+    """Upstream LLaVA-1.6 `spatial_unpad`: drop tokens in the padding (`unpad_window` with `rule`), raster order,
+    `newline` (D,) after every remaining patch row. Newlines are never pruned.
+    grid_embeds (n_grid, k, D) -> (kept_in_window + rows, D)."""
     height, width = layout.rows * layout.side, layout.cols * layout.side
-    r0, r1, c0, c1 = unpad_window(image_size, height, width)
+    r0, r1, c0, c1 = unpad_window(image_size, height, width, rule)
     row, col = grid_positions(keep, layout)
     inside = (row >= r0) & (row < r1) & (col >= c0) & (col < c1)
     tokens = grid_embeds.reshape(-1, grid_embeds.shape[-1])[inside]
@@ -198,6 +219,7 @@ class LlavaMetaForCausalLM:
 
     pruning: PruningConfig
     llm_pruner = None  # the installed LLMPruner of an in-LLM method (FastV), else None
+    unpad_rule = "llava"  # upstream mode's unpadding: LLaVA-1.6's own rounding (see `unpad_window`)
 
     def get_model(self):
         return self.model
@@ -297,7 +319,8 @@ class LlavaMetaForCausalLM:
                 f"crops were given: process the image with the same anyres_mode ({self.pruning.anyres_mode!r})"
             )
         if upstream:
-            grid_seq = merge_grid_upstream(grid, grid_keep, layout, image_size, self.get_model().image_newline)
+            grid_seq = merge_grid_upstream(grid, grid_keep, layout, image_size, self.get_model().image_newline,
+                                           self.unpad_rule)
         else:
             grid_seq = merge_grid_paper(grid, grid_keep, layout)
         return torch.cat([base, grid_seq, *extras])
