@@ -1,10 +1,10 @@
-"""VQA normalisation and soft accuracy; TextVQA, VQAv2, VizWiz and MM-Vet files."""
+"""VQA normalisation and soft accuracy; VQAv2, VizWiz and MM-Vet files (TextVQA: test_scoring_textvqa.py)."""
 
 import json
 
 import pytest
 
-from llava.eval.scoring import mmvet, textvqa, vizwiz, vqav2
+from llava.eval.scoring import mmvet, vizwiz, vqav2
 from llava.eval.scoring.vqa_normalize import (EvalAIAnswerProcessor, evalai_normalize, normalize_answer,
                                               process_punctuation, vqa_accuracy)
 
@@ -73,58 +73,6 @@ def test_vqa_accuracy_short_answer_list():
     assert vqa_accuracy("cat", ["cat"] * 3) == pytest.approx(2 / 3)
     with pytest.raises(ValueError):
         vqa_accuracy("cat", [])
-
-
-# ------------------------------------------------------------------ TextVQA
-
-TEXTVQA_DATA = {"data": [
-    {"question_id": 101, "image_id": "img1", "question": "What brand?", "answers": ["sony"] * 3 + ["canon"] * 7},
-    {"question_id": 102, "image_id": "img1", "question": "What year?", "answers": ["1999"] * 10},
-    {"question_id": 103, "image_id": "img2", "question": "What color?", "answers": ["red"] * 2 + ["blue"] * 8},
-]}
-
-
-@pytest.fixture
-def textvqa_annotation(tmp_path):
-    path = tmp_path / "TextVQA_0.5.1_val.json"
-    path.write_text(json.dumps(TEXTVQA_DATA))
-    return str(path)
-
-
-def test_question_from_prompt_layouts():
-    assert textvqa.question_from_prompt("What brand?\nReference OCR token: sony\nAnswer briefly.") == "what brand?"
-    assert textvqa.question_from_prompt("Reference OCR token: sony\nWhat brand?\nAnswer briefly.") == "what brand?"
-    assert textvqa.question_from_prompt("OCR tokens: a b Question: What brand? Short answer:") == "what brand?"
-
-
-def test_textvqa_llava_layout_matches_by_image_and_question(tmp_path, textvqa_annotation):
-    # LLaVA's question file puts the image id in question_id; two questions share img1.
-    result = write_jsonl(tmp_path / "answers.jsonl", [
-        {"question_id": "img1", "prompt": "What brand?\nReference OCR token: sony\nAnswer the question using a single word or phrase.", "text": "Sony"},
-        {"question_id": "img1", "prompt": "what year?\nAnswer the question using a single word or phrase.", "text": "1999."},
-        {"question_id": "img9", "prompt": "What?\nAnswer.", "text": "x"},
-    ])
-    metrics = textvqa.evaluate(result, textvqa_annotation)
-    # "sony" matches 3 annotators -> 0.9; "1999" matches all 10 -> 1.0; mean 0.95.
-    assert metrics["accuracy"] == pytest.approx(95.0)
-    assert metrics["n_matched_by_image_question"] == 2
-    assert metrics["report"]["n_unknown"] == 1 and metrics["report"]["unknown_ids"] == ["img9"]
-    assert metrics["report"]["n_missing"] == 1 and metrics["report"]["missing_ids"] == ["103"]
-
-
-def test_textvqa_matches_by_question_id_when_present(tmp_path, textvqa_annotation):
-    result = write_jsonl(tmp_path / "answers.jsonl", [{"question_id": 103, "prompt": "", "text": "Red"}])
-    metrics = textvqa.evaluate(result, textvqa_annotation)
-    assert metrics["accuracy"] == pytest.approx(60.0)  # 2 of 10 annotators said red
-    assert metrics["report"]["n_missing"] == 2
-
-
-def test_textvqa_duplicate_answer_is_reported(tmp_path, textvqa_annotation):
-    result = write_jsonl(tmp_path / "answers.jsonl", [
-        {"question_id": 103, "text": "blue"}, {"question_id": 103, "text": "red"}])
-    metrics = textvqa.evaluate(result, textvqa_annotation)
-    assert metrics["report"]["duplicate_ids"] == ["103"]
-    assert metrics["accuracy"] == pytest.approx(60.0)  # the last answer is kept
 
 
 # ------------------------------------------------------------------ VQAv2 / VizWiz / MM-Vet
