@@ -1,33 +1,10 @@
-"""The efficiency benchmark: analytic FLOPs, and a smoke run on the tiny synthetic shape that writes its CSV and plot.
+"""The efficiency benchmark: a smoke run on the tiny synthetic shape that writes its CSV and plot, with its FLOPs and
+KV-cache columns checked exactly against the arithmetic written out here (the formulas themselves: tests/test_flops.py).
 No timing is asserted (timings of a shared CPU mean nothing in a test)."""
 
 import csv
 
 import pytest
-
-from llava.bench.flops import LlamaShape, kv_cache_bytes, layer_flops, prefill_flops
-
-SHAPE_7B = LlamaShape(hidden=4096, layers=32, heads=32, kv_heads=32, head_dim=128, mlp=11008, vocab=32000)
-
-
-def test_layer_flops_counts_projections_mlp_and_causal_attention():
-    s = LlamaShape(hidden=8, layers=1, heads=2, kv_heads=1, head_dim=4, mlp=16, vocab=10)
-    n = 3
-    projections = 2 * n * 8 * (8 + 2 * 4) + 2 * n * 8 * 8  # q, k, v (one KV head of 4), o
-    mlp = 2 * n * 3 * 8 * 16
-    attention = 2 * 8 * n * (n + 1)  # QK^T and AV over 1 + 2 + 3 keys
-    assert layer_flops(s, n) == projections + mlp + attention
-
-
-def test_prefill_flops_pruning_before_and_inside_the_llm():
-    full = prefill_flops(SHAPE_7B, 640)
-    assert 8.2e12 < full < 8.6e12  # ~2 x 6.5e9 layer parameters x 640 tokens, plus attention
-    pre = prefill_flops(SHAPE_7B, 122, 122)  # 64 text + 58 visual tokens
-    fastv = prefill_flops(SHAPE_7B, 640, 122, full_layers=2)
-    assert pre < fastv < full
-    assert full / pre > 5  # the bound FasterVLM can approach at 58 tokens
-    assert fastv == pytest.approx(2 / 32 * full + 30 / 32 * pre, rel=0.01)
-    assert kv_cache_bytes(SHAPE_7B, [640] * 2 + [122] * 30, 2) == 2 * 4096 * 2 * (2 * 640 + 30 * 122)
 
 
 def test_smoke_run_writes_csv_and_plot(tmp_path):
@@ -56,3 +33,20 @@ def test_smoke_run_writes_csv_and_plot(tmp_path):
     assert float(by_case[("fastv", 58)]["kv_cache_mb"]) > float(by_case[("fastervlm", 58)]["kv_cache_mb"])
     assert int(by_case[("fastv", 58)]["prompt_len"]) == int(base["prompt_len"])
     assert int(by_case[("fastervlm", 1)]["kept_visual"]) == 1
+    # synthetic "tiny": hidden 64, 4 layers, 4 heads of 16, 2 KV heads, MLP 128, vocabulary 1000; float32 cache
+    def layer(n):  # 2 FLOPs per multiply-add: q, k, v, o; gate, up, down; causal QK^T and AV
+        return 2 * n * 64 * (64 + 32 + 32 + 64) + 2 * n * 64 * 128 * 3 + 2 * 64 * n * (n + 1)
+
+    head = 2 * 64 * 1000
+    full, kept = text + 576, text + 58
+    assert float(base["prefill_gflops"]) * 1e9 == pytest.approx(4 * layer(full) + head, rel=1e-12)
+    assert float(by_case[("fastervlm", 58)]["prefill_gflops"]) * 1e9 == pytest.approx(4 * layer(kept) + head, rel=1e-12)
+    fastv = 2 * layer(full) + 2 * layer(kept) + 2 * 64 * full + head  # K = 2, plus the ranking row
+    assert float(by_case[("fastv", 58)]["prefill_gflops"]) * 1e9 == pytest.approx(fastv, rel=1e-12)
+    assert float(by_case[("fastervlm", 58)]["flops_bound"]) == pytest.approx((4 * layer(full) + head)
+                                                                             / (4 * layer(kept) + head), rel=1e-12)
+    # measured on the cache after 3 new tokens (the last generated token is not fed back): 2 x 2 KV heads x 16 x 4 B
+    per_token = 2 * 2 * 16 * 4
+    assert float(base["kv_cache_mb"]) * 2**20 == pytest.approx(4 * per_token * (full + 2), rel=1e-12)
+    assert float(by_case[("fastv", 58)]["kv_cache_mb"]) * 2**20 == pytest.approx(
+        per_token * (2 * (full + 2) + 2 * (kept + 2)), rel=1e-12)

@@ -4,6 +4,12 @@ Counted: every matmul of every layer (q/k/v/o projections, the gated MLP, causal
 2 FLOPs per multiply-add, plus the LM head on the last position (generation keeps only that one). Norms, RoPE,
 softmax and the embeddings are left out (< 1% for LLaVA shapes). Causal attention: query i reads i + 1 keys, so
 QK^T and AV together cost 2 * 2 * hidden * n(n+1)/2.
+
+FastV (Chen et al., arXiv 2403.06764, Sec. 4) gives a layer's theoretical FLOPs as 4nd^2 + 2n^2 d + 2ndm: one per
+multiply-add, a two-matrix MLP of width m, the full n x n attention square. This module follows the usual hardware
+convention instead (2 per multiply-add, Llama's three MLP matrices, the causal triangle a kernel actually computes);
+for multi-head attention the two are related exactly by ours = 2 * FastV's + 2ndm - 2dn(n - 1)
+(tests/test_flops.py). Ratios between budgets, which is what the benchmark reports, differ little between the two.
 """
 
 from __future__ import annotations
