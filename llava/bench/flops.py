@@ -9,7 +9,8 @@ FastV (Chen et al., arXiv 2403.06764, Sec. 4) gives a layer's theoretical FLOPs 
 multiply-add, a two-matrix MLP of width m, the full n x n attention square. This module follows the usual hardware
 convention instead (2 per multiply-add, Llama's three MLP matrices, the causal triangle a kernel actually computes);
 for multi-head attention the two are related exactly by ours = 2 * FastV's + 2ndm - 2dn(n - 1)
-(tests/test_flops.py). Ratios between budgets, which is what the benchmark reports, differ little between the two.
+(tests/test_flops.py). The ratios the benchmark reports barely move: 640 vs 122 tokens of LLaVA-1.5-7B (576 vs 58
+visual + 64 text) is 5.30x per layer here, 5.39x by FastV's formula.
 """
 
 from __future__ import annotations
