@@ -360,15 +360,130 @@ def test_runner_bad_budget_template_and_paths_are_one_line(tmp_path, capsys):
         run_benchmark.cli(base + ["--visual-token-num", "0", "--debug"])
 
 
-@pytest.mark.parametrize("module,argv", [
-    ("llava.eval.run_llava", ["--model-path", "nowhere", "--image-file", "x.png", "--query", "q", "--conv-mode", "x"]),
-    ("llava.demo", ["--random-weights", "--conv-mode", "x"]),
-    ("llava.eval.run_benchmark", ["--benchmark", "textvqa", "--visual-token-num", "-1"]),
-])
-def test_commands_exit_1_with_one_line(module, argv, tmp_path):
-    """The real commands (python -m ...): exit status 1, one line on stderr, no traceback."""
+_COMMANDS = textwrap.dedent("""
+    import contextlib, io, json, runpy, sys
+    results = []
+    for module, *argv in json.loads(sys.argv[1]):
+        sys.argv, err, code = [module, *argv], io.StringIO(), None
+        with contextlib.redirect_stderr(err):
+            try:
+                runpy.run_module(module, run_name="__main__", alter_sys=True)
+            except SystemExit as exit:
+                code = exit.code
+        results.append([module, code, err.getvalue()])
+    print(json.dumps(results))
+""")
+
+
+def test_commands_exit_1_with_one_line(tmp_path):
+    """The real commands (python -m ...; their `__main__` blocks, run in one fresh process to share the imports):
+    exit status 1, one line on stderr, no traceback."""
+    commands = [
+        ["llava.eval.run_llava", "--model-path", "nowhere", "--image-file", "x.png", "--query", "q", "--conv-mode", "x"],
+        ["llava.demo", "--random-weights", "--conv-mode", "x"],
+        ["llava.eval.run_benchmark", "--benchmark", "textvqa", "--visual-token-num", "-1"],
+    ]
     env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path))
-    result = subprocess.run([sys.executable, "-m", module, *argv], capture_output=True, text=True, env=env,
-                            cwd=tmp_path, timeout=300)
-    lines = result.stderr.strip().splitlines()
-    assert result.returncode == 1 and len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    result = subprocess.run([sys.executable, "-c", _COMMANDS, json.dumps(commands)], capture_output=True, text=True,
+                            env=env, cwd=tmp_path, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for module, code, err in json.loads(result.stdout.strip().splitlines()[-1]):
+        lines = err.strip().splitlines()
+        assert code == 1 and len(lines) == 1 and lines[0].startswith("error: "), (module, code, err)
+
+
+# --------------------------------------------------------------------------- item 18: API mistakes, our message
+
+
+def _ids(tok, question="what is in this image?", n_images=1):
+    from tests.test_model import prompt_ids
+
+    return prompt_ids(tok, question, n_images)
+
+
+def test_pil_images_passed_to_generate(v15_dir, load):
+    tok, model, _, _ = load(v15_dir)
+    image = pil_image(32, 32)
+    for images in ([image], image):
+        with pytest.raises(TypeError, match=r"images are PIL images.*process_images\(images, image_processor"):
+            model.generate(_ids(tok), images=images, max_new_tokens=1)
+    with pytest.raises(TypeError, match="PIL"):
+        model(_ids(tok), images=[image])
+
+
+def test_single_pil_image_or_paths_to_process_images(v15_dir, load):
+    _, model, proc, _ = load(v15_dir)
+    with pytest.raises(TypeError, match=r"got a single PIL image: pass \[image\]"):
+        process_images(pil_image(32, 32), proc, model.config)
+    with pytest.raises(TypeError, match=r"images\[0\] is a str.*load_image\(path\)"):
+        process_images(["cat.jpg"], proc, model.config)
+
+
+def test_one_dimensional_ids_and_lists_of_ids(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir)
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    ids = _ids(tok)[0]  # 1-D, as tokenizer_image_token(..., return_tensors="pt") gives it
+    with pytest.raises(ValueError, match=rf"input_ids must be \(batch, length\).*1-D.*{ids.numel()}.*unsqueeze\(0\)"):
+        model.generate(ids, images=pixels, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"1-D.*unsqueeze\(0\)"):
+        model(ids, images=pixels)
+    with pytest.raises(TypeError, match=r"input_ids must be a torch.LongTensor.*got list.*return_tensors=\"pt\""):
+        model.generate(ids.tolist(), images=pixels, max_new_tokens=1)
+    with pytest.raises(TypeError, match=r"got list"):
+        model.generate(input_ids=[ids.tolist()], images=pixels, max_new_tokens=1)
+    with pytest.raises(TypeError, match=r"integer token ids.*float32"):
+        model.generate(ids[None].float(), images=pixels, max_new_tokens=1)
+
+
+def test_unknown_dtype_names_the_valid_ones(v15_dir, load):
+    with pytest.raises(ValueError, match=r"dtype 'float17'.*float16.*bfloat16.*float32"):
+        load(v15_dir, dtype="float17")
+    with pytest.raises(ValueError, match=r"dtype 'nn'"):  # an attribute of torch, not a dtype
+        load(v15_dir, torch_dtype="nn")
+
+
+def test_nan_pixels(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir)
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels[0, 1, 3, 4] = float("nan")
+    with pytest.raises(ValueError, match=r"image 0: 1 pixel value\(s\) are NaN or infinite"):
+        model.generate(_ids(tok), images=pixels, max_new_tokens=1)
+    pixels[0, 1, 3, 4] = float("inf")
+    with pytest.raises(ValueError, match=r"NaN or infinite"):
+        model(_ids(tok), images=[pixels[0]])
+
+
+def test_prompt_longer_than_the_context(v15_dir, load):
+    tok, model, proc, _ = load(v15_dir)
+    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    assert model.config.max_position_embeddings == 512
+    long_ids = _ids(tok, "word " * 600)
+    text = long_ids.shape[1] - 1  # the <image> placeholder becomes the 16 visual tokens
+    with pytest.raises(ValueError, match=rf"prompt is {text + 16} tokens \({text} text \+ 16 visual\).*context of "
+                                         r"512 tokens \(max_position_embeddings\)"):
+        model.generate(long_ids, images=pixels, max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"max_position_embeddings"):
+        model(long_ids, images=pixels)
+    words = tok("word " * 600, return_tensors="pt").input_ids  # text only: no images
+    with pytest.raises(ValueError, match=rf"prompt is {words.shape[1]} tokens \({words.shape[1]} text \+ 0 visual"):
+        model.generate(words, max_new_tokens=1)
+    _, n, _ = model.generate(words[:, :500], max_new_tokens=1)  # fits: no error
+    assert n == 0
+
+
+def test_image_sizes_given_as_height_width(v16_dir, load):
+    """A 96x40 image on the tiny LLaVA-1.6 grid (crop 32): the 64x32 canvas, 2 crops side by side, the fitted
+    64x27 image leaves 2 black rows above and 3 below. As (40, 96) the model would read a 32x64 canvas with the
+    padding in columns; the crops' pixels show it is not."""
+    tok, model, proc, _ = load(v16_dir)
+    image = pil_image(96, 40)
+    pixels = process_images([image], proc, model.config)
+    assert pixels.shape[:2] == (1, 3)  # base + 2 grid crops, whichever way round: the count cannot tell
+    with pytest.raises(ValueError, match=r"image_sizes\[0\] = \(40, 96\) looks like \(height, width\).*\(96, 40\)"):
+        model.generate(_ids(tok), images=pixels, image_sizes=[(40, 96)], max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"image_sizes has 2 entries for 1 image"):
+        model.generate(_ids(tok), images=pixels, image_sizes=[(96, 40), (96, 40)], max_new_tokens=1)
+    with pytest.raises(ValueError, match=r"image_sizes\[0\] must be \(width, height\).*got \(96,\)"):
+        model.generate(_ids(tok), images=pixels, image_sizes=[(96,)], max_new_tokens=1)
+    _, n, _ = model.generate(_ids(tok), images=pixels, image_sizes=[image.size], max_new_tokens=1)
+    assert n == 3 * 16  # the right order is accepted: base + 2 crops of 16 tokens

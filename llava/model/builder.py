@@ -127,7 +127,9 @@ def _pick_dtype(device: str, dtype, torch_dtype) -> torch.dtype:
     if chosen == "auto":
         chosen = None
     if isinstance(chosen, str):
-        chosen = getattr(torch, chosen)
+        name, chosen = chosen, getattr(torch, chosen, None)
+        if not isinstance(chosen, torch.dtype):  # "float17", or an attribute of torch that is no dtype ("nn")
+            raise ValueError(f"dtype {name!r} is not a torch dtype; use float16, bfloat16 or float32 (or 'auto')")
     if chosen is not None:
         return chosen
     return torch.float32 if str(device).startswith("cpu") else torch.float16

@@ -9,6 +9,23 @@ from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from llava.model.pruning import PruningConfig
 
 
+def check_input_ids(input_ids, name: str = "input_ids") -> None:
+    """Prompt ids must be an integer tensor (B, L); a list, a 1-D tensor (what `tokenizer_image_token` returns for
+    one prompt) or float ids are refused here, with the fix, instead of failing deep inside the model."""
+    if input_ids is None:
+        return
+    if not isinstance(input_ids, torch.Tensor):
+        raise TypeError(f"{name} must be a torch.LongTensor (batch, length), got {type(input_ids).__name__}: build "
+                        f"it with tokenizer_image_token(prompt, tokenizer, return_tensors=\"pt\").unsqueeze(0)")
+    if input_ids.is_floating_point() or input_ids.is_complex() or input_ids.dtype == torch.bool:
+        raise TypeError(f"{name} must hold integer token ids, got dtype {input_ids.dtype}")
+    if input_ids.ndim == 1:
+        raise ValueError(f"{name} must be (batch, length), got a 1-D tensor of {input_ids.numel()} ids: use "
+                         f"ids.unsqueeze(0) (tokenizer_image_token returns one prompt as a 1-D tensor)")
+    if input_ids.ndim != 2:
+        raise ValueError(f"{name} must be (batch, length), got shape {tuple(input_ids.shape)}")
+
+
 class LlavaConfig(LlamaConfig):
     """Llama config plus LLaVA's `mm_*` fields, which are kept as plain attributes.
 
@@ -62,8 +79,10 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
                 f"{self.pruning.method} prunes inside the LLM, so its logits cover the kept positions only; a loss "
                 f"over labels is not supported"
             )
+        check_input_ids(input_ids)
         if images is not None and inputs_embeds is None:
             mm = self.prepare_multimodal_inputs(input_ids, attention_mask, images, image_sizes, labels)
+            self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
             inputs_embeds, attention_mask, labels = mm.inputs_embeds, mm.attention_mask, mm.labels
             kept = self.start_llm_pruning(mm)
             self.last_visual = (kept or mm.v_token_num, mm.cls_attn)
@@ -101,19 +120,39 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
             inputs = kwargs.pop("input_ids")
         if kwargs.get("inputs_embeds") is not None:
             raise ValueError("pass prompt ids (with IMAGE_TOKEN_INDEX) and images, not inputs_embeds")
+        check_input_ids(inputs)
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)
         if images is None:
             if inputs is not None and (inputs < 0).any():
                 raise ValueError("the prompt holds an <image> placeholder but no images were given")
+            if inputs is not None:
+                rows, length = inputs.shape
+                lengths = [length] * rows if attention_mask is None else attention_mask.sum(dim=1).tolist()
+                self.check_context(lengths, [0] * rows)
             embeds = self.get_model().embed_tokens(inputs)
             self.start_llm_pruning(None)
             out = super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
             return (out, 0, None) if inputs.shape[0] == 1 else (out, [0] * inputs.shape[0], [None] * inputs.shape[0])
         mm = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
+        self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
         v_counts, cls_attn = self.start_llm_pruning(mm) or mm.v_token_num, mm.cls_attn
         self.last_visual = (v_counts, cls_attn)
         out = super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
         if len(v_counts) == 1:
             return out, v_counts[0], cls_attn[0]
         return out, v_counts, cls_attn
+
+    def check_context(self, lengths: list[int], visual: list[int]) -> None:
+        """The prompt of every sample, text plus spliced visual tokens, must fit the LLM's context
+        (`max_position_embeddings`): a longer one runs without error but past the positions the model was trained
+        on. lengths / visual: per sample, tokens in all and visual tokens among them."""
+        limit = getattr(self.config, "max_position_embeddings", None)
+        if not limit:
+            return
+        for b, (n, v) in enumerate(zip(lengths, visual)):
+            if n > limit:
+                sample = f"sample {b}: " if len(lengths) > 1 else ""
+                raise ValueError(f"{sample}the prompt is {n} tokens ({n - v} text + {v} visual) but the model has a "
+                                 f"context of {limit} tokens (max_position_embeddings); shorten the prompt or keep "
+                                 f"fewer visual tokens")
