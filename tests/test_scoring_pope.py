@@ -27,9 +27,37 @@ def write_jsonl(path, records):
     ("NO", "yes"),    # the rule matches the words No/no/not exactly
     ("Nope", "yes"),
     ("", "yes"),      # anything without a negation is a yes
+    ("no.", "no"),
+    (" no", "no"),                          # split(" ") leaves an empty first word, "no" is still a word
+    ("Not really", "yes"),                  # capital "Not" is not in the list
+    ("cannot", "yes"),
+    ("Yes, no doubt", "no"),                # commas are dropped, then "no" is a word
+    ("Yes. I'm not sure.", "yes"),
+    ("There's no. Dog", "no"),
+    ("No\nThere is a dog.", "yes"),         # words are split on spaces only: "No\nThere" is one word
+    ("Yes\nno", "yes"),
+    ("no\tdog", "yes"),
 ])
 def test_parse_yes_no(text, expected):
     assert parse_yes_no(text) == expected
+
+
+def test_five_metrics_on_a_hand_computed_confusion_matrix():
+    # TP=3, FP=1, TN=4, FN=2 (n=10):
+    # accuracy (3+4)/10 = 70%; precision 3/4 = 75%; recall 3/5 = 60%;
+    # F1 = 2*.75*.6/(.75+.6) = .9/1.35 = 2/3; yes-ratio (3+1)/10 = 40%.
+    preds = ["yes"] * 3 + ["yes"] + ["no"] * 4 + ["no"] * 2
+    labels = ["yes"] * 3 + ["no"] + ["no"] * 4 + ["yes"] * 2
+    m = binary_metrics(preds, labels)
+    assert (m["TP"], m["FP"], m["TN"], m["FN"], m["n"]) == (3, 1, 4, 2, 10)
+    assert m["accuracy"] == pytest.approx(70.0)
+    assert m["precision"] == pytest.approx(75.0)
+    assert m["recall"] == pytest.approx(60.0)
+    assert m["f1"] == pytest.approx(200 / 3)
+    assert m["yes_ratio"] == pytest.approx(40.0)
+    ratios = pope.llava_ratios(m)
+    assert ratios == {"accuracy": 0.7, "precision": 0.75, "recall": 0.6,
+                      "f1": pytest.approx(2 / 3), "yes_ratio": 0.4}
 
 
 def test_all_yes_predictions():
@@ -130,10 +158,25 @@ def test_pope_falls_back_to_position_without_keys(tmp_path, pope_files):
 
 def test_pope_reports_missing_answers(tmp_path, pope_files):
     ann, questions, _ = pope_files
-    answers = write_jsonl(tmp_path / "partial.jsonl", ANSWERS[:2])
+    answers = write_jsonl(tmp_path / "partial.jsonl", [ANSWERS[0], ANSWERS[2]])
     metrics = pope.evaluate(answers, ann, questions)
-    assert metrics["report"]["n_missing"] == 3
-    assert metrics["adversarial"]["n"] == 2 and "random" not in metrics
+    assert metrics["report"]["n_missing"] == 3 and metrics["report"]["missing_ids"] == ["2", "4", "5"]
+    assert metrics["partial"] is True and metrics["report"]["coverage"] == pytest.approx(40.0)
+    # Only the answers present are scored, each against its own label (LLaVA would have zipped
+    # "Yes","Yes" with the first two label lines dog=yes, cat=no): car yes -> TP, cat yes -> FP.
+    adv = metrics["adversarial"]
+    assert (adv["n"], adv["TP"], adv["FP"], adv["TN"], adv["FN"]) == (2, 1, 1, 0, 0)
+    assert "random" not in metrics
+
+
+def test_pope_duplicate_answer_keeps_the_last(tmp_path, pope_files):
+    ann, questions, _ = pope_files
+    answers = write_jsonl(tmp_path / "dup.jsonl", ANSWERS[:5] + [{"question_id": 3, "text": "No"}])
+    metrics = pope.evaluate(answers, ann, questions)
+    adv = metrics["adversarial"]
+    # cat (label no) now answered "No": TN instead of FP; counted once.
+    assert (adv["n"], adv["TP"], adv["FP"], adv["TN"], adv["FN"]) == (3, 1, 0, 1, 1)
+    assert metrics["report"]["duplicate_ids"] == ["3"] and metrics["partial"] is False
 
 
 def test_pope_cli_writes_json(tmp_path, pope_files):
@@ -144,8 +187,20 @@ def test_pope_cli_writes_json(tmp_path, pope_files):
          "--result-file", answers, "--output-json", str(out)],
         capture_output=True, text=True, check=True)
     assert "adversarial:" in proc.stdout
-    assert "WARNING: 1 result ids not in the annotations" in proc.stdout
+    assert "coverage: 5/5 (100.0%)" in proc.stdout.splitlines()
+    assert "WARNING: 1 result ids not in the annotations (ignored): 99" in proc.stdout.splitlines()
     assert json.loads(out.read_text())["random"]["TP"] == 1
+
+
+def test_pope_cli_exit_status_when_nothing_matches(tmp_path, pope_files):
+    ann, questions, _ = pope_files
+    answers = write_jsonl(tmp_path / "none.jsonl", [{"question_id": 99, "text": "Yes"}])
+    proc = subprocess.run(
+        [sys.executable, "-m", "llava.eval.scoring.pope", "--annotation-dir", ann, "--question-file", questions,
+         "--result-file", answers], capture_output=True, text=True)
+    assert proc.returncode == 1
+    assert "coverage: 0/5 (0.0%)" in proc.stdout.splitlines()
+    assert "ERROR: nothing was scored" in proc.stderr
 
 
 def test_pope_empty_annotation_dir(tmp_path, pope_files):

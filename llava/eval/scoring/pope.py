@@ -7,14 +7,28 @@ Inputs
                   categories), ``image``, ``text``, ``category``
   result file     answers jsonl
 
-Answer parsing is LLaVA's ``eval_pope``: keep the text before the first ``.``,
-drop commas, split on spaces; the answer is "no" if one of the words is exactly
-``No``, ``no`` or ``not``, otherwise "yes" (so an empty or off-topic answer is a yes).
+Answer parsing is LLaVA's ``eval_pope`` (haotian-liu/LLaVA ``llava/eval/eval_pope.py``, as in
+Theia-4869/FasterVLM): keep the text before the first ``.``, drop commas, split on single spaces
+(not on newlines); the answer is "no" if one of the words is exactly ``No``, ``no`` or ``not``,
+otherwise "yes" (so an empty or off-topic answer, "NO", "Not sure" and "No\nIt is" are yes).
 
-Labels are joined to questions by (image, question text) within a category.
-LLaVA zipped the category's answers with the label lines by position; that is
-used only when a category's questions carry no matching (image, question) keys
-and the counts agree, and the output says so.
+Metrics per category, "yes" the positive class: accuracy (TP+TN)/all, precision TP/(TP+FP),
+recall TP/(TP+FN), F1, yes-ratio = share of "yes" predictions; ``average`` is their mean over the
+categories (FasterVLM prints the mean F1 as "Average F1 score").
+
+Matching. LLaVA looked each answer's category up in the question file and zipped a category's
+answers, in answers-file order, with the label lines of ``coco_pope_<category>.json`` by position.
+So an unanswered question shifted every later label, a repeated answer was scored twice, and an
+answer id outside the question file raised KeyError. Here labels are joined to questions by
+(image, question text) within a category, and each answer to its question by id:
+
+* unanswered questions are left out (LLaVA, too, scored only the answers present): ``partial`` is
+  true and the coverage line says how many;
+* ids not in the question file are listed as unknown and ignored;
+* an id answered twice keeps its last answer and is listed as a duplicate.
+
+Joining by position, as LLaVA, is used only when a category's questions carry no matching
+(image, question) keys and the counts agree, and the output says so.
 
 Undefined ratios: with no "yes" prediction precision is 0/0, with no "yes" label
 recall is 0/0; both are reported as 0 and listed under ``undefined``. LLaVA's
@@ -26,8 +40,8 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import (MatchReport, base_parser, emit, index_by_id, percent, qid_key, read_jsonl,
-                     load_answers, require_dir, require_fields)
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
+                     read_jsonl, require_dir, require_fields)
 
 CATEGORIES = ("adversarial", "popular", "random")
 _PREFIX, _SUFFIX = "coco_pope_", ".json"
@@ -69,20 +83,41 @@ def binary_metrics(preds: list[str], labels: list[str]) -> dict:
     }
 
 
+def llava_ratios(m: dict) -> dict[str, float]:
+    """Accuracy, precision, recall, F1 and yes-ratio of :func:`binary_metrics` output as fractions, with LLaVA's
+    float arithmetic (so its printed values are reproduced digit for digit); 0.0 where LLaVA divided by zero."""
+    tp, fp, tn, fn = m["TP"], m["FP"], m["TN"], m["FN"]
+    precision = float(tp) / float(tp + fp) if tp + fp else 0.0
+    recall = float(tp) / float(tp + fn) if tp + fn else 0.0
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+    n = tp + tn + fp + fn
+    return {
+        "accuracy": (tp + tn) / n if n else 0.0,
+        "precision": precision,
+        "recall": recall,
+        "f1": f1,
+        "yes_ratio": (tp + fp) / n if n else 0.0,
+    }
+
+
+def label_categories(annotation_dir: str) -> list[str]:
+    """Sorted ``<category>`` names of the ``coco_pope_<category>.json`` files (other files are ignored)."""
+    require_dir(annotation_dir, "POPE annotation")
+    return sorted(name[len(_PREFIX):-len(_SUFFIX)] for name in os.listdir(annotation_dir)
+                  if name.startswith(_PREFIX) and name.endswith(_SUFFIX))
+
+
 def load_labels(annotation_dir: str) -> dict[str, list[dict]]:
     """category -> the label records of ``coco_pope_<category>.json`` (file order)."""
-    require_dir(annotation_dir, "POPE annotation")
     labels = {}
-    for name in sorted(os.listdir(annotation_dir)):
-        if not (name.startswith(_PREFIX) and name.endswith(_SUFFIX)):
-            continue
-        path = os.path.join(annotation_dir, name)
+    for category in label_categories(annotation_dir):
+        path = os.path.join(annotation_dir, f"{_PREFIX}{category}{_SUFFIX}")
         records = read_jsonl(path, role="POPE annotation file")
         for i, record in enumerate(records, start=1):
             require_fields(record, ("label",), f"{path}: record #{i}")
             if record["label"] not in ("yes", "no"):
                 raise ValueError(f"{path}: record #{i}: label must be 'yes' or 'no', got {record['label']!r}")
-        labels[name[len(_PREFIX):-len(_SUFFIX)]] = records
+        labels[category] = records
     if not labels:
         raise FileNotFoundError(f"no {_PREFIX}<category>{_SUFFIX} files in {annotation_dir}")
     return labels
@@ -94,7 +129,8 @@ def _question_key(record: dict) -> tuple[str, str] | None:
     return record["image"], record["text"].split("\n")[0].strip()
 
 
-def label_questions(questions: list[dict], labels: dict[str, list[dict]]) -> tuple[dict[str, tuple[str, str]], list[str]]:
+def label_questions(questions: list[dict],
+                    labels: dict[str, list[dict]]) -> tuple[dict[str, tuple[str, str]], list[str]]:
     """question_id -> (category, label), plus notes on how each category was joined."""
     by_category: dict[str, list[dict]] = {}
     for question in questions:
@@ -149,6 +185,7 @@ def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict]) -> dic
             name: sum(metrics[c][name] for c in ordered) / len(ordered)
             for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")
         }
+    metrics["partial"] = report.n_matched < report.n_annotations
     metrics["report"] = report.to_dict()
     return metrics
 
@@ -176,4 +213,4 @@ def main(argv=None) -> dict:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1:])
+    sys.exit(exit_code(main(sys.argv[1:])))
