@@ -162,7 +162,8 @@ _WARNING_TEXT = {
 
 def _expected_answered(report: dict) -> tuple[int, int]:
     """(expected, answered) of a report dict; older dicts only have n_annotations / n_matched."""
-    return report.get("n_expected", report.get("n_annotations", 0)), report.get("n_answered", report.get("n_matched", 0))
+    expected = report.get("n_expected", report.get("n_annotations", 0))
+    return expected, report.get("n_answered", report.get("n_matched", 0))
 
 
 def coverage_line(report: dict) -> str:

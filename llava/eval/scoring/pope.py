@@ -145,7 +145,8 @@ def label_questions(questions: list[dict],
             for question in hits:
                 labelled[qid_key(question["question_id"])] = (category, keyed[_question_key(question)])
             if len(hits) < len(cat_questions):
-                notes.append(f"{category}: {len(cat_questions) - len(hits)} questions have no label with the same image and question")
+                notes.append(f"{category}: {len(cat_questions) - len(hits)} questions have no label "
+                             "with the same image and question")
         elif cat_questions and len(cat_questions) == len(records):
             notes.append(f"{category}: no (image, question) keys matched; joined by position as LLaVA does")
             for question, record in zip(cat_questions, records):
