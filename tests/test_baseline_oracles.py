@@ -25,7 +25,7 @@ from llava.model.pruning.vispruner import vispruner
 # VisPruner
 # =====================================================================================================================
 PATCHES = 576  # CLIP ViT-L/14-336: the public code's N
-PAPER_BUDGETS = (64, 128, 192, 144, 29, 33, 101)  # every round of the public code runs at these (29 to 68 rounds)
+PAPER_BUDGETS = (64, 128, 192, 144, 29, 33, 101)  # every round of the public code runs at these
 FAILING_BUDGETS = (58, 1, 3, 7, 99, 575)  # some round has an odd R (or r > R / 2): the public code fails there
 
 
@@ -78,10 +78,9 @@ def tower_like_inputs(seed: int, n: int = 3, p: int = PATCHES, c: int = 32):
 
 @pytest.mark.parametrize("budget", PAPER_BUDGETS)
 def test_vispruner_equals_public_code_at_paper_budgets(budget):
-    """Every matching round of the public code (up to 67 rounds of 8 here) is reproduced exactly, per crop."""
-    for seed in (0, 1):
-        features, cls_attn = tower_like_inputs(seed)
-        assert vispruner(features, cls_attn, budget).tolist() == vispruner_oracle(features, cls_attn, budget)
+    """Every matching round of the public code (29 to 69 rounds here) is reproduced exactly, for 3 crops at once."""
+    features, cls_attn = tower_like_inputs(seed=budget)
+    assert vispruner(features, cls_attn, budget).tolist() == vispruner_oracle(features, cls_attn, budget)
 
 
 def test_vispruner_equals_public_code_with_few_rounds_and_a_short_last_round():
