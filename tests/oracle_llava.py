@@ -12,6 +12,8 @@ generation code shows up as a difference.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
@@ -98,8 +100,19 @@ def vicuna_v1_prompt(question: str, n_images: int = 1) -> str:
     return f"{system} USER: " + "<image>\n" * n_images + f"{question} ASSISTANT:"
 
 
-def fastervlm_answer(hf, vocab: int, tokenizer, ids: torch.Tensor, pixels: torch.Tensor, k: int,
-                     max_new_tokens: int) -> str:
-    """The oracle's greedy answer text (special tokens skipped, stripped, as the eval runner writes it)."""
-    tokens = greedy_tokens(hf, pruned_embeds(hf, ids, pixels, k), vocab, max_new_tokens, tokenizer.eos_token_id)
-    return tokenizer.decode(tokens, skip_special_tokens=True).strip()
+def sentencepiece_decode(ckpt_dir):
+    """The original stack's decoding (transformers 4.3x's slow LlamaTokenizer is `sentencepiece` itself): token ids
+    -> text, control tokens (bos / eos) dropped. Byte-fallback pieces are decoded as SentencePiece does, one invalid
+    byte at a time, which transformers 5's fast decoder does not do."""
+    import sentencepiece
+
+    processor = sentencepiece.SentencePieceProcessor(model_file=str(Path(ckpt_dir) / "tokenizer.model"))
+    return lambda tokens: processor.decode(list(tokens))
+
+
+def fastervlm_answer(hf, vocab: int, decode, ids: torch.Tensor, pixels: torch.Tensor, k: int, max_new_tokens: int,
+                     eos_token_id: int = 2) -> str:
+    """The oracle's greedy answer text (stripped, as the eval runner writes it); `decode` from
+    `sentencepiece_decode`."""
+    tokens = greedy_tokens(hf, pruned_embeds(hf, ids, pixels, k), vocab, max_new_tokens, eos_token_id)
+    return decode(tokens).strip()

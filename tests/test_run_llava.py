@@ -6,7 +6,7 @@ from transformers import AutoTokenizer
 from llava.eval import run_llava
 from llava.mm_utils import load_image, load_image_processor, process_images, tokenizer_image_token
 from tests.conftest import pil_image
-from tests.oracle_llava import eager_llava, fastervlm_answer, vicuna_v1_prompt
+from tests.oracle_llava import eager_llava, fastervlm_answer, sentencepiece_decode, vicuna_v1_prompt
 
 LLAVA_15_PAD = SimpleNamespace(image_aspect_ratio="pad")  # LLaVA-1.5's preprocessing: pad to square, then CLIP
 
@@ -31,8 +31,9 @@ def test_cli_answers_with_several_images(v15_dir, clip_dir, tmp_path, capsys):
     ids = tokenizer_image_token(vicuna_v1_prompt(query, n_images=2), tokenizer, return_tensors="pt")[None]
     pixels = process_images([load_image(p) for p in paths], load_image_processor(clip_dir), LLAVA_15_PAD)
     hf, vocab = eager_llava(v15_dir, clip_dir)
-    assert text == fastervlm_answer(hf, vocab, tokenizer, ids, pixels, 5, max_new_tokens=4)
-    assert text != fastervlm_answer(hf, vocab, tokenizer, ids, pixels.flip(0), 5, max_new_tokens=4)  # order shows
+    decode = sentencepiece_decode(v15_dir)
+    assert text == fastervlm_answer(hf, vocab, decode, ids, pixels, 5, max_new_tokens=4)
+    assert text != fastervlm_answer(hf, vocab, decode, ids, pixels.flip(0), 5, max_new_tokens=4)  # order shows
 
 
 def test_prompt_building():
