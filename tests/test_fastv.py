@@ -1,6 +1,8 @@
 """FastV inside the LLM: the pruned forward (and greedy decoding with a KV cache) equals FastV by definition, i.e. a
 reference that runs layers < K on every token, ranks the visual tokens by the eager attention of the last prompt token
-at layer K, and re-runs layers >= K on the kept tokens (original positions) from scratch."""
+at layer K, and re-runs layers >= K on the kept tokens (original positions) from scratch. With a cache this is the
+public static KV-cache pruning (pkunlp-icler/FastV, llava-hf `LlamaModel.fastv_forward`: generated tokens attend to
+the prefill's kept tokens); tests/test_baseline_oracles.py compares the inplace forward with the public code's."""
 
 import pytest
 import torch

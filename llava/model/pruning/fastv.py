@@ -2,18 +2,36 @@
 
 Chen et al., "An Image is Worth 1/2 Tokens After Layer 2: Plug-and-Play Inference Acceleration for Large
 Vision-Language Models", ECCV 2024 (arXiv 2403.06764); code: github.com/pkunlp-icler/FastV
-(`src/transformers/src/transformers/models/llama/modeling_llama.py`, `fastv_forward.py`, and the KV-cache variant
-`modeling_llama_fastv_kvcache.py`).
+(inplace: the `fast_v_inplace` branch of `LlamaModel.forward` in
+`src/transformers/src/transformers/models/llama/modeling_llama.py`, run with use_cache=False by
+`src/FastV/inference/eval/inference_aokvqa.py`; static KV-cache pruning: `LlamaModel.fastv_forward` in
+`src/FastV/llava-hf/transformers/src/transformers/models/llama/modeling_llama.py`, README "Support KV Cache").
 
 The rule, as the public code applies it (its defaults: K = 2, keep R = 50% of the 576 image tokens):
 - layers 1..K (0-based 0..K-1) run on the whole prompt;
 - the attention map of layer K (0-based K-1), averaged over heads, ranks the image tokens by the attention **the last
   prompt token** pays them (`last_layer_attention_avg[-1]`);
 - the top `ATTENTION_RANK` image tokens are kept, every text token is kept, order is unchanged, and layers K+1.. run
-  on the kept tokens only; with a KV cache, those layers' caches hold only the kept tokens.
+  on the kept tokens only, at their original positions; with a KV cache (the llava-hf variant), those layers' caches
+  hold only the kept tokens and every generated token attends to the same kept image tokens.
 Here the number kept is the budget of `PruningConfig`: `visual_token_num` x crops of each image (LLaVA-1.6: per crop,
 as every other method). Kept tokens keep their original positions (RoPE), so the pruned forward equals re-running
 layers K+1.. on the kept tokens of the full forward (tests/test_fastv.py checks exactly that).
+
+Where this departs from the public code (tests/test_baseline_oracles.py compares kept positions and pruned-prefill
+logits with an oracle of its inplace forward on a transformers Llama; cache-less greedy decoding equals it too):
+- a batch: the public code ranks every sample by sample 0's attention (`mean(dim=1)[0]`) and applies one set of
+  positions to the whole batch; here each sample is ranked by its own attention, so a batch equals its batch-1 runs;
+- padding: after layer K the public code builds a plain causal mask (no padding) and uses the kept positions of
+  sample 0 as position ids; here the padded prompt's own mask and position ids are sliced per sample;
+- image position: the public code takes a fixed slice (`fast_v_sys_length`, `fast_v_image_token_length`: one image
+  right after the system prompt); here the visual tokens are wherever the prompt puts them (several images and
+  LLaVA-1.6 crops are ranked together, keeping budget x crops of them);
+- decoding: with a KV cache (the default of `generate`) ours is the public static KV-cache pruning (the prefill's
+  ranking by the last prompt token holds for the whole answer; tests/test_fastv.py). The public inplace evaluation
+  runs with use_cache=False, so each new token re-ranks the image tokens over a full recomputation; ours without a
+  cache does the same (greedy tokens equal the oracle's). The two modes give different answers after the first token;
+- scores in float32 (the public code averages eager attention probabilities in the model's dtype).
 
 Only the scores FastV needs are computed: the layer-K query of the last token against all keys (q_proj / k_proj
 outputs captured by hooks, RoPE applied here), so the decoder keeps running with SDPA (or eager). Memory-efficient
