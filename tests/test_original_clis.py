@@ -21,12 +21,14 @@ def write_jsonl(path, records):
 
 
 def run(script, args, tmp_path, as_module):
-    """Run one alias; as a file it runs from tmp_path with no PYTHONPATH, so only its own sys.path fix helps."""
+    """Run one alias. As a file it runs from tmp_path with no PYTHONPATH and without site-packages (``-S``: the
+    venv's editable install would make ``llava`` importable anyway), so only the script's own sys.path fix helps;
+    the scorers need nothing outside the standard library."""
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     if as_module:
         cmd, cwd = [sys.executable, "-m", f"llava.eval.{script}"], REPO
     else:
-        cmd, cwd = [sys.executable, os.path.join(REPO, "llava", "eval", f"{script}.py")], str(tmp_path)
+        cmd, cwd = [sys.executable, "-S", os.path.join(REPO, "llava", "eval", f"{script}.py")], str(tmp_path)
     return subprocess.run(cmd + list(args), capture_output=True, text=True, cwd=cwd, env=env, timeout=60)
 
 
@@ -43,6 +45,7 @@ SQA_ANSWERS = [
     {"question_id": "p1", "prompt": "<image>\nQ1", "text": "A"},                 # right
     {"question_id": "p2", "prompt": "Q2", "text": "The answer is B."},           # right
     {"question_id": "p3", "prompt": "Q3 \u00e9t\u00e9", "text": "C."},          # "C." is FAILED: wrong
+    {"question_id": "p5", "prompt": "Q5", "text": "B. y"},                       # parsed, wrong (A)
     {"question_id": "p9", "prompt": "Q9", "text": "A"},                          # unknown
 ]                                                                                # p4 (image) missing: wrong
 
@@ -57,17 +60,17 @@ def test_eval_science_qa(tmp_path, as_module):
     base = tmp_path / "sqa"
     base.mkdir()
     (base / "problems.json").write_text(json.dumps(PROBLEMS))
-    (base / "pid_splits.json").write_text(json.dumps({"test": ["p1", "p2", "p3", "p4"], "val": ["p5"]}))
+    (base / "pid_splits.json").write_text(json.dumps({"test": ["p1", "p2", "p3", "p4", "p5"], "val": ["p2"]}))
     answers = write_jsonl(tmp_path / "answers.jsonl", SQA_ANSWERS)
     out_file, out_result = tmp_path / "answers_output.jsonl", tmp_path / "answers_result.json"
     proc = run("eval_science_qa", ["--base-dir", str(base), "--result-file", answers, "--output-file",
                                    str(out_file), "--output-result", str(out_result)], tmp_path, as_module)
     assert proc.returncode == 0, proc.stderr
-    # 2 of 4 right; LLaVA's IMG subset is the entries whose prompt has <image>: p1 only (p4 unanswered).
+    # 2 of 5 right; LLaVA's IMG subset is the entries whose prompt has <image>: p1 only (p4 unanswered).
     assert proc.stdout.splitlines() == [
-        "Total: 4, Correct: 2, Accuracy: 50.00%, IMG-Accuracy: 100.00%",
-        "coverage: 3/4 (75.0%)",
-        "WARNING: incomplete answers: 3 of 4 questions answered (75.0% coverage)",
+        "Total: 5, Correct: 2, Accuracy: 40.00%, IMG-Accuracy: 100.00%",
+        "coverage: 4/5 (80.0%)",
+        "WARNING: incomplete answers: 4 of 5 questions answered (80.0% coverage)",
         "WARNING: 1 result ids not in the annotations (ignored): p9",
         "WARNING: 1 annotated questions without a result: p4",
     ]
@@ -75,12 +78,13 @@ def test_eval_science_qa(tmp_path, as_module):
         "correct": [entry("p1", "A", "A", "<image>\nQ1", "A", True),
                     entry("p2", "B", "B", "Q2", "The answer is B.", False)],
         "incorrect": [entry("p3", "FAILED", "C", "Q3 \u00e9t\u00e9", "C.", False),
-                      entry("p4", "FAILED", "A", "Unknown", "FAILED", False)],
+                      entry("p4", "FAILED", "A", "Unknown", "FAILED", False),
+                      entry("p5", "B", "A", "Q5", "B. y", False)],
     }
     expected_result = {
-        "acc": 50.0, "correct": 2, "count": 4,
-        "results": {"p1": 0, "p2": 1, "p3": -1, "p4": -1},
-        "outputs": {"p1": "A", "p2": "The answer is B.", "p3": "C.", "p4": "FAILED"},
+        "acc": 40.0, "correct": 2, "count": 5,
+        "results": {"p1": 0, "p2": 1, "p3": -1, "p4": -1, "p5": 1},
+        "outputs": {"p1": "A", "p2": "The answer is B.", "p3": "C.", "p4": "FAILED", "p5": "B. y"},
     }
     # LLaVA wrote both with json.dump(obj, f, indent=2): ASCII escapes, no trailing newline, keys in this order.
     assert out_file.read_text() == json.dumps(expected_output, indent=2)

@@ -32,6 +32,7 @@ def write_jsonl(path, records):
     ("Not really", "yes"),                  # capital "Not" is not in the list
     ("cannot", "yes"),
     ("Yes, no doubt", "no"),                # commas are dropped, then "no" is a word
+    ("No, there is a dog", "no"),           # "No," is "No" once the comma is dropped
     ("Yes. I'm not sure.", "yes"),
     ("There's no. Dog", "no"),
     ("No\nThere is a dog.", "yes"),         # words are split on spaces only: "No\nThere" is one word

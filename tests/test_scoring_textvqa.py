@@ -29,6 +29,9 @@ def write_jsonl(path, records):
     ("John's car?", "john 's car"),   # '?' dropped, "'s" split off
     ("it's", "it 's"),
     ("1,000", "1000"),                # commas are dropped before punctuation handling
+    ("yes,no", "yesno"),              # ... so a comma never becomes a space
+    ("up-to -date", "upto date"),     # " -" anywhere: every "-" is deleted, not spaced
+    ("up-to- date", "upto date"),     # "- " anywhere: likewise
     ("3.5", "3.5"),                   # a period before a digit stays
     ("a.m.", "am"),                   # other periods go; "am" is not an article
     ("mr.smith", "mrsmith"),
