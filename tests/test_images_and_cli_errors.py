@@ -44,14 +44,15 @@ def _png(tmp_path, image, name="image.png", **save):
 
 
 def test_16bit_grayscale_png_is_rescaled_not_white(tmp_path):
-    # 16-bit levels -> 8 bit: v / 257 rounded (65535 / 257 = 255): 0, 25700 -> 100, 65535 -> 255, 1000 -> 3.89 -> 4.
-    levels = np.array([[0, 25700, 65535, 1000]], dtype=np.uint16)
+    # 16-bit levels -> 8 bit: v / 257 rounded (65535 / 257 = 255): 0, 25700 -> 100, 65535 -> 255, 1000 -> 3.89 -> 4,
+    # 65278 -> 254 (v / 256 would give 254.99 -> 255)
+    levels = np.array([[0, 25700, 65535, 1000, 65278]], dtype=np.uint16)
     path = _png(tmp_path, Image.fromarray(levels))
     with Image.open(path) as raw:
         assert raw.mode in ("I;16", "I")  # the file really is 16-bit
     image = load_image(path)
     assert image.mode == "RGB"
-    assert np.asarray(image)[0].tolist() == [[0] * 3, [100] * 3, [255] * 3, [4] * 3]
+    assert np.asarray(image)[0].tolist() == [[0] * 3, [100] * 3, [255] * 3, [4] * 3, [254] * 3]
 
 
 def test_32bit_integer_image_in_16bit_range_is_rescaled():
@@ -467,7 +468,7 @@ def test_prompt_longer_than_the_context(v15_dir, load):
     words = tok("word " * 600, return_tensors="pt").input_ids  # text only: no images
     with pytest.raises(ValueError, match=rf"prompt is {words.shape[1]} tokens \({words.shape[1]} text \+ 0 visual"):
         model.generate(words, max_new_tokens=1)
-    _, n, _ = model.generate(words[:, :500], max_new_tokens=1)  # fits: no error
+    _, n, _ = model.generate(words[:, :512], max_new_tokens=1)  # exactly the context: fits
     assert n == 0
 
 
@@ -487,3 +488,29 @@ def test_image_sizes_given_as_height_width(v16_dir, load):
         model.generate(_ids(tok), images=pixels, image_sizes=[(96,)], max_new_tokens=1)
     _, n, _ = model.generate(_ids(tok), images=pixels, image_sizes=[image.size], max_new_tokens=1)
     assert n == 3 * 16  # the right order is accepted: base + 2 crops of 16 tokens
+
+
+def test_padding_bands_are_read_from_the_stitched_grid():
+    """`_padding_uniform` on grids cut by hand (explicit slices, raster order): a 64x40 image centred on a 64x64
+    canvas (2 x 2 crops of 32) leaves rows 0-11 and 52-63 black; a 96x20 image on a 96x32 canvas (3 x 1) rows 0-5
+    and 26-31."""
+    from llava.model.llava_arch import GridLayout, _padding_uniform
+
+    def crops(canvas, rows, cols):
+        return torch.stack([canvas[:, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r in range(rows)
+                            for c in range(cols)])
+
+    square = torch.zeros(3, 64, 64)
+    square[:, 12:52] = torch.rand(3, 40, 64) + 1
+    grid = crops(square, 2, 2)
+    layout = GridLayout(cols=2, rows=2, side=4)
+    assert _padding_uniform(grid, layout, (64, 40)) is True
+    assert _padding_uniform(grid, layout, (40, 64)) is False  # bands in columns would cut through the image
+    assert _padding_uniform(grid, layout, (64, 63)) is None  # a 1-px pad leaves no band to look at
+
+    wide = torch.zeros(3, 32, 96)
+    wide[:, 6:26] = torch.rand(3, 20, 96) + 1
+    layout = GridLayout(cols=3, rows=1, side=4)
+    assert _padding_uniform(crops(wide, 1, 3), layout, (96, 20)) is True
+    wide[:, 31, 70] = 5.0  # one pixel in the bottom band, in the third crop
+    assert _padding_uniform(crops(wide, 1, 3), layout, (96, 20)) is False
