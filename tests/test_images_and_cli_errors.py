@@ -380,7 +380,8 @@ def test_commands_exit_1_with_one_line(tmp_path):
     """The real commands (python -m ...; their `__main__` blocks, run in one fresh process to share the imports):
     exit status 1, one line on stderr, no traceback."""
     commands = [
-        ["llava.eval.run_llava", "--model-path", "nowhere", "--image-file", "x.png", "--query", "q", "--conv-mode", "x"],
+        ["llava.eval.run_llava", "--model-path", "nowhere", "--image-file", "x.png", "--query", "q",
+         "--conv-mode", "x"],
         ["llava.demo", "--random-weights", "--conv-mode", "x"],
         ["llava.eval.run_benchmark", "--benchmark", "textvqa", "--visual-token-num", "-1"],
     ]
