@@ -221,14 +221,31 @@ def test_process_images_default_is_resize_and_centre_crop():
     torch.testing.assert_close(out, processor(images, return_tensors="pt")["pixel_values"])
 
 
+def _manual_anyres(image, processor, canvas, fitted):
+    """Oracle, upstream LLaVA's `process_anyres_image` (haotian-liu/LLaVA llava/mm_utils.py) written out with PIL:
+    the image resized to the hand-computed `fitted` (w, h) and pasted centred on a black `canvas` (w, h), cut into
+    crops in raster order, after the whole image squashed to one crop; each crop through the CLIP processor."""
+    side = processor.crop_size["height"]
+    padded = Image.new("RGB", canvas, (0, 0, 0))
+    padded.paste(image.resize(fitted, Image.Resampling.BICUBIC),
+                 ((canvas[0] - fitted[0]) // 2, (canvas[1] - fitted[1]) // 2))
+    crops = [padded.crop((x, y, x + side, y + side)) for y in range(0, canvas[1], side)
+             for x in range(0, canvas[0], side)]
+    base = image.resize((processor.size["shortest_edge"],) * 2, Image.Resampling.BICUBIC)
+    return torch.stack([processor.preprocess(c, return_tensors="pt")["pixel_values"][0] for c in [base, *crops]])
+
+
 def test_process_images_anyres_square_uses_paper_rule_by_default():
     processor = _processor(32)
+    image = _random_image(20, 20)
     cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=SMALL_PINPOINTS)
-    # A 20x20 image (smaller than a crop): paper → 64x64 canvas, 2x2 grid, 1 + 4 crops.
-    assert process_images([_random_image(20, 20)], processor, cfg).shape == (1, 5, 3, 32, 32)
-    # Upstream → 32x64 canvas (least waste), 1x2 grid, 1 + 2 crops.
+    # A 20x20 image (smaller than a crop): paper → 64x64 canvas, filled (scale 3.2), 2x2 grid, 1 + 4 crops.
+    expected = _manual_anyres(image, processor, (64, 64), (64, 64))
+    torch.testing.assert_close(process_images([image], processor, cfg)[0], expected, rtol=0, atol=1e-6)
+    # Upstream → 32x64 canvas (least waste): 32x32 fitted, 16 black rows above and below; 1x2 grid, 1 + 2 crops.
     cfg.anyres_mode = "upstream"
-    assert process_images([_random_image(20, 20)], processor, cfg).shape == (1, 3, 3, 32, 32)
+    expected = _manual_anyres(image, processor, (32, 64), (32, 32))
+    torch.testing.assert_close(process_images([image], processor, cfg)[0], expected, rtol=0, atol=1e-6)
 
 
 def test_process_images_anyres_real_size_with_string_pinpoints(tmp_path):
@@ -241,9 +258,12 @@ def test_process_images_anyres_real_size_with_string_pinpoints(tmp_path):
 def test_process_images_anyres_mixed_grids_give_a_list():
     processor = _processor(32)
     cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=SMALL_PINPOINTS, anyres_mode="paper")
-    out = process_images([_random_image(64, 64), _random_image(100, 50)], processor, cfg)
-    assert isinstance(out, list)
-    assert [tuple(t.shape) for t in out] == [(5, 3, 32, 32), (3, 3, 32, 32)]
+    images = [_random_image(64, 64), _random_image(100, 50)]
+    out = process_images(images, processor, cfg)
+    assert isinstance(out, list) and len(out) == 2
+    # 64x64 fills the 64x64 canvas as is; 100x50 fits 64x32 exactly (scale 0.64): 2x2 and 2x1 grids.
+    torch.testing.assert_close(out[0], _manual_anyres(images[0], processor, (64, 64), (64, 64)), rtol=0, atol=1e-6)
+    torch.testing.assert_close(out[1], _manual_anyres(images[1], processor, (64, 32), (64, 32)), rtol=0, atol=1e-6)
 
 
 def test_anyres_crop_order_is_base_then_raster():
