@@ -69,7 +69,8 @@ def test_two_images_two_placeholders_equal_the_oracle(v15_dir, clip_dir, load):
 def test_incomplete_checkpoint_directory(v15_dir, tmp_path, load, remove, message):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(v15_dir, ckpt)
-    doomed = [p for p in ckpt.iterdir() if p.name.startswith("pytorch_model")] if remove == "weights" else [ckpt / remove]
+    weights = [p for p in ckpt.iterdir() if p.name.startswith("pytorch_model")]
+    doomed = weights if remove == "weights" else [ckpt / remove]
     for p in doomed:
         p.unlink()
     with pytest.raises(FileNotFoundError, match=message):

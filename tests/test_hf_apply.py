@@ -10,6 +10,7 @@ from llava.hf import apply_pruning
 from llava.mm_utils import process_images
 from tests.conftest import pil_image
 from tests.hf_helpers import expand_image_tokens, hf_model, hf_processor
+from tests.oracle_llava import cls_attention_and_features, eager_llava, greedy_tokens, logits_from_embeds, pruned_embeds
 from tests.test_model import prompt_ids
 from tests.tiny_checkpoints import PATCHES
 
@@ -93,26 +94,51 @@ def test_pruned_outputs_equal_our_model_tree(models, load, request, kind, method
             assert method == "fastv" or v_token_num < inputs["input_ids"].eq(image_token_id).sum()
 
 
+@pytest.mark.parametrize("size", [(40, 24), (24, 40)])
+def test_pruned_llava_equals_the_oracle(models, v15_dir, clip_dir, load, size):
+    """The differential test above shares our selection code with its reference; here the reference shares none:
+    FasterVLM written out in transformers' eager Llava (tests/oracle_llava.py: [CLS] attention from the eager CLIP
+    maps, top-3 kept in raster order, projected and spliced), logits and greedy tokens."""
+    model, image_token_id = models("llava")
+    tok, ours, proc, _ = load(v15_dir)
+    oracle, vocab = eager_llava(v15_dir, clip_dir)
+    image = pil_image(*size, seed=7)
+    pixels = process_images([image], proc, ours.config)
+    ids = prompt_ids(tok)
+    embeds = pruned_embeds(oracle, ids, pixels, 3)
+    expected_cls, _ = cls_attention_and_features(oracle.model.vision_tower, pixels)
+    with apply_pruning(model, visual_token_num=3) as handle:
+        inputs = hf_inputs(ids, image, "llava", handle, image_token_id, pixels)
+        with torch.no_grad():
+            logits = model(**inputs).logits[..., :vocab]
+        out = model.generate(**inputs, max_new_tokens=4, do_sample=False)
+    torch.testing.assert_close(handle.last_cls_attn, expected_cls, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(logits, logits_from_embeds(oracle, embeds, vocab), atol=1e-4, rtol=1e-4)
+    assert out[0, inputs["input_ids"].shape[1]:].tolist() == greedy_tokens(oracle, embeds, vocab, 4, tok.eos_token_id)
+
+
 def test_labels_are_pruned_with_the_prompt(models, v15_dir, load):
-    """labels lose the pruned positions: the loss is over the same targets as our tree's spliced labels."""
+    """labels lose the pruned positions: the loss is over the prompt's text targets, written out by hand (the text
+    ids around the placeholder, IGNORE_INDEX over the 4 kept image positions)."""
     model, image_token_id = models("llava")
     tok, ours, proc, _ = load(v15_dir, visual_token_num=4)
     image = pil_image(32, 32, seed=6)
     pixels = process_images([image], proc, ours.config)
     ids = prompt_ids(tok)
-    spliced = ours.prepare_multimodal_inputs(ids, None, pixels, labels=ids.clone()).labels  # IGNORE at the image
+    spot = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
+    expected_labels = torch.cat([ids[0, :spot], torch.full((4,), IGNORE_INDEX), ids[0, spot + 1:]])
     with apply_pruning(model, visual_token_num=4) as handle:
         inputs = hf_inputs(ids, image, "llava", handle, image_token_id, pixels)
         labels = inputs["input_ids"].masked_fill(inputs["input_ids"] == image_token_id, IGNORE_INDEX)
         with torch.no_grad():
             out = model(**inputs, labels=labels)
-    assert out.logits.shape[1] == spliced.shape[1] == ids.shape[1] - 1 + 4
-    expected = torch.nn.functional.cross_entropy(out.logits[0, :-1], spliced[0, 1:], ignore_index=IGNORE_INDEX)
+    assert out.logits.shape[1] == len(expected_labels) == ids.shape[1] - 1 + 4
+    expected = torch.nn.functional.cross_entropy(out.logits[0, :-1], expected_labels[1:], ignore_index=IGNORE_INDEX)
     torch.testing.assert_close(out.loss, expected)
     assert (ids == IMAGE_TOKEN_INDEX).sum() == 1
 
 
-def test_batch_with_different_grids_matches_batch_one(models, processors):
+def test_batch_with_different_grids_matches_batch_one(models, processors, v16_dir, clip_dir):
     """Left-padded batch, LLaVA-1.6 images with 2x1 and 3x1 grids (pixel crops padded by the processor)."""
     model, _ = models("llava_next")
     processor = processors["llava_next"]
@@ -133,6 +159,12 @@ def test_batch_with_different_grids_matches_batch_one(models, processors):
     for row, (tokens, _, cls_attn), batch_attn in zip(out, singles, handle.last_cls_attn):
         assert row[prompt_len:].tolist() == tokens
         torch.testing.assert_close(batch_attn, cls_attn)
+    # independent of batch 1: each sample's [CLS] attention is the eager CLIP's on that sample's own crops
+    # (base + 2x1 grid = 3 crops, base + 3x1 grid = 4; the processor pads the first sample's crops to 4)
+    tower = hf_model("llava_next", v16_dir, clip_dir, attn_implementation="eager")[0].model.vision_tower
+    for i, crops in enumerate((3, 4)):
+        expected, _ = cls_attention_and_features(tower, batch["pixel_values"][i, :crops])
+        torch.testing.assert_close(handle.last_cls_attn[i], expected, atol=1e-6, rtol=1e-5)
 
 
 # --- undo --------------------------------------------------------------------------------------------------------
