@@ -30,6 +30,12 @@ def test_unpad_window():
     assert unpad_window((80, 20), height=4, width=8) == (1, 3, 0, 8)  # wide image: rows padded
     assert unpad_window((20, 80), height=8, width=4) == (0, 8, 1, 3)  # tall image: columns padded
     assert unpad_window((40, 20), height=4, width=8) == (0, 4, 0, 8)  # exact fit
+    # 47 * (12 / 188) is 2.9999999999999996 in floating point: LLaVA-1.6's own unpad_image truncates (int) to 2
+    # image rows, so (4 - 2) // 2 = 1 padding row each side; transformers rounds to 7 decimals first (3 rows, pad 0).
+    assert unpad_window((188, 47), height=4, width=12) == (1, 3, 0, 12)
+    assert unpad_window((47, 188), height=12, width=4) == (0, 12, 1, 3)
+    assert unpad_window((188, 47), height=4, width=12, rule="transformers") == (0, 4, 0, 12)
+    assert unpad_window((47, 188), height=12, width=4, rule="transformers") == (0, 12, 0, 4)
 
 
 def test_upstream_drops_padding_and_ends_every_row_with_a_newline():

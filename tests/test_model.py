@@ -12,7 +12,7 @@ from llava.conversation import conv_templates
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.utils import load_state_dict
 from tests.conftest import pil_image
-from tests.hf_helpers import expand_image_tokens, hf_model
+from tests.hf_helpers import eager_cls_attention, expand_image_tokens, hf_model
 from tests.tiny_checkpoints import PATCHES, PINPOINTS
 
 
@@ -55,12 +55,14 @@ def test_full_budget_v16_upstream_matches_transformers_llava_next(v16_dir, clip_
 
 
 # --- kept-token counts -------------------------------------------------------------------------------------------
-def test_v15_v_token_num_and_cls_attn_shape(v15_dir, load):
+def test_v15_v_token_num_and_cls_attn(v15_dir, clip_dir, load):
+    """cls_attn: transformers' own eager attention map of the selected layer, head mean of the [CLS] row."""
     tok, model, proc, _ = load(v15_dir, visual_token_num=5)
     pixels = process_images([pil_image(32, 32)], proc, model.config)
     out, v_token_num, cls_attn = model.generate(prompt_ids(tok), images=pixels, max_new_tokens=3, do_sample=False)
     assert v_token_num == 5 and isinstance(v_token_num, int)
-    assert cls_attn.shape == (1, PATCHES)
+    expected, _ = eager_cls_attention(hf_model("llava", v15_dir, clip_dir)[0].model.vision_tower, pixels)
+    torch.testing.assert_close(cls_attn, expected, atol=1e-5, rtol=1e-4)
 
 
 @pytest.mark.parametrize("size,grid", [((40, 40), (2, 2)), ((80, 30), (3, 1)), ((30, 70), (1, 2))])
@@ -103,15 +105,20 @@ def test_pruned_generation_is_deterministic_and_prompt_shrinks(v15_dir, load):
     assert torch.equal(a, b) and a.shape == (1, 6)  # new tokens only
 
 
-def test_kept_tokens_are_the_top_cls_attention_patches(v15_dir, load):
+def test_kept_tokens_are_the_top_cls_attention_patches(v15_dir, clip_dir, load):
+    """Oracle: transformers' eager CLIP attention map and hidden state, torch.topk, transformers' projector."""
     _, model, proc, _ = load(v15_dir, visual_token_num=4)
     pixels = process_images([pil_image(32, 32, seed=2)], proc, model.config)
     out = model.encode(pixels)
     keep = model.select(out.features, out.cls_attn).keep
-    expected = sorted(out.cls_attn[0].argsort(descending=True)[:4].tolist())
+    ref = hf_model("llava", v15_dir, clip_dir)[0]
+    attn, feats = eager_cls_attention(ref.model.vision_tower, pixels)
+    expected = sorted(attn[0].topk(4).indices.tolist())
     assert keep[0].tolist() == expected
     projected = model.project(out.features, keep)
-    torch.testing.assert_close(projected[0], model.get_model().mm_projector(out.features[0, expected]))
+    with torch.no_grad():
+        torch.testing.assert_close(projected[0], ref.model.multi_modal_projector(feats[0, expected]), atol=1e-5,
+                                   rtol=1e-5)
 
 
 def test_batched_generation_matches_batch_one(v15_dir, load):

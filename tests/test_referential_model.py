@@ -21,7 +21,7 @@ from llava.mm_utils import process_images
 from llava.model.llava_arch import GridLayout, merge_grid_paper, merge_grid_upstream, unpad_window
 from llava.model.pruning import as_selection
 from tests.conftest import pil_image
-from tests.hf_helpers import hf_model, hf_processor
+from tests.hf_helpers import eager_cls_attention, hf_model, hf_processor
 from tests.test_model import prompt_ids
 from tests.tiny_checkpoints import IMAGE_SIZE, PATCH_SIZE, PATCHES
 
@@ -74,15 +74,6 @@ def fastervlm_spatial_unpad(feats, mask, cols, rows, image_size, newline) -> tor
     grid_mask = torch.cat([grid_mask, torch.ones(1, grid_mask.shape[1], 1, dtype=torch.bool)], dim=-1)
     grid = grid.flatten(1, 2).transpose(0, 1)
     return torch.cat([feats[0][mask[0]], grid[grid_mask.flatten(1, 2).squeeze(0)]])
-
-
-@torch.no_grad()
-def eager_cls_attention(vision_model, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """transformers' eager CLIPVisionModel, pixels (N, 3, S, S) -> ([CLS] attention (N, P), features (N, P, C)):
-    the selected layer's attention map, head mean of the [CLS] row over the patch columns (FasterVLM's tower), and
-    that layer's hidden state without [CLS]."""
-    out = vision_model(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
-    return out.attentions[SELECT_LAYER][:, :, 0, 1:].mean(dim=1), out.hidden_states[SELECT_LAYER][:, 1:]
 
 
 def topk_mask(attn: torch.Tensor, k: int) -> torch.Tensor:
