@@ -155,3 +155,52 @@ def test_reported_fastv_set_equals_the_public_rule(cpu_run):
         visual = mm.visual_mask[0].nonzero()[:, 0]
         expected.append(last_row[visual].topk(BUDGET).indices.sort().values.tolist())
     assert stored["reference"] == expected
+
+
+# --------------------------------------------------------------------------- parts a GPU runs, exercised here
+def tiny_args(**changes):
+    import argparse
+
+    return argparse.Namespace(**{"shape": "tiny", "images": IMAGES, "seed": SEED, "budgets": [BUDGET],
+                                 "dtypes": ["bfloat16"], **changes})
+
+
+def test_a_selector_that_ranks_in_the_model_dtype_is_caught(monkeypatch):
+    """(b)(1) must be able to fail: a selector scoring in bf16 keeps other tokens than on the same values in fp32."""
+    from llava.model.pruning import METHODS
+
+    def bf16_scoring(features, cls_attn, budget, seed=0):  # [CLS] attention x feature norm, in the features' dtype
+        score = cls_attn.to(features.dtype) * features.norm(dim=-1)
+        return score.topk(budget, dim=-1).indices.sort(dim=-1).values
+
+    monkeypatch.setitem(METHODS, "bf16_scoring", bf16_scoring)
+    monkeypatch.setattr(gpu_check, "TOWER_METHODS", ("fastervlm", "bf16_scoring"))
+    reference = gpu_check.build_reference("tiny", torch.device("cpu"), SEED)
+    pixels = gpu_check.check_images(reference, 4, SEED)
+    low = gpu_check.low_precision_copy(reference, "tiny", torch.bfloat16, torch.device("cpu"), SEED)
+    budgets = [29, 58, 144]
+    report = gpu_check.Report()
+    gpu_check.arithmetic_checks(report, "bfloat16", gpu_check.tower_kept(low, pixels, budgets)[0],
+                                gpu_check.tower_kept(low, pixels, budgets, upcast=True)[0])
+    assert [(c.name.split(", ")[1], c.status) for c in report.checks] == [("fastervlm", "PASS"),
+                                                                          ("bf16_scoring", "FAIL")]
+
+
+def test_the_flash_path_runs_with_eager_standing_in(monkeypatch):
+    """(a) only runs on a GPU with flash-attn; its code runs here with eager attention in flash's place, so a slip in
+    it shows before GPU time is spent. Eager and sdpa compute the same attention: the logits must pass the rule."""
+    import functools
+
+    monkeypatch.setattr(gpu_check, "flash_attention_missing", lambda device: None)
+    monkeypatch.setattr(gpu_check, "flash_vs_sdpa", functools.partial(gpu_check.flash_vs_sdpa,
+                                                                      implementation="eager"))
+    report, results = gpu_check.Report(), {}
+    gpu_check.run_precision_checks(report, tiny_args(), torch.device("cpu"), results)
+    status = {c.name: c for c in report.checks}
+    for budget in (576, BUDGET):
+        check = status[f"(a) bfloat16 eager vs sdpa logits, fastervlm@{budget}"]
+        assert check.status == "PASS", check.detail
+    assert status[f"(a) bfloat16 eager vs sdpa fastervlm@{BUDGET}"].status in ("PASS", "WARN")
+    assert status["(a) bfloat16 fastv"].status == "SKIP"
+    assert results["a_bfloat16"][f"fastervlm@{BUDGET}"]["reference"] == results["b_bfloat16"][
+        f"fastervlm@{BUDGET}"]["test"]  # (a)'s reference is (b)'s bf16 sdpa run
