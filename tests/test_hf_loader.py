@@ -13,7 +13,7 @@ import torch
 
 from llava.mm_utils import process_images
 from tests.conftest import pil_image
-from tests.hf_helpers import make_llava_hf_dir
+from tests.hf_helpers import expand_image_tokens, make_llava_hf_dir
 from tests.test_model import prompt_ids
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,6 +57,30 @@ def test_llava_hf_directory_loads_the_same_model(request, load, version, anyres_
     hf_out, hf_v_token_num, hf_cls_attn = hf_model.generate(ids, images=pixels, image_sizes=[image.size],
                                                             max_new_tokens=4, do_sample=False)
     assert torch.equal(hf_out, out) and hf_v_token_num == v_token_num and torch.equal(hf_cls_attn, cls_attn)
+
+
+@pytest.mark.parametrize("version", ["v1.5", "v1.6"])
+def test_llava_hf_directory_equals_transformers_own_loading(request, load, version):
+    """The test above compares two of our loading paths; here the reference is transformers reading the same
+    llava-hf directory itself (AutoModelForImageTextToText.from_pretrained: its own weight renaming, its own
+    config), at full budget, where FasterVLM is the unmodified model (LLaVA-1.6: upstream merge)."""
+    from transformers import AutoModelForImageTextToText
+
+    path = request.getfixturevalue("hf15_dir" if version == "v1.5" else "hf16_dir")
+    tok, model, proc, _ = load(path, anyres_mode="upstream")
+    reference = AutoModelForImageTextToText.from_pretrained(path, attn_implementation="eager").eval()
+    vocab = reference.config.image_token_id  # transformers' <image> is the one id past the text vocabulary
+    image = pil_image(80, 30, seed=5)
+    pixels = process_images([image], proc, model.config)
+    ids = prompt_ids(tok)
+    ours = model(ids, images=pixels, image_sizes=[image.size]).logits  # keeps the llava-hf <image> row
+    n_visual = ours.shape[1] - (ids.shape[1] - 1)
+    inputs = {"input_ids": expand_image_tokens(ids, n_visual, vocab), "pixel_values": pixels}
+    if version == "v1.6":
+        inputs["image_sizes"] = torch.tensor([[image.size[1], image.size[0]]])  # transformers: (height, width)
+    with torch.no_grad():
+        expected = reference(**inputs).logits[..., :vocab]
+    torch.testing.assert_close(ours[..., :vocab], expected, atol=1e-4, rtol=1e-4)
 
 
 def test_config_reading_follows_the_layout(hf15_dir, hf16_dir):
