@@ -68,10 +68,30 @@ def vispruner_oracle(features: torch.Tensor, cls_attn: torch.Tensor, budget: int
     return kept
 
 
-def tower_like_inputs(seed: int, n: int = 3, p: int = PATCHES, c: int = 32):
-    """Random patch features and a softmaxed [CLS] attention row per crop, (n, p, c) and (n, p)."""
+NORM = 32  # every test feature vector has this exact Euclidean norm (times a power of two)
+TWO_SQUARES = {a * a + b * b: (a, b) for a in range(NORM + 1) for b in range(a, NORM + 1)}
+
+
+def exact_unit_features(gen: torch.Generator, shape: tuple, free: int = 14) -> torch.Tensor:
+    """(..., free + 2) integer vectors of norm exactly NORM, scaled by random powers of two: normalising them is exact
+    and every cosine is a multiple of 1 / NORM^2, so any summation order gives the same float32 scores and the
+    comparison with the oracle cannot hinge on rounding. (Equal scores still occur; both sides order them by index.)"""
+    rows = []
+    flat = torch.randint(-7, 8, (int(torch.tensor(shape).prod()) * 4, free), generator=gen)
+    for candidate in flat:
+        rest = NORM * NORM - int((candidate * candidate).sum())
+        if rest in TWO_SQUARES:
+            rows.append(torch.cat([candidate, torch.tensor(TWO_SQUARES[rest])]))
+        if len(rows) == int(torch.tensor(shape).prod()):
+            break
+    scale = 2.0 ** torch.randint(-3, 4, (len(rows), 1), generator=gen)
+    return (torch.stack(rows).float() * scale).view(*shape, free + 2)
+
+
+def tower_like_inputs(seed: int, n: int = 3, p: int = PATCHES):
+    """Random patch features (exact norms, see above) and a softmaxed [CLS] attention row per crop: (n, p, 16), (n, p)."""
     gen = torch.Generator().manual_seed(seed)
-    features = torch.randn(n, p, c, generator=gen)
+    features = exact_unit_features(gen, (n, p))
     cls_attn = (torch.randn(n, p, generator=gen) * 2).softmax(dim=-1)
     return features, cls_attn
 
@@ -87,7 +107,7 @@ def test_vispruner_equals_public_code_with_few_rounds_and_a_short_last_round():
     """Small crops: 2-4 rounds, the last one removing fewer than 8 (R - diverse < 8), budgets odd and even."""
     gen = torch.Generator().manual_seed(7)
     for p, budget in ((24, 13), (30, 9), (40, 17), (50, 20)):
-        features, cls_attn = torch.randn(4, p, 6, generator=gen), torch.rand(4, p, generator=gen)
+        features, cls_attn = exact_unit_features(gen, (4, p)), torch.rand(4, p, generator=gen)
         assert vispruner(features, cls_attn, budget).tolist() == vispruner_oracle(features, cls_attn, budget)
 
 
@@ -118,7 +138,7 @@ def test_vispruner_ties_are_broken_by_index():
     which is one of the orders the public `argsort` may return."""
     gen = torch.Generator().manual_seed(11)
     cls_attn = torch.randint(0, 4, (2, 96), generator=gen).float()
-    features = torch.randn(2, 12, 8, generator=gen).repeat(1, 8, 1)  # every feature appears 8 times
+    features = exact_unit_features(gen, (2, 12)).repeat(1, 8, 1)  # every feature appears 8 times
     for budget in (16, 29, 48):
         assert vispruner(features, cls_attn, budget).tolist() == vispruner_oracle(features, cls_attn, budget)
 
