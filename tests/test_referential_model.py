@@ -237,6 +237,25 @@ def test_two_images_in_one_prompt_match_transformers_llava_in_order(v15_dir, hf_
     assert (results["as given"] - results["swapped"]).abs().max() > 1e-2
 
 
+def test_batch_of_multi_image_prompts_gives_each_sample_its_images_in_order(v15_dir, hf_llava, load):
+    """Sample 0 holds images 0 and 1, sample 1 holds image 2: each sample's spliced, left-padded prompt through the
+    LLM equals transformers' Llava on that sample alone with its own images."""
+    tok, model, proc, _ = load(v15_dir)
+    ref_model, vocab = hf_llava
+    pixels = process_images([pil_image(32, 32, seed=51), pil_image(40, 24, seed=52), pil_image(24, 40, seed=53)],
+                            proc, model.config)
+    prompts = [prompt_ids(tok, "compare", n_images=2)[0], prompt_ids(tok, "what is in this image?")[0]]
+    ids, mask = left_padded(prompts)
+    mm = model.prepare_multimodal_inputs(ids, mask, pixels)
+    for b, own_images in enumerate(([0, 1], [2])):
+        embeds = mm.inputs_embeds[b][mm.attention_mask[b].bool()]  # this sample's tokens, padding dropped
+        with torch.no_grad():
+            ours = model(inputs_embeds=embeds[None]).logits
+            ref = ref_model(input_ids=expand_all_image_tokens(prompts[b][None], PATCHES, vocab),
+                            pixel_values=pixels[own_images]).logits[..., :vocab]
+        torch.testing.assert_close(ours, ref, atol=1e-4, rtol=1e-4)
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # d. upstream (LLaVA-1.6 spatial_unpad) rounding: haotian's `unpad_image`
 # ---------------------------------------------------------------------------------------------------------------
@@ -383,7 +402,7 @@ def test_low_precision_kept_set_equals_float_scoring_of_the_same_qk(v15_dir, loa
     captured = {}
     attn_module.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o.detach()))
     attn_module.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o.detach()))
-    pixels = process_images([pil_image(32, 32, seed=s) for s in range(24)], proc, model.config)
+    pixels = process_images([pil_image(32, 32, seed=s) for s in range(40)], proc, model.config)
     spy = spy_selection(model)
     guarded, checked = 0, 0
     for budget in range(1, PATCHES):
