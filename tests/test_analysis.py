@@ -13,10 +13,20 @@ import torch
 from PIL import Image
 
 from llava.eval import analyze_attn_dispersion, analyze_attn_shift
-from llava.eval.attention_stats import FROM_IMAGE, LAST, ImageSpan, capture_image_attention
+from llava.eval.analyze_attn_dispersion import cumulative_shares
+from llava.eval.attention_stats import (
+    FROM_IMAGE,
+    LAST,
+    ImageSpan,
+    capture_image_attention,
+    shift_statistics,
+    tail_share,
+    top_share,
+)
 from llava.eval.run_llava import build_prompt
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from tests.conftest import pil_image
+from tests.oracle_llava import cls_attention_and_features, eager_clip
 
 # (id, question, where the conversation puts <image>): the analysis always puts the image first.
 SAMPLES = [
@@ -68,25 +78,27 @@ def runs(v15_dir, data, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def reference(v15_dir, data):
-    """Per sample, from the eager model's full attention maps: [CLS] attention, image span, maps (layers, H, S, S)."""
+def reference(v15_dir, clip_dir, data):
+    """Per sample, from the eager model's full attention maps: image span, maps (layers, H, S, S); the [CLS]
+    attention from transformers' eager CLIPVisionModel read from the tower's own directory (its layer -2 maps)."""
     from llava.model.builder import load_pretrained_model
 
     qfile, images = data
     tokenizer, model, processor, _ = load_pretrained_model(str(v15_dir), None, None, device="cpu",
                                                            attn_implementation="eager")
+    tower = eager_clip(clip_dir)
     out = []
     for i, (_, question, where) in enumerate(SAMPLES):
         query = question + ("\n" if where == "last" else "")  # the original keeps the newline before <image>
         ids = tokenizer_image_token(build_prompt(query, 1, "vicuna_v1"), tokenizer, return_tensors="pt")
         image = load_image(images / f"coco/{i}.png")
+        pixels = process_images([image], processor, model.config)
         with torch.no_grad():
-            mm = model.prepare_multimodal_inputs(ids[None], None, process_images([image], processor, model.config),
-                                                 [image.size])
+            mm = model.prepare_multimodal_inputs(ids[None], None, pixels, [image.size])
             maps = model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
                          output_attentions=True).attentions
         start = int((ids == -200).nonzero()[0])
-        out.append({"cls": mm.cls_attn[0][0], "start": start, "stop": start + mm.v_token_num[0],
+        out.append({"cls": cls_attention_and_features(tower, pixels)[0][0], "start": start, "stop": start + mm.v_token_num[0],
                     "maps": torch.stack([a[0] for a in maps]), "inputs": mm})
     return out
 
@@ -104,6 +116,36 @@ def reference_shift(maps, start, stop):
             "last": m[s - 1, start:stop],
         })
     return {k: torch.stack([layer[k] for layer in layers]) for k in ("all", "image", "text", "last")}
+
+
+def test_shift_statistics_by_hand():
+    """2 image tokens, 2 text tokens after them (the last is the prompt's last token). Rows: queries from the first
+    image token on; columns: image tokens. Image token 0 is seen by 4 rows, image token 1 only by the 3 rows from
+    itself on (causal mask), so their sums are divided by 4 and 3:
+      all   (1.0 + 0.2 + 0.1 + 0.4) / 4 = 0.425      (0.5 + 0.3 + 0.2) / 3 = 1/3
+      image (1.0 + 0.2) / 2 = 0.6                     0.5 / 1 = 0.5
+      text  0.1 / 1 (row 2; the last row is apart)    0.3 / 1
+      last  0.4                                       0.2"""
+    blocks = torch.tensor([[1.0, 0.0], [0.2, 0.5], [0.1, 0.3], [0.4, 0.2]], dtype=torch.float64)
+    stats = shift_statistics(blocks, num_image=2)
+    expected = {"all": [0.425, 1 / 3], "image": [0.6, 0.5], "text": [0.1, 0.3], "last": [0.4, 0.2]}
+    for kind, values in expected.items():
+        assert stats[kind].tolist() == pytest.approx(values), kind
+    assert shift_statistics(blocks[[0, 1, 3]], num_image=2)["text"] is None  # no text row but the last one
+
+
+def test_dispersion_cdf_and_shares_by_hand():
+    """4 tokens, 2 samples (the first not normalised: shares divide by the row's sum).
+    sample 1: 0.2 0.8 0.4 0.6 -> sorted shares 0.4 0.3 0.2 0.1 -> cumulated 0.4 0.7 0.9 1.0
+    sample 2: 0.5 0 0.25 0.25 -> sorted shares 0.5 0.25 0.25 0 -> cumulated 0.5 0.75 1.0 1.0
+    mean, with the share of the top 0 tokens first: 0, 0.45, 0.725, 0.95, 1."""
+    scores = torch.tensor([[0.2, 0.8, 0.4, 0.6], [0.5, 0.0, 0.25, 0.25]])
+    assert cumulative_shares(scores).tolist() == pytest.approx([0.0, 0.45, 0.725, 0.95, 1.0])
+    assert top_share(scores, 0.25) == pytest.approx(0.45)  # the top 1 of 4 tokens
+    assert top_share(scores, 0.5) == pytest.approx(0.725)
+    assert top_share(scores, 0.1) == pytest.approx(0.45)  # rounds to 0 tokens: at least 1
+    # tail: the last positions in raster order, not the largest: 0.6 / 2.0 and 0.25 / 1.0
+    assert tail_share(scores, 0.25).tolist() == pytest.approx([0.3, 0.25])
 
 
 def test_hooked_rows_equal_full_attention_maps(v15_dir, reference, load):
@@ -136,7 +178,8 @@ def test_shift_statistics_equal_the_ones_from_full_maps(runs, reference):
         expected = torch.stack([s[kind] for s in per_sample]).mean(dim=0)
         assert saved[kind].shape == (2, 16)
         torch.testing.assert_close(saved[kind], expected, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(saved["cls"], torch.stack([r["cls"] for r in reference]).mean(dim=0))
+    torch.testing.assert_close(saved["cls"], torch.stack([r["cls"] for r in reference]).mean(dim=0),
+                               atol=1e-6, rtol=1e-5)
     assert saved["sample_ids"] == [s[0] for s in SAMPLES] and saved["grid"] == 4
     # Summary: share of the last 10% of positions (2 of 16 tokens) per layer, and for [CLS].
     last = torch.stack([s["last"] for s in per_sample]).mean(dim=0)
@@ -152,7 +195,7 @@ def test_dispersion_statistics_equal_the_ones_from_full_maps(runs, reference):
     last = torch.stack([r["maps"][1].mean(dim=0)[-1, r["start"]:r["stop"]] for r in reference])  # layer 2
     cls = torch.stack([r["cls"] for r in reference])
     torch.testing.assert_close(saved["last"], last, rtol=1e-4, atol=1e-6)
-    torch.testing.assert_close(saved["cls"], cls)
+    torch.testing.assert_close(saved["cls"], cls, atol=1e-6, rtol=1e-5)
     assert saved["layer"] == 2 and summary["llm_layer"] == 2 and summary["top_tokens"] == 2
 
     def top2(x):
@@ -183,7 +226,7 @@ def test_figures_and_json_are_written_and_replot_reproduces_them(runs, name):
         np.testing.assert_array_equal(pixels_of(folder / f), before[f])
 
 
-def test_missing_images_are_reported_with_their_sample_id(v15_dir, tmp_path):
+def test_missing_images_are_reported_with_their_sample_id(v15_dir, reference, tmp_path):
     samples = SAMPLES[:2] + [("gone-42", "what is this?", "first")]
     qfile, images = write_question_file(tmp_path, samples, missing={"gone-42"})
     with pytest.raises(FileNotFoundError, match=r"1 of 3 sample image\(s\) not found(.|\n)*id 'gone-42' \(line 3\)"
@@ -191,6 +234,9 @@ def test_missing_images_are_reported_with_their_sample_id(v15_dir, tmp_path):
         analyze_attn_dispersion.main(cli(v15_dir, qfile, images, tmp_path / "out"))
     summary = analyze_attn_dispersion.main(cli(v15_dir, qfile, images, tmp_path / "out", "--skip-missing"))
     assert summary["skipped_ids"] == ["gone-42"] and summary["num_samples"] == 2
+    saved = torch.load(tmp_path / "out" / "attn_dispersion.pt", weights_only=True)  # the two others, as analysed
+    expected = torch.stack([r["maps"][1].mean(dim=0)[-1, r["start"]:r["stop"]] for r in reference[:2]])
+    torch.testing.assert_close(saved["last"], expected, rtol=1e-4, atol=1e-6)
 
 
 def test_chunks_merge_into_the_whole_run(v15_dir, data, runs, tmp_path):
@@ -218,7 +264,7 @@ def test_anyres_checkpoints_and_pruning_are_refused(v15_dir, v16_dir, data, tmp_
         analyze_attn_dispersion.main(cli(v15_dir, qfile, images, tmp_path, "--layer", "3"))
 
 
-def test_shell_script_runs_the_analysis(v15_dir, data, tmp_path):
+def test_shell_script_runs_the_analysis(v15_dir, data, reference, tmp_path):
     import subprocess
     import sys
 
@@ -229,6 +275,13 @@ def test_shell_script_runs_the_analysis(v15_dir, data, tmp_path):
                           cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), env=env,
                           capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert "[attn_dispersion] 3 samples: the top 10% of image tokens (2 of 16)" in done.stdout
+    last = torch.stack([r["maps"][1].mean(dim=0)[-1, r["start"]:r["stop"]] for r in reference])  # layer 2
+    cls = torch.stack([r["cls"] for r in reference])
+
+    def top2(x):  # mean share of the 2 largest of 16 (10%)
+        return float((x.sort(dim=1, descending=True).values[:, :2].sum(1) / x.sum(1)).mean())
+
+    assert (f"[attn_dispersion] 3 samples: the top 10% of image tokens (2 of 16) hold {top2(cls):.1%} of [CLS] "
+            f"attention vs {top2(last):.1%} of the last token's attention at LLM layer 2") in done.stdout
     assert {"attn_dispersion.png", "attn_dispersion.pt", "attn_dispersion_summary.json"} <= set(
         os.listdir(tmp_path / "out"))
