@@ -2,13 +2,14 @@
 
 Sources of truth, all written or run inside this file:
 - the original FasterVLM merge (Theia-4869/FasterVLM, llava/model/llava_arch.py,
-  `prepare_inputs_labels_for_multimodal`), transcribed as `fastervlm_spatial` / `fastervlm_spatial_unpad`: full per-crop feature maps, a boolean top-k mask
-  per crop, the grid crops stitched into one (rows * side, cols * side) map, flattened, masked; base crop first;
+  `prepare_inputs_labels_for_multimodal`), transcribed as `fastervlm_spatial` / `fastervlm_spatial_unpad`: full
+  per-crop feature maps, a boolean top-k mask per crop, the grid crops stitched into one (rows * side, cols * side)
+  map, flattened, masked; base crop first;
 - haotian-liu/LLaVA's `unpad_image` (llava/model/llava_arch.py), transcribed as `llava_unpad_image` (it truncates
   with `int(x)`), and transformers' own `unpad_image` (llava_next), which rounds first, to show which sizes differ;
 - transformers' eager `CLIPVisionModel` with `output_attentions=True` for the [CLS] attention and the patch features
-  (`tests.hf_helpers.eager_cls_attention`),
-  transformers' projector / `image_newline` modules, and `LlavaForConditionalGeneration` for whole-model logits;
+  (`tests.hf_helpers.eager_cls_attention`), transformers' projector / `image_newline` modules, and
+  `LlavaForConditionalGeneration` for whole-model logits;
 - plain `torch.topk` and a float64 softmax for the kept sets.
 """
 
