@@ -3,13 +3,19 @@
 import contextlib
 import io
 
+from types import SimpleNamespace
+
+import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from llava import demo
+from llava.mm_utils import load_image, load_image_processor, process_images
+from llava.model.tiny import CLIP_MEAN
 from llava.model.multimodal_encoder.clip_encoder import TowerOutput
 from tests.conftest import pil_image
+from tests.oracle_llava import cls_attention_and_features, eager_clip
 
 BUDGETS = [576, 37]
 
@@ -24,11 +30,11 @@ def run(tmp_path_factory):
     with contextlib.redirect_stdout(printed):
         result = demo.main(["--random-weights", "--model-dir", str(tmp / "model"), "--output", str(output), "--image", str(image),
                             "--budgets", ",".join(map(str, BUDGETS)), "--max-new-tokens", "2", "--device", "cpu"])
-    return result, output, printed.getvalue()
+    return result, output, printed.getvalue(), image
 
 
 def test_demo_writes_figure_and_reports_budgets(run):
-    result, output, _ = run
+    result, output, _, _ = run
     assert output.is_file() and output.stat().st_size > 20_000
     with Image.open(output) as png:
         assert png.format == "PNG" and png.width > 800 and png.height > 400
@@ -38,22 +44,34 @@ def test_demo_writes_figure_and_reports_budgets(run):
     text_tokens = {r.prompt_len - r.kept for r in result.rows}
     assert len(text_tokens) == 1 and text_tokens.pop() > 10
     assert result.random_weights and result.image.shape == (336, 336, 3)
-    assert result.cls_attn.shape == (576,)
-    assert torch.allclose(result.cls_attn.sum(), torch.tensor(1.0), atol=0.05)  # [CLS] itself takes the rest
+    # what the tower saw: the 80x48 image padded to 80x80 with LLaVA's background, int(255 * CLIP mean). Its 16
+    # background rows above and below become 16 * 336 / 80 = 67 output rows, less the bicubic filter's reach of 2
+    # source rows (8.4 output rows): the first and last 58 rows are exactly that colour (up to the 8-bit round trip)
+    background = np.array([int(255 * m) for m in CLIP_MEAN])
+    for band in (result.image[:58], result.image[-58:]):
+        assert np.abs(band.astype(int) - background).max() <= 1
+    assert np.abs(result.image[80:256].astype(int) - background).max() > 50  # the picture itself
 
 
-def test_drawn_patches_are_the_top_k_of_cls_attention(run):
-    result, _, _ = run
+def test_drawn_patches_are_the_top_k_of_the_eager_cls_attention(run):
+    """The [CLS] attention drawn and the kept patches outlined are those of transformers' eager CLIPVisionModel read
+    from the demo's tower directory (layer -2 maps, head mean), top-k per budget."""
+    result, _, _, image_path = run
+    tower_dir = result.model_path / demo.TOWER_SUBDIR
+    pixels = process_images([load_image(image_path)], load_image_processor(tower_dir),
+                            SimpleNamespace(image_aspect_ratio="pad"))
+    expected, _ = cls_attention_and_features(eager_clip(tower_dir), pixels)
+    torch.testing.assert_close(result.cls_attn, expected[0], atol=1e-6, rtol=1e-5)
     for row in result.rows:
-        top = result.cls_attn.topk(row.budget).indices
-        assert row.mask.dtype == torch.bool and int(row.mask.sum()) == row.budget == row.kept
-        assert torch.equal(row.mask.nonzero().flatten(), top.sort().values)
+        mask = torch.zeros(576, dtype=torch.bool)
+        mask[expected[0].topk(row.budget).indices] = True
+        assert torch.equal(row.mask, mask) and row.kept == row.budget
 
 
 def test_kept_mask_matches_topk_directly(run):
     from llava.model.builder import load_pretrained_model
 
-    result, _, _ = run
+    result, _, _, _ = run
     _, model, _, _ = load_pretrained_model(str(result.model_path), None, None, device="cpu")
     gen = torch.Generator().manual_seed(0)
     scores = torch.rand(2, 576, generator=gen).softmax(-1)  # distinct values: top-k is unambiguous
@@ -67,7 +85,7 @@ def test_kept_mask_matches_topk_directly(run):
 
 
 def test_printed_table_and_note(run):
-    result, output, printed = run
+    result, output, printed, _ = run
     lines = demo.format_table(result.rows).splitlines()
     assert lines[0].split()[:4] == ["budget", "reduction", "kept", "LLM"]
     assert lines[2].split()[:3] == ["576", "0.0%", "576"] and lines[3].split()[:3] == ["37", "93.6%", "37"]
@@ -76,7 +94,7 @@ def test_printed_table_and_note(run):
 
 
 def test_cached_model_is_reused_and_foreign_dirs_are_kept(run, tmp_path):
-    result, _, _ = run
+    result, _, _, _ = run
     spec = result.model_path / demo.SPEC_FILE
     before = spec.stat().st_mtime_ns
     assert demo.ensure_tiny_model(result.model_path) == result.model_path
@@ -88,7 +106,7 @@ def test_cached_model_is_reused_and_foreign_dirs_are_kept(run, tmp_path):
 
 
 def test_bad_budgets_fail_before_running(run, tmp_path):
-    result, _, _ = run
+    result, _, _, _ = run
     with pytest.raises(ValueError, match="comma-separated"):
         demo.main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "576,half"])
     with pytest.raises(ValueError, match="out of range"):
