@@ -222,7 +222,8 @@ def kept_checks(report: Report, label: str, ref: dict, test: dict) -> dict:
             continue
         status, numbers = compare_kept(ref_kept, test[(method, budget)], budget)
         report.add(f"{label} {method}@{budget}", status, describe(status, numbers), **numbers)
-        stored[f"{method}@{budget}"] = {"reference": ref_kept.keep.tolist(), "test": test[(method, budget)].keep.tolist()}
+        stored[f"{method}@{budget}"] = {"reference": ref_kept.keep.tolist(),
+                                         "test": test[(method, budget)].keep.tolist()}
     return stored
 
 
@@ -328,7 +329,8 @@ def flash_vs_sdpa(report: Report, model, name: str, pixels, ids, budgets, sdpa_k
         ok = flash_ref <= 2 * sdpa_ref + 1e-3 * ref.abs().max().item()
         status = "FAIL" if not ok else "PASS" if same_next else "WARN"  # a near-tie argmax may flip in bf16
         report.add(f"(a) {name} {kernel} vs sdpa logits, fastervlm@{budget}", status,
-                   f"max abs diff {flash_sdpa:.3e} ({kernel} vs float32 {flash_ref:.3e}, sdpa vs float32 {sdpa_ref:.3e}, "
+                   f"max abs diff {flash_sdpa:.3e} ({kernel} vs float32 {flash_ref:.3e}, "
+                   f"sdpa vs float32 {sdpa_ref:.3e}, "
                    f"|logits| <= {ref.abs().max().item():.1f}); next token {'same' if same_next else 'DIFFERS'}",
                    max_abs_diff=flash_sdpa, flash_vs_fp32=flash_ref, sdpa_vs_fp32=sdpa_ref, same_next_token=same_next)
     return stored
@@ -339,7 +341,7 @@ def run_benchmarks(report: Report, args, device: torch.device, out: Path) -> Non
     if device.type != "cuda":
         reason = "no CUDA device" if not torch.cuda.is_available() else "--device cpu was given"
         report.add("(c) efficiency --synthetic 7b", "SKIP", f"{reason}; 7B rows on a CPU would take hours")
-        report.add("(c) bench_vision_tower.py", "SKIP", f"{reason}; the CPU numbers are in EVAL.md")
+        report.add("(c) bench_vision_tower.py", "SKIP", f"{reason}; the CPU numbers are in README.md")
         return
     runs = {
         "(c) efficiency --synthetic 7b": (
@@ -395,14 +397,15 @@ def write_summary(report: Report, env: dict, args, out: Path, seconds: float) ->
     counts = {s: sum(c.status == s for c in report.checks) for s in ("PASS", "WARN", "FAIL", "ERROR", "SKIP")}
     lines = [f"# GPU check ({time.strftime('%Y-%m-%d %H:%M')}, {seconds:.0f} s)", "",
              "Environment: " + ", ".join(f"{k} {v}" for k, v in env.items()), "",
-             f"Model: llava.bench.synthetic `{args.shape}` shape, random weights (spread), {args.images} random images; "
+             f"Model: llava.bench.synthetic `{args.shape}` shape, random weights (spread), "
+             f"{args.images} random images; "
              f"float32 sdpa is the reference.", "",
              "Result: " + ", ".join(f"{n} {s}" for s, n in counts.items()), "",
              "| check | status | detail |", "|---|---|---|"]
     lines += [f"| {c.name} | {c.status} | {c.detail} |" for c in report.checks]
-    lines += ["", "A kept set between two models: PASS identical; WARN only near-ties changed sides (within twice their "
-              "score change of the budget's boundary); FAIL a token farther than that changed sides; INFO "
-              "visionzip / vispruner, counted, not judged (their stages depend on the whole ranking).",
+    lines += ["", "A kept set between two models: PASS identical; WARN only near-ties changed sides "
+              "(within twice their score change of the budget's boundary); FAIL a token farther than that changed "
+              "sides; INFO visionzip / vispruner, counted, not judged (their stages depend on the whole ranking).",
               "Numbers and kept indices: results.json. Benchmarks: efficiency/, bench_vision_tower.*"]
     path = out / "summary.md"
     path.write_text("\n".join(lines) + "\n")
