@@ -3,8 +3,10 @@ at an input side other than the one its position embeddings were trained for (so
 
 import json
 
+import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from llava.model.multimodal_encoder.builder import build_vision_tower, tokens_per_crop, tower_model_type
 from llava.model.multimodal_encoder.dinov2_encoder import Dinov2VisionTower
@@ -86,6 +88,10 @@ def test_image_processor_is_pil_with_imagenet_statistics(dinov2_dir):
 
     processor = load_image_processor(dinov2_dir)
     assert getattr(processor, "backend", None) == "pil"
-    pixels = processor.preprocess(pil_image(64, 64), return_tensors="pt")["pixel_values"]
-    assert pixels.shape == (1, 3, INPUT, INPUT)
-    assert tuple(processor.image_mean) == (0.485, 0.456, 0.406)
+    image = pil_image(64, 48)
+    pixels = processor.preprocess(image, return_tensors="pt")["pixel_values"]
+    # by hand: shortest edge to 28 with PIL's bicubic (64x48 -> 37x28), centre crop 28x28 (columns 4..31),
+    # then (x / 255 - ImageNet mean) / ImageNet std
+    resized = np.asarray(image.resize((37, 28), Image.Resampling.BICUBIC), dtype=np.float64)[:, 4:32] / 255
+    expected = (resized - np.array([0.485, 0.456, 0.406])) / np.array([0.229, 0.224, 0.225])
+    torch.testing.assert_close(pixels[0], torch.from_numpy(expected).permute(2, 0, 1).float(), atol=1e-5, rtol=0)
