@@ -89,7 +89,8 @@ def exact_unit_features(gen: torch.Generator, shape: tuple, free: int = 14) -> t
 
 
 def tower_like_inputs(seed: int, n: int = 3, p: int = PATCHES):
-    """Random patch features (exact norms, see above) and a softmaxed [CLS] attention row per crop: (n, p, 16), (n, p)."""
+    """Random patch features (exact norms, see above) and a softmaxed [CLS] attention row per crop.
+    Returns (n, p, 16), (n, p)."""
     gen = torch.Generator().manual_seed(seed)
     features = exact_unit_features(gen, (n, p))
     cls_attn = (torch.randn(n, p, generator=gen) * 2).softmax(dim=-1)
@@ -98,7 +99,7 @@ def tower_like_inputs(seed: int, n: int = 3, p: int = PATCHES):
 
 @pytest.mark.parametrize("budget", PAPER_BUDGETS)
 def test_vispruner_equals_public_code_at_paper_budgets(budget):
-    """Every matching round of the public code (29 to 69 rounds here) is reproduced exactly, for 3 crops at once."""
+    """Every matching round of the public code (48 to 69 rounds here) is reproduced exactly, for 3 crops at once."""
     features, cls_attn = tower_like_inputs(seed=budget)
     assert vispruner(features, cls_attn, budget).tolist() == vispruner_oracle(features, cls_attn, budget)
 
