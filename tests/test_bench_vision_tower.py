@@ -6,6 +6,9 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import torch
+from transformers import CLIPVisionModel
+
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "bench_vision_tower.py"
 
 
@@ -42,3 +45,25 @@ def test_bench_vision_tower_tiny_smoke(tmp_path, capsys):
 
     out = capsys.readouterr().out
     assert "(c) ours" in out and "top-58 sets identical: True" in out
+
+
+def test_variants_equal_a_separate_eager_clip():
+    """The CSV's correctness columns are the script's own comparisons; here every variant is checked against a
+    separate transformers CLIPVisionModel (eager, output_attentions) holding the same weights: features of layer
+    -2 for all four, and the head-mean [CLS] row of layer -2's maps for the two that report it."""
+    bench = load_script()
+    torch.manual_seed(0)
+    model = CLIPVisionModel._from_config(bench.tiny_config(), attn_implementation="sdpa").eval()
+    reference = CLIPVisionModel._from_config(bench.tiny_config(), attn_implementation="eager").eval()
+    reference.load_state_dict(model.state_dict())
+    pixels = torch.randn(2, 3, 112, 112, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        ref = reference(pixels, output_attentions=True, output_hidden_states=True)
+        for variant in bench.build_variants(model):
+            bench.set_attn(model, variant.attn_implementation)
+            features, cls_attn = variant.fn(pixels)
+            torch.testing.assert_close(features, ref.hidden_states[-2][:, 1:], atol=1e-5, rtol=1e-5)
+            if variant.key in ("ours", "original"):
+                torch.testing.assert_close(cls_attn, ref.attentions[-2].mean(dim=1)[:, 0, 1:], atol=1e-6, rtol=1e-5)
+            else:
+                assert cls_attn is None
