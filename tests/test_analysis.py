@@ -98,7 +98,8 @@ def reference(v15_dir, clip_dir, data):
             maps = model(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask,
                          output_attentions=True).attentions
         start = int((ids == -200).nonzero()[0])
-        out.append({"cls": cls_attention_and_features(tower, pixels)[0][0], "start": start, "stop": start + mm.v_token_num[0],
+        out.append({"cls": cls_attention_and_features(tower, pixels)[0][0], "start": start,
+                    "stop": start + mm.v_token_num[0],
                     "maps": torch.stack([a[0] for a in maps]), "inputs": mm})
     return out
 

@@ -28,7 +28,8 @@ def run(tmp_path_factory):
     output = tmp / "out" / "demo.png"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        result = demo.main(["--random-weights", "--model-dir", str(tmp / "model"), "--output", str(output), "--image", str(image),
+        result = demo.main(["--random-weights", "--model-dir", str(tmp / "model"), "--output", str(output),
+                            "--image", str(image),
                             "--budgets", ",".join(map(str, BUDGETS)), "--max-new-tokens", "2", "--device", "cpu"])
     return result, output, printed.getvalue(), image
 
