@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from llava.cli import check_conv_mode, run_cli
+
 DEFAULT_MODEL_DIR = Path("~/.cache/fastervlm/demo-tiny-llava-v1.5")  # the random-weight model (--random-weights)
 DEFAULT_OUTPUT = Path("outputs/demo_fastervlm.png")
 DEFAULT_KEEP = (1.0, 0.25, 0.10, 0.05)  # default budgets: these shares of a crop's tokens (576 -> 576,144,58,29)
@@ -464,7 +466,6 @@ def main(argv=None) -> DemoResult:
     from llava.eval.run_llava import (
         answer,
         build_prompt,
-        check_conv_mode,
         check_device,
         default_device,
         resolve_conv_mode,
@@ -530,8 +531,6 @@ def main(argv=None) -> DemoResult:
 def cli(argv=None) -> int:
     """The command line: expected errors (bad path, image, budget, template) as one line and exit 1; --debug
     shows the traceback."""
-    from llava.eval.run_llava import run_cli
-
     return run_cli(main, argv)
 
 

@@ -5,6 +5,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import torch
@@ -113,6 +114,9 @@ def make_llava_hf_dir(path, kind: str, ckpt_dir, clip_dir, tok_dir, legacy: bool
     model, _ = hf_model(kind, ckpt_dir, clip_dir)
     model.save_pretrained(path)
     hf_processor(kind, tok_dir, clip_dir).save_pretrained(path)
+    # llava-hf hub repositories ship Llama's SentencePiece model next to tokenizer.json (transformers 5 saves only the
+    # latter): with it the loader gives SentencePiece's own ids, as for liuhaotian directories
+    shutil.copy(Path(tok_dir) / "tokenizer.model", path / "tokenizer.model")
     if legacy:
         state = {_legacy_name(k): v.contiguous() for k, v in to_hf_state(ckpt_dir, clip_dir).items()}
         for f in path.glob("model*.safetensors*"):

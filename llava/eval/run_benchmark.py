@@ -30,6 +30,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
+from llava.cli import EXPECTED_ERRORS, check_conv_mode, run_cli
 from llava.eval.answers import merge_answers
 from llava.eval.tasks import BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, Benchmark
 
@@ -145,8 +146,6 @@ def make_plan(argv=None) -> Plan:
         raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
     conv_mode = _passed_value(passthrough, "--conv-mode")
     if conv_mode is not None:
-        from llava.eval.run_llava import check_conv_mode
-
         check_conv_mode(conv_mode)
     bench = BENCHMARKS[args.benchmark]
     ckpt = args.ckpt or os.environ.get("CKPT") or FAMILY_CKPT[args.family]
@@ -257,8 +256,6 @@ def main(argv=None) -> dict:
 def cli(argv=None) -> int:
     """The command line: expected errors (bad paths, arguments, templates, failed chunks) as one line and exit 1;
     --debug shows the traceback."""
-    from llava.eval.run_llava import EXPECTED_ERRORS, run_cli
-
     return run_cli(main, argv, EXPECTED_ERRORS + (RuntimeError,))  # RuntimeError: a chunk process failed
 
 

@@ -15,6 +15,7 @@ import sys
 
 import torch
 
+from llava.cli import check_conv_mode, run_cli
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
 from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.mm_utils import (
@@ -28,9 +29,6 @@ from llava.model.builder import load_pretrained_model
 
 DEFAULT_CONV_MODE = "vicuna_v1"  # when neither --conv-mode nor the checkpoint's config names one (LLaVA-1.5)
 # What a CLI reports in one line (exit 1) instead of a traceback: bad paths, files, arguments, missing packages.
-EXPECTED_ERRORS = (OSError, ValueError, ImportError)
-
-
 def build_prompt(query: str, n_images: int, conv_mode: str) -> str:
     """`<image-placeholder>` marks where images go; without it, one `<image>` per image is put first."""
     if IMAGE_PLACEHOLDER in query:
@@ -52,14 +50,6 @@ def check_device(device: str | None) -> None:
     if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
         raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
                          "use --device cpu")
-
-
-def check_conv_mode(name: str, source: str = "--conv-mode") -> str:
-    """`name` if it is a known conversation template, else ValueError listing the known ones."""
-    if name not in conv_templates:
-        known = ", ".join(sorted(conv_templates))
-        raise ValueError(f"{source}: unknown conversation template {name!r}; valid: {known}")
-    return name
 
 
 def resolve_conv_mode(requested: str | None, model_config) -> str:
@@ -165,21 +155,6 @@ def main(argv=None) -> str:
     print(f"[FasterVLM] {v_token_num} visual tokens kept ({model.pruning.method}, "
           f"{model.pruning.visual_token_num} per crop)", file=sys.stderr)
     return text
-
-
-def run_cli(main_function, argv=None, expected: tuple[type[BaseException], ...] = EXPECTED_ERRORS) -> int:
-    """Run `main_function(argv)` as a command: 0 on success; an expected error is printed as one line on stderr
-    and gives 1, unless `--debug` is among the arguments (then it propagates with its traceback)."""
-    argv = sys.argv[1:] if argv is None else list(argv)
-    try:
-        main_function(argv)
-    except expected as err:
-        if "--debug" in argv:
-            raise
-        message = " ".join(str(err).split()) or type(err).__name__
-        print(f"error: {message} (--debug shows the traceback)", file=sys.stderr)
-        return 1
-    return 0
 
 
 def cli(argv=None) -> int:

@@ -33,6 +33,8 @@ from pathlib import Path
 
 import torch
 
+from llava.model.tokenizer import load_tokenizer
+
 LIUHAOTIAN, LLAVA_HF = "liuhaotian", "llava-hf"
 # transformers model_type -> LLaVA's image_aspect_ratio
 HF_MODEL_TYPES = {"llava": "pad", "llava_next": "anyres"}
@@ -181,8 +183,6 @@ def load_llava_hf(model_dir: Path, *, model_base, vision_tower_path, visual_toke
                   llm_layer: int = 2):
     """`load_pretrained_model` for a llava-hf directory: returns (tokenizer, model, image_processor, context_len)
     with our `LlavaLlamaForCausalLM`; `load_kwargs` are the from_pretrained arguments the builder assembled."""
-    from transformers import AutoTokenizer
-
     from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
     from llava.model.pruning import PruningConfig
 
@@ -206,7 +206,7 @@ def load_llava_hf(model_dir: Path, *, model_base, vision_tower_path, visual_toke
     if missing or info["mismatched_keys"]:  # a name the mapping missed would otherwise stay randomly initialised
         raise ValueError(f"{model_dir}: weights the llava-hf name mapping did not fill: missing {sorted(missing)[:5]}, "
                          f"mismatched {sorted(info['mismatched_keys'])[:5]}")
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
+    tokenizer = load_tokenizer(model_dir)  # SentencePiece-exact when the directory has Llama's tokenizer.model
     tower = build_hf_tower(hf.vision_config, hf_tower_state(model_dir), hf.vision_feature_layer, attn, dtype,
                            str(model_dir))
     tower.to(device=model.device)
