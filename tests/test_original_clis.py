@@ -12,6 +12,8 @@ import sys
 
 import pytest
 
+from tests.test_scoring_pope import ANSWERS, LABELS, QUESTIONS
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
@@ -173,32 +175,9 @@ def test_eval_textvqa_exit_status_when_nothing_matches(tmp_path):
 
 # ------------------------------------------------------------------ POPE
 
-SUFFIX = "\nAnswer the question using a single word or phrase."
-POPE_LABELS = {
-    "adversarial": [
-        {"question_id": 1, "image": "A.jpg", "text": "Is there a dog in the image?", "label": "yes"},
-        {"question_id": 2, "image": "A.jpg", "text": "Is there a cat in the image?", "label": "no"},
-        {"question_id": 3, "image": "B.jpg", "text": "Is there a car in the image?", "label": "yes"},
-    ],
-    "random": [
-        {"question_id": 1, "image": "C.jpg", "text": "Is there a bus in the image?", "label": "no"},
-        {"question_id": 2, "image": "C.jpg", "text": "Is there a person in the image?", "label": "yes"},
-    ],
-}
-POPE_QUESTIONS = [
-    {"question_id": 1, "image": "B.jpg", "text": "Is there a car in the image?" + SUFFIX, "category": "adversarial"},
-    {"question_id": 2, "image": "A.jpg", "text": "Is there a dog in the image?" + SUFFIX, "category": "adversarial"},
-    {"question_id": 3, "image": "A.jpg", "text": "Is there a cat in the image?" + SUFFIX, "category": "adversarial"},
-    {"question_id": 4, "image": "C.jpg", "text": "Is there a person in the image?" + SUFFIX, "category": "random"},
-    {"question_id": 5, "image": "C.jpg", "text": "Is there a bus in the image?" + SUFFIX, "category": "random"},
-]
-POPE_ANSWERS = [
-    {"question_id": 1, "text": "Yes"},                   # car, yes    -> TP
-    {"question_id": 2, "text": "No, there is no dog."},  # dog, yes    -> FN
-    {"question_id": 3, "text": "Yes"},                   # cat, no     -> FP
-    {"question_id": 4, "text": "Yes"},                   # person, yes -> TP
-    {"question_id": 5, "text": "Yes"},                   # bus, no     -> FP
-]
+# The hand-made POPE case of test_scoring_pope (labels, LLaVA's question file), without its unknown id 99.
+POPE_LABELS, POPE_QUESTIONS = LABELS, QUESTIONS
+POPE_ANSWERS = [answer for answer in ANSWERS if answer["question_id"] != 99]
 SEPARATOR = "===================================="
 # adversarial TP=1 FP=1 TN=0 FN=1: acc 1/3, precision 1/2, recall 1/2, F1 1/2, yes ratio 2/3.
 ADVERSARIAL = [
