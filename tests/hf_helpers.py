@@ -63,15 +63,6 @@ def hf_model(kind, ckpt_dir, clip_dir, attn_implementation: str = "eager"):
 
 
 @torch.no_grad()
-def eager_cls_attention(vision_model, pixels: torch.Tensor, select_layer: int = -2):
-    """transformers' eager CLIPVisionModel (e.g. `hf_model(...)[0].model.vision_tower`), pixels (N, 3, S, S) ->
-    ([CLS] attention (N, P), features (N, P, C)): the selected layer's attention map from transformers itself
-    (`output_attentions=True`), head mean of the [CLS] row over the patch columns, as the original FasterVLM tower
-    takes it, and that layer's hidden state without [CLS]."""
-    out = vision_model(pixel_values=pixels, output_attentions=True, output_hidden_states=True)
-    return out.attentions[select_layer][:, :, 0, 1:].mean(dim=1), out.hidden_states[select_layer][:, 1:]
-
-
 def expand_image_tokens(ids, n_tokens, image_token_id):
     """(1, L) ids with one IMAGE_TOKEN_INDEX -> that position repeated `n_tokens` times as `image_token_id`, as
     transformers' processors expand `<image>`."""

@@ -12,7 +12,8 @@ from llava.conversation import conv_templates
 from llava.mm_utils import process_images, tokenizer_image_token
 from llava.utils import load_state_dict
 from tests.conftest import pil_image
-from tests.hf_helpers import eager_cls_attention, expand_image_tokens, hf_model
+from tests.hf_helpers import expand_image_tokens, hf_model
+from tests.oracle_llava import cls_attention_and_features as eager_cls_attention
 from tests.tiny_checkpoints import PATCHES, PINPOINTS
 
 

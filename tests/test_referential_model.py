@@ -23,7 +23,8 @@ from llava.mm_utils import process_images
 from llava.model.llava_arch import GridLayout, merge_grid_paper, merge_grid_upstream, unpad_window
 from llava.model.pruning import as_selection
 from tests.conftest import pil_image
-from tests.hf_helpers import eager_cls_attention, hf_model, hf_processor
+from tests.hf_helpers import hf_model, hf_processor
+from tests.oracle_llava import cls_attention_and_features as eager_cls_attention
 from tests.test_model import prompt_ids
 from tests.tiny_checkpoints import IMAGE_SIZE, PATCH_SIZE, PATCHES
 
