@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import FrozenInstanceError, dataclass
 
 ANYRES_MODES = ("paper", "upstream")
 
 
-@dataclass
+@dataclass(frozen=True)
 class PruningConfig:
     """How visual tokens are pruned: before the projector (selectors) or inside the language model (FastV).
 
@@ -21,6 +21,10 @@ class PruningConfig:
     llm_layer:         in-LLM methods only (FastV's K): the decoder layers run on every token before pruning; the
                        attention of layer K (1-based) ranks the visual tokens, layers K+1.. see the kept ones. Must be
                        below the LLM's depth (checked when the method is installed on a model).
+
+    Frozen: a field set by hand would skip `validate` and the model's `set_pruning` (which re-installs in-LLM
+    hooks and keeps `config.anyres_mode` in step), e.g. `model.pruning.visual_token_num = 0` generated with no visual
+    tokens. Change it with `model.set_pruning(model.pruning.replace(...))`.
     """
 
     method: str = "fastervlm"
@@ -68,3 +72,16 @@ class PruningConfig:
         """A validated copy with some fields changed."""
         fields = {**self.__dict__, **changes}
         return PruningConfig(**fields)
+
+
+def _refuse_edit(self: PruningConfig, name: str, value=None) -> None:
+    """Replaces the frozen dataclass's generic "cannot assign to field" with how to do it instead."""
+    raise FrozenInstanceError(
+        f"PruningConfig is read-only (a field set by hand would bypass validation): instead of changing {name!r}, use "
+        f"model.set_pruning(model.pruning.replace({name}=...)), or PruningConfig.replace(...) for a new config"
+    )
+
+
+# The dataclass's own __init__ sets fields through object.__setattr__, so only assignments after it reach these.
+PruningConfig.__setattr__ = _refuse_edit
+PruningConfig.__delattr__ = _refuse_edit
