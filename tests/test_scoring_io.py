@@ -27,7 +27,7 @@ def test_non_object_line_is_rejected(tmp_path):
 def test_answer_without_text_is_rejected(tmp_path):
     path = tmp_path / "answers.jsonl"
     path.write_text('{"question_id": 1, "answer": "yes"}\n')
-    with pytest.raises(ValueError, match=r"answer #1: record lacks field\(s\) \['text'\]"):
+    with pytest.raises(ValueError, match=r"answers.jsonl:1: record lacks field\(s\) \[.text.\]"):
         load_answers(path)
 
 

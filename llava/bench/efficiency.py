@@ -41,6 +41,7 @@ from pathlib import Path
 
 import torch
 
+from llava.atomic import atomic_path, atomic_write
 from llava.bench.flops import LlamaShape, prefill_flops
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.pruning import METHODS, get_llm_pruner
@@ -339,8 +340,7 @@ def format_table(rows: list[dict]) -> str:
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
+    with atomic_write(path, newline="") as f:
         writer = csv.DictWriter(f, fieldnames=list(rows[0]))
         writer.writeheader()
         writer.writerows(rows)
@@ -377,8 +377,8 @@ def plot(rows: list[dict], path: Path) -> None:
     fig.suptitle(f"{base['model']} on {base['device']}: median of {base['repeats']} runs, "
                  f"{base['new_tokens']} new tokens", fontsize=10)
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_path(path) as tmp:  # the temporary name keeps the extension: savefig picks the format from it
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
 
 

@@ -24,6 +24,8 @@ from typing import Any, Callable
 
 import torch
 
+from llava.atomic import atomic_path, atomic_write
+
 # Which query rows a capture computes.
 FROM_IMAGE = "from_image"  # every row from the first image token to the last token of the prompt
 LAST = "last"  # the last token of the prompt only
@@ -306,11 +308,10 @@ def stats_path(folder: str, name: str, num_chunks: int = 1, chunk_idx: int = 0) 
 
 
 def save_stats(stats: dict, path: str) -> None:
-    """torch.save through a temporary file and a rename, so a killed run never leaves half a file."""
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.writing"
-    torch.save(stats, tmp)
-    os.replace(tmp, path)
+    """torch.save through a fsynced temporary file and a rename (:func:`llava.atomic.atomic_path`), so a killed
+    or failed run never leaves half a file."""
+    with atomic_path(path) as tmp:
+        torch.save(stats, tmp)
 
 
 def load_stats(path: str) -> dict:
@@ -320,11 +321,9 @@ def load_stats(path: str) -> dict:
 
 
 def write_json(data: dict, path: str) -> None:
-    tmp = f"{path}.writing"
-    with open(tmp, "w") as f:
+    with atomic_write(path) as f:
         json.dump(data, f, indent=2)
         f.write("\n")
-    os.replace(tmp, path)
 
 
 # --------------------------------------------------------------------------- driver

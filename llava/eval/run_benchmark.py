@@ -224,13 +224,37 @@ def score(plan: Plan) -> dict | None:
     if plan.dry_run:
         return None
     metrics = importlib.import_module(module).main(argv)
-    headline = _headline(bench.name, metrics)
-    if headline is not None:
-        print(f"[{bench.name}] {headline[0]} = {headline[1]:.2f}  ({plan.ckpt}, {plan.method}, "
-              f"{plan.tokens} tokens per crop)", flush=True)
+    _report_headline(plan, metrics)
     for relative, purpose in bench.outputs:
         print(f"[{bench.name}] wrote {plan.path(relative)}: {purpose}", flush=True)
     return metrics
+
+
+def _report_headline(plan: Plan, metrics: dict) -> None:
+    """Print the headline with its coverage (``accuracy: 100.00 (partial: 10/60 answered)``), record both in
+    ``metrics.json`` under ``headline``, and raise NothingScoredError when nothing was scored."""
+    from llava.eval.scoring import SCORERS
+    from llava.eval.scoring.common import NothingScoredError, coverage_line, headline_status, nothing_scored, \
+        write_json
+
+    name = plan.bench.name
+    spec = SCORERS.get(name)
+    status = headline_status(metrics, spec.missing_as_wrong if spec is not None else True)
+    headline = _headline(name, metrics)
+    run = f"({plan.ckpt}, {plan.method}, {plan.tokens} tokens per crop)"
+    if headline is not None:
+        note = f" ({status['note']})" if status["partial"] else ""
+        print(f"[{name}] {headline[0]}: {headline[1]:.2f}{note}  {run}", flush=True)
+    elif status["partial"]:
+        print(f"[{name}] upload is partial: {'; '.join(status['reasons'])}  {run}", flush=True)
+    print(f"[{name}] {coverage_line(status)}", flush=True)
+    reason = nothing_scored(metrics)
+    metrics["headline"] = {"metric": headline[0] if headline else None, "value": headline[1] if headline else None,
+                           **status, "nothing_scored": reason}
+    write_json(plan.metrics, metrics)
+    if reason is not None:
+        raise NothingScoredError(f"{name}: nothing was scored: {reason} (answers {plan.answers}, "
+                                 f"metrics {plan.metrics})")
 
 
 def _headline(name: str, metrics: dict):

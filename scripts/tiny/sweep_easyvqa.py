@@ -23,6 +23,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from llava.atomic import atomic_path, atomic_write  # noqa: E402  (after the path set-up above)
+
 REDUCTIONS = (0, 75, 90, 95)  # percent of the visual tokens pruned
 CKPT = "tiny-llava-dinov2-smollm2"
 
@@ -78,7 +80,8 @@ def plot(rows: list[dict], reductions, baseline: float, path: Path, title: str) 
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8, loc="lower left", ncol=3)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic_path(path) as tmp:  # the temporary name keeps the .png extension savefig reads the format from
+        fig.savefig(tmp)
 
 
 def main(argv=None) -> list[dict]:
@@ -141,7 +144,7 @@ def main(argv=None) -> list[dict]:
     print(format_table(rows, REDUCTIONS, full["majority_baseline"], full["majority_answer"]))
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    with open(out / f"sweep_{args.set}.csv", "w", newline="") as f:
+    with atomic_write(out / f"sweep_{args.set}.csv", newline="") as f:
         writer = csv.writer(f)
         writer.writerow(["method"] + [f"reduction_{r}" for r in REDUCTIONS])
         writer.writerow(["tokens_kept"] + budgets)

@@ -25,6 +25,10 @@ class ScorerSpec:
     optional: tuple[str, ...] = ()  # keyword arguments it accepts
     headline: str | None = None  # "/"-separated path into the metrics; None for upload-only
     server_scored: bool = False  # the real number comes from an evaluation server / grader
+    # Whether the headline counts an unanswered question as wrong (as the official scorer does, or would, for
+    # an incomplete run); False where it is left out of the mean (TextVQA, POPE), so the number is over the
+    # answered questions only and the runner marks it partial.
+    missing_as_wrong: bool = True
 
     @property
     def evaluate(self) -> Callable[..., dict]:
@@ -44,8 +48,8 @@ class ScorerSpec:
 
 
 SCORERS: dict[str, ScorerSpec] = {spec.name: spec for spec in (
-    ScorerSpec("textvqa", "textvqa", ("annotation_file",), headline="accuracy"),
-    ScorerSpec("pope", "pope", ("annotation_dir", "question_file"), headline="average/f1"),
+    ScorerSpec("textvqa", "textvqa", ("annotation_file",), headline="accuracy", missing_as_wrong=False),
+    ScorerSpec("pope", "pope", ("annotation_dir", "question_file"), headline="average/f1", missing_as_wrong=False),
     ScorerSpec("sqa", "sqa", ("base_dir",), ("split", "img_only"), headline="img_accuracy"),
     ScorerSpec("mme", "mme", (), ("mme_dir", "question_file", "eval_tool_dir"), headline="perception/total"),
     ScorerSpec("gqa", "gqa", ("question_file",), ("predictions_file",), headline="accuracy"),

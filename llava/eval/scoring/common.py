@@ -36,7 +36,10 @@ import json
 import os
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Sequence
+from typing import Any, Iterable, Iterator, Sequence
+
+from ..answers import item_key, record_key
+from ...atomic import atomic_write
 
 # How many ids a report lists before it only counts.
 MAX_LISTED_IDS = 10
@@ -57,10 +60,9 @@ def require_dir(path: str | os.PathLike, role: str) -> str:
     return path
 
 
-def read_jsonl(path: str | os.PathLike, role: str = "jsonl file", required: Sequence[str] = ()) -> list[dict]:
-    """Read a jsonl file; blank lines are skipped, anything else must be a JSON object holding `required` fields."""
+def iter_jsonl(path: str | os.PathLike, role: str = "jsonl file") -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` of each non-blank line; a line that is not a JSON object names file and line."""
     path = require_file(os.path.expanduser(os.fspath(path)), role)
-    records = []
     with open(path, encoding="utf-8") as f:
         for line_no, line in enumerate(f, start=1):
             if not line.strip():
@@ -71,10 +73,17 @@ def read_jsonl(path: str | os.PathLike, role: str = "jsonl file", required: Sequ
                 raise ValueError(f"{path}:{line_no}: malformed JSON line ({err.msg})") from None
             if not isinstance(record, dict):
                 raise ValueError(f"{path}:{line_no}: expected a JSON object, got {type(record).__name__}")
-            missing = [name for name in required if name not in record]
-            if missing:
-                raise ValueError(f"{path}:{line_no}: record lacks field(s) {missing}")
-            records.append(record)
+            yield line_no, record
+
+
+def read_jsonl(path: str | os.PathLike, role: str = "jsonl file", required: Sequence[str] = ()) -> list[dict]:
+    """Read a jsonl file; blank lines are skipped, anything else must be a JSON object holding `required` fields."""
+    records = []
+    for line_no, record in iter_jsonl(path, role):
+        missing = [name for name in required if name not in record]
+        if missing:
+            raise ValueError(f"{os.fspath(path)}:{line_no}: record lacks field(s) {missing}")
+        records.append(record)
     return records
 
 
@@ -88,11 +97,8 @@ def read_json(path: str | os.PathLike, role: str = "json file") -> Any:
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:
-    path = os.fspath(path)
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
+    """Write ``obj`` as JSON atomically (:func:`llava.atomic.atomic_write`): a failure keeps the previous file."""
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=indent, ensure_ascii=False)
         f.write("\n")
 
@@ -110,11 +116,64 @@ def require_fields(record: dict, fields: Sequence[str], where: str) -> None:
 
 
 def load_answers(path: str | os.PathLike) -> list[dict]:
-    """Answers jsonl; every record needs ``question_id`` and ``text``."""
-    answers = read_jsonl(path, role="result file")
-    for i, record in enumerate(answers, start=1):
-        require_fields(record, ("question_id", "text"), f"{path}: answer #{i}")
+    """Answers jsonl; every record needs ``question_id`` (a string or an integer) and ``text`` (a string).
+
+    A bad record is a ValueError naming the file and line (a ``null`` or numeric text would otherwise be scored
+    as the string "None" / "3", or fail deep inside a scorer).
+    """
+    answers = []
+    for line_no, record in iter_jsonl(path, role="result file"):
+        where = f"{os.fspath(path)}:{line_no}"
+        require_fields(record, ("question_id", "text"), where)
+        qid, text = record["question_id"], record["text"]
+        if isinstance(qid, bool) or not isinstance(qid, (str, int)):
+            raise ValueError(f"{where}: question_id must be a string or an integer, got {json.dumps(qid)}")
+        if not isinstance(text, str):
+            raise ValueError(f"{where}: answer text must be a string, got {json.dumps(text)} "
+                             f"(question_id {json.dumps(qid)})")
+        answers.append(record)
     return answers
+
+
+def numbered_keys(question_ids: Iterable[Any]) -> list[str]:
+    """Answer keys of the questions of a question file, in order: the 2nd, 3rd, ... question with one id gets
+    ``<id>#1``, ``<id>#2``, ..., as the eval runner numbers them in ``metadata.repeat``
+    (:func:`llava.eval.model_vqa_loader.number_repeats`, :func:`llava.eval.answers.record_key`)."""
+    seen: dict[str, int] = {}
+    keys = []
+    for qid in question_ids:
+        base = qid_key(qid)
+        n = seen.get(base, 0)
+        seen[base] = n + 1
+        keys.append(item_key(base, None, n))
+    return keys
+
+
+def answer_key(record: dict) -> str:
+    """The key an answer line is matched by: its question id, plus ``#<repeat>`` for a repeated question."""
+    return record_key(record)
+
+
+def base_id(key: str) -> str:
+    """The question id of an answer key (``"17#2"`` -> ``"17"``)."""
+    return key.split("#", 1)[0]
+
+
+def expand_repeats(annotated_ids: Iterable[Any], results: dict[str, dict]) -> list[str]:
+    """Expected answer keys when the annotations hold each question once but the question file the model was
+    asked may have repeated it (GQA's questions dict, VQAv2's annotations, ScienceQA's problems): every
+    annotated id, then ``<id>#1`` .. ``<id>#k`` up to the highest repeat answered, each scored against the
+    id's annotation. A repeat below the highest that has no answer is therefore missing, not ignored."""
+    highest: dict[str, int] = {}
+    for key in results:
+        base, _, repeat = key.partition("#")
+        if repeat.isdigit():
+            highest[base] = max(highest.get(base, 0), int(repeat))
+    keys = []
+    for qid in annotated_ids:
+        base = qid_key(qid)
+        keys.extend(item_key(base, None, n) for n in range(highest.get(base, 0) + 1))
+    return keys
 
 
 @dataclass
@@ -156,7 +215,7 @@ class MatchReport:
 _WARNING_TEXT = {
     "unknown": "result ids not in the annotations (ignored)",
     "missing": "annotated questions without a result",
-    "duplicate": "question ids answered more than once (last answer kept)",
+    "duplicate": "questions answered more than once (same id and repeat; last answer kept)",
 }
 
 
@@ -200,10 +259,11 @@ def warning_lines(report: dict) -> list[str]:
 
 
 def index_by_id(answers: Iterable[dict], report: MatchReport) -> dict[str, dict]:
-    """question_id -> answer record; repeated ids are reported and the last one wins."""
+    """:func:`answer_key` -> answer record. Repeats of a question (``metadata.repeat``) are kept apart; two lines
+    with one key are one question answered twice: reported as a duplicate, the last one wins."""
     by_id: dict[str, dict] = {}
     for record in answers:
-        key = qid_key(record["question_id"])
+        key = answer_key(record)
         if key in by_id:
             report.duplicate_ids.append(key)
         by_id[key] = record
@@ -211,13 +271,14 @@ def index_by_id(answers: Iterable[dict], report: MatchReport) -> dict[str, dict]
 
 
 def match_by_id(answers: list[dict], annotated_ids: Iterable[Any]) -> tuple[list[tuple[str, dict]], MatchReport]:
-    """Pair answers with annotated ids (compared as strings).
+    """Pair answers with annotated ids (compared as strings; the k-th occurrence of an id in ``annotated_ids`` is
+    answered by the line with ``metadata.repeat`` k, see :func:`numbered_keys`).
 
-    Returns ``[(id, answer)]`` in annotation order and the report.
+    Returns ``[(key, answer)]`` in annotation order and the report.
     """
     report = MatchReport(n_results=len(answers))
     by_id = index_by_id(answers, report)
-    annotated = [qid_key(x) for x in annotated_ids]
+    annotated = numbered_keys(annotated_ids)
     report.n_annotations = len(annotated)
     annotated_set = set(annotated)
     pairs = []
@@ -300,6 +361,8 @@ def _collect_warnings(metrics: dict) -> list[str]:
             lines.extend(warning_lines(value))
         elif key == "warnings" and isinstance(value, list):
             lines.extend(f"WARNING: {w}" for w in value)
+        elif key == "partial_reasons" and isinstance(value, list):
+            lines.extend(f"WARNING: partial: {w}" for w in value)
         elif isinstance(value, dict):
             lines.extend(_collect_warnings(value))
     return lines
@@ -328,3 +391,29 @@ def exit_code(metrics: dict) -> int:
         return 0
     print(f"ERROR: nothing was scored: {reason}", file=sys.stderr)
     return 1
+
+
+class NothingScoredError(ValueError):
+    """Raised by the eval runner when a scorer scored nothing: the run must not end with exit status 0."""
+
+
+def headline_status(metrics: dict, missing_as_wrong: bool = True) -> dict:
+    """How complete the headline number is: ``{"n_answered", "n_expected", "partial", "reasons", "note"}``.
+
+    Counts come from the top-level ``report`` (else the first one found). ``partial`` is the scorer's flag, or
+    true when coverage is below 100% or ``partial_reasons`` lists something (e.g. a POPE category without
+    answers). ``note`` is the text the runner appends to the headline: ``"partial: 10/60 answered"`` and, where
+    the official scorer counts a missing answer as wrong, ``", missing counted wrong"``; empty when complete.
+    """
+    reports = find_reports(metrics)
+    top = metrics.get("report") if isinstance(metrics.get("report"), dict) else (reports[0][1] if reports else {})
+    expected, answered = _expected_answered(top) if top else (0, 0)
+    reasons = []
+    if expected and answered < expected:
+        reasons.append(f"{answered}/{expected} answered" + (", missing counted wrong" if missing_as_wrong else ""))
+    reasons.extend(metrics.get("partial_reasons", []))
+    partial = bool(metrics.get("partial")) or bool(reasons)
+    if partial and not reasons:
+        reasons.append(f"{answered}/{expected} answered")
+    return {"n_answered": answered, "n_expected": expected, "partial": partial, "reasons": reasons,
+            "note": f"partial: {'; '.join(reasons)}" if partial else ""}

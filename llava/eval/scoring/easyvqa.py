@@ -25,7 +25,7 @@ import string
 import sys
 from collections import Counter
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, numbered_keys, percent,
                      read_jsonl, require_fields)
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
@@ -49,13 +49,14 @@ def score_easyvqa(questions: list[dict], answers: list[dict]) -> dict:
     """Exact match after :func:`normalize` over every question (missing = wrong), overall and by kind."""
     report = MatchReport(n_results=len(answers), n_annotations=len(questions))
     results = index_by_id(answers, report)
-    known = {qid_key(q["question_id"]) for q in questions}
+    # The k-th question with one id is answered by the line with metadata.repeat k (as the runner asks them).
+    keys = numbered_keys(q["question_id"] for q in questions)
+    known = set(keys)
     report.unknown_ids = [key for key in results if key not in known]
     tallies: dict[str, list[int]] = {}  # group -> [right, questions]
     gold_counts: Counter = Counter()
     answered = [0, 0]
-    for q in questions:
-        key = qid_key(q["question_id"])
+    for key, q in zip(keys, questions):
         gold = normalize(q["answer"])
         gold_counts[gold] += 1
         right = False

@@ -29,8 +29,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
-                     read_json, write_json)
+from .common import (MatchReport, base_id, base_parser, emit, exit_code, expand_repeats, index_by_id, load_answers,
+                     percent, qid_key, read_json, write_json)
 
 
 def normalize_prediction(text: str) -> str:
@@ -56,16 +56,23 @@ def _groups(question: dict) -> list[str]:
 
 
 def score_gqa(questions: dict, answers: list[dict]) -> dict:
-    """Accuracy over every balanced question (missing = wrong), overall and per type."""
+    """Accuracy over every balanced question (missing = wrong), overall and per type.
+
+    A question the runner asked more than once (``metadata.repeat``) counts once per asking, each answer
+    against the same annotation (:func:`.common.expand_repeats`).
+    """
     balanced = {qid_key(qid): q for qid, q in questions.items() if q.get("isBalanced", True)}
-    report = MatchReport(n_results=len(answers), n_annotations=len(balanced))
+    report = MatchReport(n_results=len(answers))
     results = index_by_id(answers, report)
     # Answers to unbalanced questions are ignored (not scored), answers to no question at all are unknown.
     all_ids = {qid_key(qid) for qid in questions}
-    report.unknown_ids = [key for key in results if key not in all_ids]
+    report.unknown_ids = [key for key in results if base_id(key) not in all_ids]
+    expected = expand_repeats(balanced, results)
+    report.n_annotations = len(expected)
     tallies: dict[str, list[int]] = {}  # group -> [correct, questions]
     answered = [0, 0]
-    for qid, question in balanced.items():
+    for qid in expected:
+        question = balanced[base_id(qid)]
         if qid in results:
             correct = normalize_prediction(results[qid]["text"]) == question["answer"]
             answered[0] += correct

@@ -42,10 +42,10 @@ rotated option). Writing it needs ``openpyxl``.
 from __future__ import annotations
 
 import csv
-import os
 import re
 import sys
 
+from ...atomic import atomic_path
 from .common import MatchReport, base_parser, emit, exit_code, load_answers, percent, qid_key, require_file
 
 LETTERS = "ABCD"
@@ -113,11 +113,18 @@ def read_tsv(path: str) -> list[dict]:
     for needed in ("index", "question", "A", "B"):
         if needed not in header:
             raise ValueError(f"{path}: no {needed!r} column (has {header})")
+    first_line: dict[int, int] = {}
     for line_no, row in enumerate(rows, start=2):
         try:
             row["index"] = int(float(row["index"]))
         except (TypeError, ValueError):
             raise ValueError(f"{path}:{line_no}: index {row['index']!r} is not an integer") from None
+        # The index is MMBench's question key: the converter writes one prediction per index and the server
+        # joins by it, so two rows with one index cannot be scored apart. Refuse rather than merge them.
+        if row["index"] in first_line:
+            raise ValueError(f"{path}:{line_no}: index {row['index']} repeats line {first_line[row['index']]}; "
+                             "MMBench questions are keyed by index, so each row needs its own")
+        first_line[row["index"]] = line_no
     return rows
 
 
@@ -260,10 +267,8 @@ def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[
     for row in rows:
         values = dict(row, prediction=predictions.get(row["index"]))
         sheet.append([cell(values.get(column)) for column in columns])
-    parent = os.path.dirname(path)
-    if parent:
-        os.makedirs(parent, exist_ok=True)
-    book.save(path)
+    with atomic_path(path) as tmp:  # a failed save keeps the previous upload
+        book.save(tmp)
     missing = [row["index"] for row in rows if row["index"] not in predictions]
     return {"path": path, "n_rows": len(rows), "n_without_prediction": len(missing),
             "without_prediction": [str(i) for i in missing[:10]]}

@@ -45,6 +45,7 @@ import re
 import sys
 from dataclasses import dataclass
 
+from ...atomic import atomic_write
 from .common import (MatchReport, emit, exit_code, load_answers, percent, qid_key, read_jsonl, require_dir,
                      require_fields)
 
@@ -221,7 +222,7 @@ def write_eval_tool(items: list[MMEItem], out_dir: str) -> list[str]:
     paths = []
     for subtask, images in by_subtask.items():
         path = os.path.join(out_dir, f"{subtask}.txt")
-        with open(path, "w", encoding="utf-8") as f:
+        with atomic_write(path) as f:  # a failure keeps the previous file (and never leaves half of one)
             for group in images.values():  # calculation.py pairs consecutive lines
                 for item in group:
                     fields = (item.image, _clean_field(item.question), item.gt, _clean_field(item.pred))

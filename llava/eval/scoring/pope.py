@@ -40,7 +40,7 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
+from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, numbered_keys, percent,
                      read_jsonl, require_dir, require_fields)
 
 CATEGORIES = ("adversarial", "popular", "random")
@@ -131,10 +131,14 @@ def _question_key(record: dict) -> tuple[str, str] | None:
 
 def label_questions(questions: list[dict],
                     labels: dict[str, list[dict]]) -> tuple[dict[str, tuple[str, str]], list[str]]:
-    """question_id -> (category, label), plus notes on how each category was joined."""
+    """answer key -> (category, label), plus notes on how each category was joined.
+
+    The answer key is the question id, with ``#<repeat>`` for the 2nd, 3rd, ... question that reuses an id
+    (:func:`.common.numbered_keys`), so repeated ids are separate questions, as the eval runner asks them.
+    """
     by_category: dict[str, list[dict]] = {}
-    for question in questions:
-        by_category.setdefault(question["category"], []).append(question)
+    for key, question in zip(numbered_keys(q["question_id"] for q in questions), questions):
+        by_category.setdefault(question["category"], []).append(dict(question, _key=key))
     labelled: dict[str, tuple[str, str]] = {}
     notes = []
     for category, records in labels.items():
@@ -143,14 +147,14 @@ def label_questions(questions: list[dict],
         hits = [q for q in cat_questions if _question_key(q) in keyed]
         if hits:
             for question in hits:
-                labelled[qid_key(question["question_id"])] = (category, keyed[_question_key(question)])
+                labelled[question["_key"]] = (category, keyed[_question_key(question)])
             if len(hits) < len(cat_questions):
                 notes.append(f"{category}: {len(cat_questions) - len(hits)} questions have no label "
                              "with the same image and question")
         elif cat_questions and len(cat_questions) == len(records):
             notes.append(f"{category}: no (image, question) keys matched; joined by position as LLaVA does")
             for question, record in zip(cat_questions, records):
-                labelled[qid_key(question["question_id"])] = (category, record["label"])
+                labelled[question["_key"]] = (category, record["label"])
         elif cat_questions:
             raise ValueError(
                 f"POPE category {category!r}: {len(cat_questions)} questions and {len(records)} labels "
@@ -161,8 +165,13 @@ def label_questions(questions: list[dict],
     return labelled, notes
 
 
-def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict]) -> dict:
-    """Per-category and averaged metrics; ``labelled`` is question_id -> (category, label)."""
+def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict], categories: list[str] | None = None) -> dict:
+    """Per-category and averaged metrics; ``labelled`` is answer key -> (category, label).
+
+    ``categories`` are those of the annotation dir (default: the labelled ones). The average is meant over all
+    of them: a category without a single answer is left out of it, and the average is marked partial
+    (``average.missing_categories``, ``partial_reasons``) instead of silently covering fewer categories.
+    """
     report = MatchReport(n_results=len(answers), n_annotations=len(labelled))
     results = index_by_id(answers, report)
     report.unknown_ids = [key for key in results if key not in labelled]
@@ -177,16 +186,28 @@ def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict]) -> dic
     report.n_matched = sum(len(preds) for preds, _ in per_category.values())
 
     metrics: dict = {}
-    ordered = [c for c in CATEGORIES if c in per_category] + sorted(set(per_category) - set(CATEGORIES))
-    for category in ordered:
+    expected = list(categories) if categories is not None else sorted({c for c, _ in labelled.values()})
+    expected += sorted(set(per_category) - set(expected))
+    ordered = [c for c in CATEGORIES if c in expected] + sorted(set(expected) - set(CATEGORIES))
+    present = [c for c in ordered if c in per_category]
+    absent = [c for c in ordered if c not in per_category]
+    for category in present:
         metrics[category] = binary_metrics(*per_category[category])
-    if metrics:
+    reasons = []
+    if present:
         # LLaVA-style tables quote the mean over the three categories.
         metrics["average"] = {
-            name: sum(metrics[c][name] for c in ordered) / len(ordered)
+            name: sum(metrics[c][name] for c in present) / len(present)
             for name in ("accuracy", "precision", "recall", "f1", "yes_ratio")
         }
-    metrics["partial"] = report.n_matched < report.n_annotations
+        metrics["average"]["categories"] = present
+        if absent:
+            metrics["average"]["partial"] = True
+            metrics["average"]["missing_categories"] = absent
+            reasons.append(f"average over {len(present)}/{len(ordered)} categories, no answers for {', '.join(absent)}")
+    metrics["partial"] = report.n_matched < report.n_annotations or bool(reasons)
+    if reasons:
+        metrics["partial_reasons"] = reasons
     metrics["report"] = report.to_dict()
     return metrics
 
@@ -197,7 +218,7 @@ def evaluate(result_file: str, annotation_dir: str, question_file: str) -> dict:
     for i, question in enumerate(questions, start=1):
         require_fields(question, ("question_id", "category"), f"{question_file}: question #{i}")
     labelled, notes = label_questions(questions, labels)
-    metrics = score_pope(labelled, load_answers(result_file))
+    metrics = score_pope(labelled, load_answers(result_file), list(labels))
     if notes:
         metrics["warnings"] = notes
     return metrics

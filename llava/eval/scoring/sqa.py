@@ -41,8 +41,8 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, percent, qid_key,
-                     read_json)
+from .common import (MatchReport, base_id, base_parser, emit, exit_code, expand_repeats, index_by_id, load_answers,
+                     percent, qid_key, read_json)
 
 OPTION_LETTERS = ("A", "B", "C", "D", "E")  # LLaVA's --options default
 FAILED = "FAILED"  # LLaVA's parse result (and stand-in answer text) for "no letter"
@@ -108,18 +108,21 @@ class Graded:
 
 
 def grade_split(problems: dict, split_ids: list, answers: list[dict]) -> tuple[list[Graded], MatchReport]:
-    """Parse and judge every problem of the split, in split order (a repeated pid counted once, as LLaVA's dict)."""
+    """Parse and judge every problem of the split, in split order (a pid repeated in the split counted once, as
+    LLaVA's dict). A problem the runner asked more than once (``metadata.repeat``, a question file that repeats
+    an id) counts once per asking, each answer judged against the problem (:func:`.common.expand_repeats`)."""
     report = MatchReport(n_results=len(answers))
     results = index_by_id(answers, report)
-    split_keys = list(dict.fromkeys(qid_key(pid) for pid in split_ids))
+    split_ids = list(dict.fromkeys(qid_key(pid) for pid in split_ids))
+    split_set = set(split_ids)
+    report.unknown_ids = [key for key in results if base_id(key) not in split_set]
+    split_keys = expand_repeats(split_ids, results)
     report.n_annotations = len(split_keys)
-    split_set = set(split_keys)
-    report.unknown_ids = [key for key in results if key not in split_set]
     graded = []
     for pid in split_keys:
-        if pid not in problems:
-            raise ValueError(f"pid {pid} is in pid_splits.json but not in problems.json")
-        problem = problems[pid]
+        if base_id(pid) not in problems:
+            raise ValueError(f"pid {base_id(pid)} is in pid_splits.json but not in problems.json")
+        problem = problems[base_id(pid)]
         answer = results.get(pid)
         if answer is None:
             report.missing_ids.append(pid)

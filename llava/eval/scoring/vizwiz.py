@@ -16,17 +16,17 @@ from __future__ import annotations
 
 import sys
 
-from .common import (base_parser, emit, exit_code, load_answers, match_by_id, read_jsonl, require_fields,
-                     write_json)
+from .common import (base_parser, emit, exit_code, load_answers, match_by_id, numbered_keys, read_jsonl,
+                     require_fields, write_json)
 from .vqa_normalize import evalai_normalize
 
 
 def submission(split_questions: list[dict], answers: list[dict]) -> tuple[list[dict], dict]:
     pairs, report = match_by_id(answers, [q["question_id"] for q in split_questions])
-    texts = dict(pairs)
+    texts = dict(pairs)  # keyed like numbered_keys: the k-th asking of an id is the answer with repeat k
     entries = []
-    for question in split_questions:
-        result = texts.get(str(question["question_id"]))
+    for key, question in zip(numbered_keys(q["question_id"] for q in split_questions), split_questions):
+        result = texts.get(key)
         entries.append({"image": question["image"], "answer": evalai_normalize(result["text"]) if result else ""})
     return entries, report.to_dict()
 

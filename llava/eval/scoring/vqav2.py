@@ -26,8 +26,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, match_by_id,
-                     percent, qid_key, read_json, read_jsonl, require_fields, write_json)
+from .common import (MatchReport, base_id, base_parser, emit, exit_code, expand_repeats, index_by_id, load_answers,
+                     numbered_keys, percent, qid_key, read_json, read_jsonl, require_fields, write_json)
 from .vqa_normalize import evalai_normalize, vqa_accuracy
 
 
@@ -41,28 +41,38 @@ def submission(split_questions: list[dict], answers: list[dict],
     report = MatchReport(n_results=len(answers))
     texts = index_by_id(answers, report)
     split_ids = [question["question_id"] for question in split_questions]
-    entries = [{"question_id": qid, "answer": evalai_normalize(texts[qid_key(qid)]["text"])
-                if qid_key(qid) in texts else ""} for qid in split_ids]
-    expected = [qid_key(x) for x in (asked_ids if asked_ids is not None else split_ids)]
-    in_split = {qid_key(x) for x in split_ids}
+    # The k-th occurrence of an id in the split is answered by the line with metadata.repeat k.
+    split_keys = numbered_keys(split_ids)
+    entries = [{"question_id": qid, "answer": evalai_normalize(texts[key]["text"]) if key in texts else ""}
+               for qid, key in zip(split_ids, split_keys)]
+    expected = numbered_keys(asked_ids) if asked_ids is not None else split_keys
+    in_split = set(split_keys)
     report.n_annotations = len(expected)
     report.missing_ids = [key for key in expected if key not in texts]
     report.n_matched = len(expected) - len(report.missing_ids)
     # Answered but outside the upload: the server never sees these.
     report.unknown_ids = [key for key in texts if key not in in_split]
-    n_empty = sum(1 for entry in entries if qid_key(entry["question_id"]) not in texts)
+    n_empty = sum(1 for key in split_keys if key not in texts)
     return entries, {"n_empty": n_empty, "report": report.to_dict(),
                      "partial": report.n_matched < report.n_annotations}
 
 
 def score_vqav2(annotations: list[dict], answers: list[dict]) -> dict:
-    """Official VQA accuracy per question, averaged over every annotated question (missing = 0)."""
+    """Official VQA accuracy per question, averaged over every annotated question (missing = 0); a question the
+    runner asked more than once (``metadata.repeat``) counts once per asking (:func:`.common.expand_repeats`)."""
     by_id = {qid_key(ann["question_id"]): ann for ann in annotations}
-    pairs, report = match_by_id(answers, by_id)
-    scores = {qid: vqa_accuracy(answer["text"], [a["answer"] for a in by_id[qid]["answers"]])
-              for qid, answer in pairs}
+    report = MatchReport(n_results=len(answers))
+    results = index_by_id(answers, report)
+    expected = expand_repeats(by_id, results)
+    report.n_annotations = len(expected)
+    report.missing_ids = [key for key in expected if key not in results]
+    report.unknown_ids = [key for key in results if base_id(key) not in by_id]
+    report.n_matched = len(expected) - len(report.missing_ids)
+    scores = {key: vqa_accuracy(results[key]["text"], [a["answer"] for a in by_id[base_id(key)]["answers"]])
+              for key in expected if key in results}
     tallies: dict[str, list[float]] = {}
-    for qid, ann in by_id.items():
+    for qid in expected:
+        ann = by_id[base_id(qid)]
         for group in ("all", f"type/{ann.get('answer_type', 'unknown')}"):
             tally = tallies.setdefault(group, [0.0, 0])
             tally[0] += scores.get(qid, 0.0)
