@@ -5,11 +5,12 @@ import json
 import pytest
 
 from llava.eval.answers import (IDENTITY_FIELDS, AnswersFile, AnswersMismatchError, RunIdentity, merge_answers,
-                                read_answers, record_key)
+                                read_answers, record_key, skipped_path)
 from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import get_chunk, split_list
 
-RUN = RunIdentity("llava-v1.5-7b", 144, "fastervlm")
+RUN = RunIdentity("llava-v1.5-7b", 144, "fastervlm", None, {"llm_layer": 2, "seed": 0}, "vicuna_v1", 0.0, None, 1, 128,
+                  {"single_pred_prompt": True}, "sha256:0123456789abcdef")
 
 
 def line(qid, text="a", identity=RUN, **extra):
@@ -65,6 +66,14 @@ OTHER_RUN = {
     "visual_token_num": 58,
     "pruning_method": "random",
     "anyres_mode": "paper",
+    "method_params": {"llm_layer": 20, "seed": 0},
+    "conv_mode": "llava_v1",
+    "temperature": 0.2,
+    "top_p": 0.9,
+    "num_beams": 3,
+    "max_new_tokens": 16,
+    "prompt_options": {"single_pred_prompt": False},
+    "checkpoint": "sha256:fedcba9876543210",
 }
 
 
@@ -74,7 +83,9 @@ def differing_in(name):
 
 
 def test_every_identity_field_is_listed():
-    assert set(IDENTITY_FIELDS) == set(OTHER_RUN) == {"model_id", "visual_token_num", "pruning_method", "anyres_mode"}
+    assert set(IDENTITY_FIELDS) == set(OTHER_RUN) == {
+        "model_id", "visual_token_num", "pruning_method", "anyres_mode", "method_params", "conv_mode", "temperature",
+        "top_p", "num_beams", "max_new_tokens", "prompt_options", "checkpoint"}
     assert set(RunIdentity("m", 1, "fastervlm").as_fields()) == set(IDENTITY_FIELDS)
 
 
@@ -140,6 +151,64 @@ def test_lines_without_identity_are_refused(tmp_path):
     path.write_text(json.dumps({"question_id": 1, "text": "x", "model_id": "llava-v1.5-7b"}) + "\n")
     with pytest.raises(AnswersMismatchError, match="pruning_method"):
         AnswersFile(str(path)).check(RUN)
+
+
+def test_a_file_from_before_the_wider_identity_names_the_missing_fields_and_the_way_out(tmp_path):
+    """A line written by the old code: model, budget, method and anyres mode only."""
+    path = tmp_path / "a.jsonl"
+    old = {"question_id": 1, "prompt": "q", "text": "x", "model_id": "llava-v1.5-7b", "visual_token_num": 144,
+           "pruning_method": "fastervlm", "anyres_mode": None, "v_token_num": 144, "metadata": {}}
+    path.write_text(json.dumps(old) + "\n")
+    with pytest.raises(AnswersMismatchError) as err:
+        AnswersFile(str(path)).check(RUN)
+    message = str(err.value)
+    assert "answer #1 lacks the run identity field(s) ['method_params', 'conv_mode', 'temperature', 'top_p', " \
+           "'num_beams', 'max_new_tokens', 'prompt_options', 'checkpoint']" in message
+    assert "--overwrite" in message and "a.jsonl" in message
+
+
+def test_a_changed_question_text_is_refused(tmp_path):
+    path = tmp_path / "a.jsonl"
+    write_lines(path, [line(1, prompt="What is it?"), line(2, prompt="Who is it?")])
+    answers = AnswersFile(str(path))
+    answers.check_prompts({"1": "What is it?", "2": "Who is it?", "3": "new"})  # unchanged: accepted
+    with pytest.raises(AnswersMismatchError, match=r"answer #2, question 2: 'Who is it\?' in the file, 'Who is she\?'"):
+        answers.check_prompts({"1": "What is it?", "2": "Who is she?"})
+
+
+def test_overwrite_keeps_the_old_file_until_the_new_run_finishes(tmp_path):
+    path = tmp_path / "a.jsonl"
+    write_lines(path, [line(1, "old"), line(2, "old")])
+    before = path.read_bytes()
+    answers = AnswersFile(str(path), overwrite=True)
+    assert answers.records == [] and answers.done == set()
+    answers.append(line(1, "new"))
+    answers.close()  # the run dies here
+    assert path.read_bytes() == before
+    answers = AnswersFile(str(path), overwrite=True)  # a second --overwrite run completes
+    answers.append(line(1, "new"))
+    answers.append(line(2, "new"))
+    answers.finish()
+    assert [(r["question_id"], r["text"]) for r in read_answers(str(path))] == [(1, "new"), (2, "new")]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.jsonl"]
+
+
+def test_skipped_questions_go_to_the_side_file_count_as_done_and_merge(tmp_path):
+    assert skipped_path(str(tmp_path / "n_144.jsonl")) == str(tmp_path / "n_144.skipped.jsonl")
+    a, b, out = tmp_path / "2_0.jsonl", tmp_path / "2_1.jsonl", tmp_path / "merged.jsonl"
+    with AnswersFile(str(a)) as answers:
+        answers.append(line(1))
+        answers.append_skipped({k: v for k, v in line(2, skipped="cannot read image").items() if k != "text"})
+    reopened = AnswersFile(str(a))
+    assert reopened.done == {"1", "2"} and [r["question_id"] for r in reopened.records] == [1]
+    write_lines(b, [line(3)])
+    assert merge_answers([str(a), str(b)], str(out)) == 2
+    assert [r["question_id"] for r in read_answers(str(out))] == [1, 3]
+    assert [(r["question_id"], r["skipped"]) for r in read_answers(skipped_path(str(out)))] == [
+        (2, "cannot read image")]
+    write_lines(tmp_path / "2_1.skipped.jsonl", [line(2, skipped="x")])  # skipped in one chunk, answered in another
+    with pytest.raises(ValueError, match="question 2 answered twice"):
+        merge_answers([str(a), str(b)], str(out))
 
 
 def test_keys_tell_rounds_and_repeated_ids_apart():

@@ -13,6 +13,16 @@ question, written and fsynced as each batch finishes; a rerun skips the question
 answered. ``--num-chunks N --chunk-idx K`` answers only the K-th of N contiguous slices of the
 question file (LLaVA's ``split_list``), for one process per GPU.
 
+Run identity: every answer line records what produced it (:class:`llava.eval.answers.RunIdentity`:
+checkpoint fingerprint, budget, method and its parameters, template, decoding, prompt options);
+a rerun that differs in any of them, or whose question text for an id changed, is refused
+before the model loads. ``--overwrite`` writes the new run beside the old file and replaces it
+only when complete. A run holds ``<answers>.lock`` while it writes; a second one is refused.
+
+Images are checked before the model loads (the file exists, Pillow reads its header). A bad one
+stops the run with the question id and path, unless ``--skip-bad-images``: then the question is
+recorded in ``<answers stem>.skipped.jsonl`` and left unanswered (the scorers' coverage counts it).
+
 ``--batch-size N`` (LLaVA itself answers one question at a time) left-pads N prompts and prunes
 each sample's visual tokens on its own; greedy answers equal those of batch size 1.
 
@@ -26,17 +36,24 @@ from __future__ import annotations
 import argparse
 import base64
 import binascii
+import hashlib
 import io
 import math
 import os
 import sys
+import threading
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llava.eval.answers import AnswersFile, RunIdentity, item_key
+from llava.cli import check_conv_mode
+from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, RunIdentity, hold_lock, item_key
 
 # What LLaVA's model_vqa_loader generates at most; the other entry points use 1024, as upstream.
 DEFAULT_MAX_NEW_TOKENS = 128
+# Set by the multi-chunk runner to its PID: a worker whose parent changes (the runner died) exits. The fallback for
+# systems without prctl(PR_SET_PDEATHSIG), which the runner also sets (llava.eval.run_benchmark).
+WATCH_PARENT_ENV = "FASTERVLM_WATCH_PARENT"
 
 
 # --------------------------------------------------------------------------- questions
@@ -48,6 +65,18 @@ class ImageRef:
 
     path: str | None = None
     b64: str | None = None
+
+    def describe(self) -> str:
+        return self.path if self.path is not None else "<base64 image in the question file>"
+
+    def verify(self) -> None:
+        """Cheap check before the model loads: Pillow identifies the image and ``verify()`` passes (header and,
+        for PNG, chunk checksums; nothing is decoded). Raises OSError / ValueError with Pillow's reason."""
+        from PIL import Image
+
+        source = self.path if self.path is not None else io.BytesIO(base64.b64decode(self.b64, validate=False))
+        with Image.open(source) as image:
+            image.verify()
 
     def load(self, question_id: Any):
         """The image as RGB PIL; errors name the question and the file."""
@@ -125,11 +154,41 @@ def require_image_folder(folder: str) -> str:
     return folder
 
 
-def check_images_exist(questions: list[Question]) -> None:
-    """Fail before the model loads when an image file is missing, naming the question and the file."""
+def image_problem(image: ImageRef) -> str | None:
+    """Why ``image`` cannot be used (missing file, unreadable header), or None when it looks fine."""
+    if image.path is not None and not os.path.isfile(image.path):
+        return "image file not found"
+    try:
+        image.verify()
+    except Exception as err:  # Pillow raises many types for a bad file (OSError, SyntaxError, struct.error, ...)
+        return f"cannot read image ({type(err).__name__}: {err})"
+    return None
+
+
+def check_images(questions: list[Question], skip_bad: bool = False) -> dict[str, str]:
+    """Check every image before the model loads. Returns {question key: reason} of the bad ones when ``skip_bad``;
+    otherwise the first bad one is an error naming the question, the file and the way out."""
+    bad = {}
     for q in questions:
-        if q.image is not None and q.image.path is not None and not os.path.isfile(q.image.path):
-            raise FileNotFoundError(f"question {q.question_id!r}: image file not found: {q.image.path}")
+        if q.image is None:
+            continue
+        problem = image_problem(q.image)
+        if problem is None:
+            continue
+        if skip_bad:
+            bad[q.key] = problem
+            continue
+        message = (f"question {q.question_id!r}: {problem}: {q.image.describe()} "
+                   "(fix or replace it, or rerun with --skip-bad-images to leave this question unanswered)")
+        if problem == "image file not found":
+            raise FileNotFoundError(message)
+        raise ValueError(message)
+    return bad
+
+
+def check_images_exist(questions: list[Question]) -> None:
+    """Fail before the model loads when an image is missing or unreadable, naming the question and the file."""
+    check_images(questions)
 
 
 # --------------------------------------------------------------------------- chunks
@@ -167,17 +226,20 @@ class Sample:
     input_ids: Any  # (L,) LongTensor with IMAGE_TOKEN_INDEX
     pixels: Any  # (3, S, S) or (crops, 3, S, S) tensor, None without an image
     image_size: tuple[int, int] | None  # (width, height)
+    error: str | None = None  # --skip-bad-images: why the image could not be loaded (then nothing else is set)
 
 
 class QuestionDataset:
     """Prompt ids and pixels of each question; runs in DataLoader workers."""
 
-    def __init__(self, questions: list[Question], tokenizer, image_processor, model_config, conv_mode: str):
+    def __init__(self, questions: list[Question], tokenizer, image_processor, model_config, conv_mode: str,
+                 skip_bad_images: bool = False):
         self.questions = questions
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.model_config = model_config
         self.conv_mode = conv_mode
+        self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
         return len(self.questions)
@@ -187,7 +249,12 @@ class QuestionDataset:
         from llava.mm_utils import process_images, tokenizer_image_token
 
         q = self.questions[index]
-        image = q.image.load(q.question_id) if q.image is not None else None
+        try:
+            image = q.image.load(q.question_id) if q.image is not None else None
+        except (OSError, ValueError) as err:  # passed the header check, fails to decode (e.g. truncated data)
+            if not self.skip_bad_images:
+                raise
+            return Sample(index, None, None, None, error=f"cannot read image ({err})")
         prompt = build_prompt(q.query, 0 if image is None else 1, self.conv_mode)
         ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
         if image is None:
@@ -226,22 +293,75 @@ def generate_batch(model, tokenizer, samples: list[Sample], gen_kwargs: dict) ->
 # --------------------------------------------------------------------------- the loop
 
 
-def requested_identity(args) -> tuple[RunIdentity, tuple[str, ...]]:
-    """The identity known before the model loads, and which of its fields are meaningful yet."""
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth")
+
+
+def checkpoint_fingerprint(model_path: str, model_base: str | None = None) -> str:
+    """``sha256:<16 hex>`` of each checkpoint directory's config.json bytes and its weight files' names and sizes.
+
+    Cheap (no weights are read) yet it tells apart two checkpoints that share a directory name, a re-trained
+    checkpoint written over the old one, and a projector-only checkpoint on another base. Hub names resolve in the
+    local HF cache as the loader does; a path that is no checkpoint fails here with the loader's message.
+    """
+    from llava.model.builder import resolve_local_dir
+
+    digest = hashlib.sha256()
+    for path in (model_path, model_base):
+        if not path:
+            continue
+        directory = resolve_local_dir(path)
+        config = directory / "config.json"
+        digest.update(b"config.json\0" + (config.read_bytes() if config.is_file() else b"<none>") + b"\0")
+        for entry in sorted(directory.iterdir()):
+            if entry.is_file() and entry.name.endswith(WEIGHT_SUFFIXES):
+                digest.update(f"{entry.name}\0{entry.stat().st_size}\0".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def checkpoint_is_anyres(model_path: str) -> bool:
+    """Whether the checkpoint's config asks for anyres (LLaVA-1.6), read from config.json without loading."""
+    from llava.model.builder import read_llava_config, resolve_local_dir
+
+    return getattr(read_llava_config(resolve_local_dir(model_path)), "image_aspect_ratio", None) == "anyres"
+
+
+def method_params(seed: int, llm_layer: int) -> dict:
+    """The pruning method's parameters besides its budget: all of them, whether the method reads them or not."""
+    return {"llm_layer": int(llm_layer), "seed": int(seed)}
+
+
+def _run_identity(args, visual_token_num, anyres_mode, params: dict, prompt_options: dict | None) -> RunIdentity:
     from llava.mm_utils import get_model_name_from_path
 
-    identity = RunIdentity(get_model_name_from_path(args.model_path), args.visual_token_num, args.pruning_method)
-    fields = ("model_id", "pruning_method") + (("visual_token_num",) if args.visual_token_num is not None else ())
+    temperature = float(args.temperature)
+    return RunIdentity(
+        get_model_name_from_path(args.model_path), visual_token_num, args.pruning_method, anyres_mode,
+        method_params=params, conv_mode=args.conv_mode, temperature=temperature,
+        top_p=args.top_p if temperature > 0 else None,  # greedy decoding ignores top_p (generation_kwargs)
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, prompt_options=dict(prompt_options or {}),
+        checkpoint=checkpoint_fingerprint(args.model_path, args.model_base))
+
+
+def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIdentity, tuple[str, ...]]:
+    """The identity known before the model loads, and which of its fields are meaningful yet.
+
+    Everything but the budget when ``--visual-token-num`` is not given: "all tokens" is resolved from the vision
+    tower, so a file of a pruned run is compared against the resolved budget once the model is loaded."""
+    from llava.model.pruning.config import PruningConfig
+
+    anyres = checkpoint_is_anyres(args.model_path)
+    identity = _run_identity(args, args.visual_token_num, args.anyres_mode if anyres else None,
+                             method_params(PruningConfig.seed, args.fastv_layer), prompt_options)
+    fields = tuple(f for f in IDENTITY_FIELDS if f != "visual_token_num" or args.visual_token_num is not None)
     return identity, fields
 
 
-def model_identity(args, model) -> RunIdentity:
-    """The identity of the loaded model: resolved budget, method and (anyres checkpoints) anyres mode."""
-    from llava.mm_utils import get_model_name_from_path
-
+def model_identity(args, model, prompt_options: dict | None = None) -> RunIdentity:
+    """The identity of the loaded model: resolved budget, method and its parameters, (anyres checkpoints) mode."""
     anyres = getattr(model.config, "image_aspect_ratio", None) == "anyres"
-    return RunIdentity(get_model_name_from_path(args.model_path), model.pruning.visual_token_num,
-                       model.pruning.method, model.pruning.anyres_mode if anyres else None)
+    pruning = model.pruning
+    return _run_identity(args, pruning.visual_token_num, pruning.anyres_mode if anyres else None,
+                         method_params(pruning.seed, pruning.llm_layer), prompt_options)
 
 
 def answer_record(q: Question, text: str, v_token_num: int, identity: RunIdentity) -> dict:
@@ -250,6 +370,35 @@ def answer_record(q: Question, text: str, v_token_num: int, identity: RunIdentit
     return {"question_id": q.question_id, **q.extra, "prompt": q.prompt, "text": text,
             "answer_id": shortuuid.uuid(), **identity.as_fields(), "v_token_num": v_token_num,
             "metadata": q.metadata}
+
+
+def skipped_record(q: Question, reason: str, identity: RunIdentity) -> dict:
+    """A line of the skipped-questions side file: the question's key fields, why, and the run identity."""
+    image = q.image.describe() if q.image is not None else None
+    return {"question_id": q.question_id, **q.extra, "prompt": q.prompt, "skipped": reason, "image": image,
+            **identity.as_fields(), "metadata": q.metadata}
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread:
+    """Exit this process (status 1) as soon as its parent is no longer ``parent_pid`` (the parent died and the
+    process was re-parented). A daemon thread polling ``os.getppid()``: the portable fallback of the runner's
+    parent-death signal."""
+    def poll():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        print(f"[answers] parent process {parent_pid} is gone; stopping this chunk worker", file=sys.stderr,
+              flush=True)
+        os._exit(1)
+
+    thread = threading.Thread(target=poll, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch_parent_from_env() -> None:
+    value = os.environ.get(WATCH_PARENT_ENV)
+    if value and value.isdigit():
+        watch_parent(int(value))
 
 
 def _num_workers(args) -> int:
@@ -264,19 +413,28 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def run(args, questions: list[Question], n_records: int) -> str:
+def run(args, questions: list[Question], n_records: int, prompt_options: dict | None = None) -> str:
     """Answer this chunk's questions that ``--answers-file`` does not hold yet; returns its path.
 
     ``questions`` covers the whole question file (``n_records`` records); chunking, resuming,
-    batching, writing and the progress bar happen here. The model is loaded only if something
-    is left to answer.
+    batching, writing and the progress bar happen here, under the answers file's lock. The model
+    is loaded only if something is left to answer, or to resolve the budget of a finished file.
+    ``prompt_options``: the entry point's prompt flags, part of the run identity.
     """
-    from tqdm import tqdm
-
+    _watch_parent_from_env()
     number_repeats(questions)
+    with hold_lock(args.answers_file):
+        return _run_locked(args, questions, n_records, prompt_options)
+
+
+def _run_locked(args, questions: list[Question], n_records: int, prompt_options: dict | None) -> str:
     mine = chunk_questions(questions, n_records, args.num_chunks, args.chunk_idx)
     answers = AnswersFile(args.answers_file, overwrite=args.overwrite)
-    answers.check(*requested_identity(args))
+    fields = IDENTITY_FIELDS
+    if answers.records or answers.skipped:  # fail before the model loads when the file is another run's
+        identity, fields = requested_identity(args, prompt_options)
+        answers.check(identity, fields)
+        answers.check_prompts({q.key: q.prompt for q in questions})
     pending = [q for q in mine if q.key not in answers.done]
     resumed = len(mine) - len(pending)
     stray = len(answers.done - {q.key for q in mine})
@@ -286,32 +444,59 @@ def run(args, questions: list[Question], n_records: int) -> str:
     chunk = f" chunk {args.chunk_idx + 1}/{args.num_chunks}" if args.num_chunks > 1 else ""
     if resumed:
         print(f"[answers] resuming {answers.path}: {resumed} of {len(mine)} already answered", file=sys.stderr)
-    if not pending:
-        answers.touch()  # an empty chunk still leaves its (empty) file for the merge
+    if not pending and "visual_token_num" in fields:
+        answers.finish()  # an empty chunk still leaves its (empty) file for the merge
         print(f"[answers] {answers.path}: all {len(mine)} questions{chunk} answered", file=sys.stderr)
         return answers.path
-    check_images_exist(pending)
+    bad = check_images(pending, skip_bad=getattr(args, "skip_bad_images", False))
 
     from torch.utils.data import DataLoader
 
     from llava.eval.run_llava import generation_kwargs, load_from_args
 
     tokenizer, model, image_processor, _ = load_from_args(args)
-    identity = model_identity(args, model)
+    identity = model_identity(args, model, prompt_options)
     answers.check(identity)
-    dataset = QuestionDataset(pending, tokenizer, image_processor, model.config, args.conv_mode)
+    if not pending:
+        answers.finish()
+        print(f"[answers] {answers.path}: all {len(mine)} questions{chunk} answered", file=sys.stderr)
+        return answers.path
+    for q in pending:
+        if q.key in bad:
+            answers.append_skipped(skipped_record(q, bad[q.key], identity))
+            print(f"[answers] skipped question {q.question_id!r}: {bad[q.key]}: {q.image.describe()}",
+                  file=sys.stderr)
+    todo = [q for q in pending if q.key not in bad]
+    dataset = QuestionDataset(todo, tokenizer, image_processor, model.config, args.conv_mode,
+                              skip_bad_images=getattr(args, "skip_bad_images", False))
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=_num_workers(args),
                         collate_fn=_collate)
     gen_kwargs = generation_kwargs(args)
     name = os.path.basename(args.question_file) + chunk
-    with answers, tqdm(total=len(mine), initial=resumed, desc=name, unit="q", dynamic_ncols=True) as bar:
-        if resumed:
-            bar.set_postfix_str(f"resumed {resumed}")
+    with answers, tqdm_bar(len(mine), resumed + len(bad), name) as bar:
         for samples in loader:
-            for sample, (text, v_tokens) in zip(samples, generate_batch(model, tokenizer, samples, gen_kwargs)):
-                answers.append(answer_record(pending[sample.index], text, v_tokens, identity))
+            for sample in samples:
+                if sample.error is not None:
+                    answers.append_skipped(skipped_record(todo[sample.index], sample.error, identity))
+            good = [s for s in samples if s.error is None]
+            if good:
+                for sample, (text, v_tokens) in zip(good, generate_batch(model, tokenizer, good, gen_kwargs)):
+                    answers.append(answer_record(todo[sample.index], text, v_tokens, identity))
             bar.update(len(samples))
+    answers.finish()
+    if answers.skipped or bad:
+        print(f"[answers] questions with unreadable images were skipped (unanswered): {answers.skipped_path}",
+              file=sys.stderr)
     return answers.path
+
+
+def tqdm_bar(total: int, initial: int, name: str):
+    from tqdm import tqdm
+
+    bar = tqdm(total=total, initial=initial, desc=name, unit="q", dynamic_ncols=True)
+    if initial:
+        bar.set_postfix_str(f"resumed {initial}")
+    return bar
 
 
 # --------------------------------------------------------------------------- CLI
@@ -331,7 +516,12 @@ def build_parser(description: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS)
     parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (left-padded)")
     parser.add_argument("--num-workers", type=int, default=None,
                         help="DataLoader workers for image preprocessing (default: 4 on GPU, 0 on CPU)")
-    parser.add_argument("--overwrite", action="store_true", help="delete --answers-file first instead of resuming")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="answer everything afresh instead of resuming; the old --answers-file is replaced only "
+                             "when the new run completes")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave questions with unreadable images unanswered (listed in <answers>.skipped.jsonl) "
+                             "instead of stopping")
     parser.set_defaults(max_new_tokens=max_new_tokens)
     return parser
 
@@ -342,6 +532,7 @@ def parse_args(parser: argparse.ArgumentParser, argv=None):
         parser.error("--batch-size must be at least 1")
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         parser.error(f"--chunk-idx must be in [0, --num-chunks); got {args.chunk_idx} of {args.num_chunks}")
+    check_conv_mode(args.conv_mode)  # before anything is read, loaded or written
     return args
 
 

@@ -93,7 +93,9 @@ def main(argv=None) -> str:
     parser.add_argument("--lang", default="en", choices=sorted(INSTRUCTIONS), help="language of that instruction")
     args = model_vqa_loader.parse_args(parser, argv)
     questions, n_records = mmbench_questions(args)
-    return model_vqa_loader.run(args, questions, n_records)
+    options = {"all_rounds": bool(args.all_rounds), "single_pred_prompt": bool(args.single_pred_prompt),
+               "lang": args.lang}
+    return model_vqa_loader.run(args, questions, n_records, prompt_options=options)
 
 
 if __name__ == "__main__":

@@ -63,7 +63,8 @@ def main(argv=None) -> str:
                         help=f"append {SINGLE_PRED_PROMPT!r} to every question")
     args = model_vqa_loader.parse_args(parser, argv)
     questions, n_records = science_questions(args)
-    return model_vqa_loader.run(args, questions, n_records)
+    return model_vqa_loader.run(args, questions, n_records,
+                                prompt_options={"single_pred_prompt": bool(args.single_pred_prompt)})
 
 
 if __name__ == "__main__":
