@@ -20,7 +20,7 @@ def find_weight_files(directory: str | os.PathLike) -> list[Path]:
     d = Path(directory)
     for index in INDEX_FILES:
         if (d / index).is_file():
-            shards = sorted(set(json.loads((d / index).read_text())["weight_map"].values()))
+            shards = sorted(set(read_json_file(d / index)["weight_map"].values()))
             missing = [s for s in shards if not (d / s).is_file()]
             if missing:
                 raise FileNotFoundError(f"{d}: {index} lists shards that are not there: {missing}")
@@ -68,3 +68,24 @@ def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> d
 def disable_torch_init() -> None:
     """Kept for notebooks that call it (as in LLaVA); loading already skips random init on the meta device."""
     return None
+
+
+def read_json_file(path: str | os.PathLike, what: str = "") -> dict:
+    """The JSON object in `path`. A malformed file raises ValueError naming the file, line and column (json's own
+    message names neither the file nor, when read from text, anything a user could find); `what` says what the file
+    is for. A missing file is FileNotFoundError with the path."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path} not found{f' ({what})' if what else ''}") from None
+    except UnicodeDecodeError as err:
+        raise ValueError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path}, line {err.lineno} column {err.colno}: malformed JSON ({err.msg})"
+                         f"{f'; {what}' if what else ''}") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import os
+import zipfile
 from pathlib import Path
 
 import torch
@@ -11,13 +13,15 @@ import torch
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.builder import (
     build_vision_tower,
+    check_tower_fits,
     clip_vision_state_dict,
+    geometry_from_weights,
     load_tower_weights,
     resolve_vision_tower_path,
 )
 from llava.model.pruning import PruningConfig
 from llava.model.tokenizer import load_tokenizer
-from llava.utils import find_weight_files, load_state_dict
+from llava.utils import find_weight_files, load_state_dict, read_json_file
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 TOWER_PREFIX = "model.vision_tower.vision_tower."  # where LLaVA-1.6 checkpoints keep their fine-tuned tower
@@ -50,14 +54,40 @@ def read_llava_config(model_dir: Path) -> LlavaConfig:
         layout = checkpoint_layout(raw)
     except ValueError as err:
         raise ValueError(f"{model_dir}/{err}") from None
+    cfg_file = model_dir / "config.json"
     if layout == LLAVA_HF:
+        if raw.get("model_type") == "llava_next" and "image_grid_pinpoints" in raw:  # absent: transformers' default
+            raw = {**raw, "image_grid_pinpoints": check_grid_pinpoints(raw["image_grid_pinpoints"], cfg_file)}
         return llava_config_from_hf(raw, str(model_dir))
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "architectures", "transformers_version")}
-    if isinstance(raw.get("image_grid_pinpoints"), str):
-        import ast
-
-        raw["image_grid_pinpoints"] = ast.literal_eval(raw["image_grid_pinpoints"])
+    if "anyres" in str(raw.get("image_aspect_ratio", "")):
+        raw["image_grid_pinpoints"] = check_grid_pinpoints(raw.get("image_grid_pinpoints"), cfg_file)
+    elif isinstance(raw.get("image_grid_pinpoints"), str):  # unused without anyres; parsed as LLaVA does
+        raw["image_grid_pinpoints"] = check_grid_pinpoints(raw["image_grid_pinpoints"], cfg_file)
     return LlavaConfig(**raw)
+
+
+def check_grid_pinpoints(value, cfg_file: Path) -> list[list[int]]:
+    """`image_grid_pinpoints` of an anyres config as a list of [width, height] canvases (a list, or its string form
+    as some configs store it). Missing, unparsable, empty, or anything but pairs of positive ints: ValueError naming
+    `cfg_file` (otherwise the first image would fail deep inside the anyres tiling)."""
+    if value is None:
+        raise ValueError(f"{cfg_file}: image_aspect_ratio is anyres but there are no image_grid_pinpoints (the "
+                         f"[width, height] canvases LLaVA-1.6 tiles an image into)")
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            raise ValueError(f"{cfg_file}: image_grid_pinpoints {value!r} cannot be parsed: expected a list of "
+                             f"[width, height] pairs") from None
+    def is_pair(p) -> bool:
+        return (isinstance(p, (list, tuple)) and len(p) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p))
+
+    if not isinstance(value, (list, tuple)) or not value or not all(is_pair(p) for p in value):
+        raise ValueError(f"{cfg_file}: image_grid_pinpoints must be a non-empty list of [width, height] pairs of "
+                         f"positive pixel counts, got {value!r}")
+    return [list(p) for p in value]
 
 
 def is_llava_hf(model_dir: Path) -> bool:
@@ -75,7 +105,63 @@ def _read_config_json(model_dir: Path) -> dict:
     cfg_file = model_dir / "config.json"
     if not cfg_file.is_file():
         raise FileNotFoundError(f"{model_dir} is not a checkpoint directory: config.json is missing")
-    return json.loads(cfg_file.read_text())
+    return read_json_file(cfg_file, "the checkpoint's config")
+
+
+def check_weight_file(path: Path) -> None:
+    """Refuse a weight file cut short (an interrupted download or copy) before any loader reads it, naming it:
+    - safetensors: 8-byte header length, JSON header, then the tensors; the header's largest data offset says how
+      long the file must be (the format: huggingface/safetensors, README "Format");
+    - torch .bin (a zip archive since torch 1.6): the zip's central directory sits at the very end, so a cut file
+      cannot be opened as a zip. Pre-1.6 pickle files (no zip magic) are left to torch.
+    Only headers are read, not the tensors."""
+    size = path.stat().st_size
+    cut = f"{path} is truncated or damaged (only {size} bytes"
+    again = "fetch this file again"
+    if path.suffix == ".safetensors":
+        with open(path, "rb") as f:
+            head = f.read(8)
+            header_len = int.from_bytes(head, "little") if len(head) == 8 else None
+            if header_len is None or 8 + header_len > size:
+                raise ValueError(f"{cut}, not even its header): {again}")
+            try:
+                header = json.loads(f.read(header_len))
+                end = max((int(v["data_offsets"][1]) for k, v in header.items() if k != "__metadata__"), default=0)
+            except (ValueError, KeyError, TypeError, IndexError):
+                raise ValueError(f"{cut}; its safetensors header is unreadable): {again}") from None
+        if 8 + header_len + end > size:
+            raise ValueError(f"{cut}; its header describes {8 + header_len + end}): {again}")
+        return
+    with open(path, "rb") as f:
+        magic = f.read(4)
+    if magic == b"PK\x03\x04":
+        try:
+            zipfile.ZipFile(path).close()
+        except (zipfile.BadZipFile, OSError, EOFError):
+            raise ValueError(f"{cut}; the end of its zip archive is missing): {again}") from None
+
+
+def _check_weight_files(files: list[Path]) -> None:
+    for f in files:
+        check_weight_file(f)
+
+
+def _check_hf_tokenizer_files(model_dir: Path) -> None:
+    """A llava-hf directory needs its tokenizer next to the weights; say so before the weights are read."""
+    if not any((model_dir / f).is_file() for f in TOKENIZER_FILES):
+        raise FileNotFoundError(
+            f"{model_dir} is a llava-hf checkpoint without tokenizer files: expected {' or '.join(TOKENIZER_FILES)} "
+            f"next to config.json (copy them from the hub repository the weights came from)"
+        )
+
+
+def _own_tower_geometry(model_dir: Path):
+    """The geometry (side, patch, hidden) of the tower weights a LLaVA-1.6 checkpoint carries, else None."""
+    embeddings = load_state_dict(model_dir, prefix=TOWER_PREFIX + "vision_model.embeddings.")
+    pos, patch = embeddings.get("position_embedding.weight"), embeddings.get("patch_embedding.weight")
+    if pos is None or patch is None:
+        return None
+    return geometry_from_weights(pos.shape, patch.shape, f"{model_dir} ({TOWER_PREFIX}vision_model.embeddings.*)")
 
 
 def _tokenizer_dir(model_dir: Path, base_dir: Path | None) -> Path:
@@ -208,6 +294,10 @@ def load_pretrained_model(
     if is_llava_hf(model_dir):  # transformers-native layout: the same weights, renamed while loading
         from llava.model.convert_hf import load_llava_hf
 
+        read_llava_config(model_dir)  # its errors name the file (pinpoints, unsupported settings)
+        _check_hf_tokenizer_files(model_dir)
+        _check_weight_files(find_weight_files(model_dir))
+
         load_kwargs, torch_dtype_, attn = _from_pretrained_kwargs(
             device, device_map, dtype, torch_dtype, attn_implementation, use_flash_attn, load_8bit, load_4bit, kwargs)
         return load_llava_hf(model_dir, model_base=model_base, vision_tower_path=vision_tower_path,
@@ -217,8 +307,12 @@ def load_pretrained_model(
     base_dir = resolve_local_dir(model_base) if model_base else None
     config = read_llava_config(model_dir)
     weights = _weights_kind(model_dir, base_dir)  # fail on a wrong layout before anything heavy is read
+    _check_weight_files(find_weight_files(model_dir) if weights == "full"
+                        else find_weight_files(base_dir) + [_projector_file(model_dir)])
     tokenizer_dir = _tokenizer_dir(model_dir, base_dir)
     tower_dir = resolve_vision_tower_path(config.mm_vision_tower, vision_tower_path)
+    own_tower = _own_tower_geometry(model_dir) if weights == "full" else None
+    check_tower_fits(config, tower_dir, model_dir / "config.json", expected=own_tower)
     per_crop = _tokens_per_crop(tower_dir)
     pruning = PruningConfig(  # validated here, before any weights are read
         method=pruning_method,

@@ -12,20 +12,28 @@
 #   PYTHON       interpreter (python)
 set -euo pipefail
 
-if [[ $# -lt 1 || ! $1 =~ ^[0-9]+$ ]]; then
-    echo "usage: bash scripts/tiny/eval_easyvqa.sh TOKEN [options]   (TOKEN: visual tokens kept of 64, e.g. 16)" >&2
+# Every argument is checked before anything is exported or built: a bad one must not rewrite the question files.
+if [[ $# -lt 1 || ! $1 =~ ^[0-9]+$ ]] || (( 10#$1 < 1 || 10#$1 > 64 )); then
+    echo "usage: bash scripts/tiny/eval_easyvqa.sh TOKEN [options]   (TOKEN: visual tokens kept of 64, 1..64," \
+         "e.g. 16; got '${1:-}')" >&2
     exit 2
 fi
-token=$1
+token=$((10#$1))
 shift
+set_name="${EASYVQA_SET:-easyvqa}"
+case "${set_name}" in
+    easyvqa|easyvqa_500) ;;  # the sets scripts/tiny/export_easyvqa.py writes (SUBSETS there)
+    *)
+        echo "EASYVQA_SET=${set_name}: unknown easy-vqa set; use easyvqa (all test questions) or easyvqa_500" >&2
+        exit 2 ;;
+esac
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
 py="${PYTHON:-python}"
-set_name="${EASYVQA_SET:-easyvqa}"
 data_root="${DATA_ROOT:-./playground/data/eval}"
-if [[ ! -f "${data_root}/${set_name}/llava_${set_name}_test.jsonl" ]]; then
-    "${py}" "${repo}/scripts/tiny/export_easyvqa.py" --data-root "${data_root}"
+if [[ ! -f "${data_root}/${set_name}/llava_${set_name}_test.jsonl" ]]; then  # only the missing set is written
+    "${py}" "${repo}/scripts/tiny/export_easyvqa.py" --data-root "${data_root}" --set "${set_name}"
 fi
 model_path="${MODEL_PATH:-$("${py}" -W ignore -m llava.model.tiny_real)}"
 exec "${py}" -W ignore -m llava.eval.run_benchmark --benchmark "${set_name}" --visual-token-num "${token}" \

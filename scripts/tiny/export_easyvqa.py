@@ -1,10 +1,12 @@
 """Write easy-vqa's test split (from the `easy-vqa` package) in the eval loader's format:
 
-    python scripts/tiny/export_easyvqa.py [--data-root ./playground/data/eval]
+    python scripts/tiny/export_easyvqa.py [--data-root ./playground/data/eval] [--set easyvqa|easyvqa_500 ...]
 
 <data root>/easyvqa/images/<image id>.png                 the 1,000 test images (64 x 64 PNG, copied)
 <data root>/easyvqa/llava_easyvqa_test.jsonl              all 9,673 test questions
 <data root>/easyvqa_500/llava_easyvqa_500_test.jsonl      500 of them, drawn with seed 0 (the CPU sweep's subset)
+
+--set writes only the named question files (default: both); a file whose content would not change is left alone.
 
 One question per line: question_id (its index in the package's test list), image, text, answer, kind (shape,
 color, yes/no, yes/no negated). The question is asked as it is; the tiny LLaVA's conversation template asks for
@@ -48,10 +50,13 @@ def subset(records: list[dict], size: int | None, seed: int = SUBSET_SEED) -> li
     return [records[i] for i in picked]
 
 
-def export(data_root: str | os.PathLike = DEFAULT_DATA_ROOT) -> dict[str, Path]:
-    """Write the images and the question files; returns benchmark name -> question file."""
+def export(data_root: str | os.PathLike = DEFAULT_DATA_ROOT, sets=tuple(SUBSETS)) -> dict[str, Path]:
+    """Write the images and the question files of `sets`; returns benchmark name -> question file."""
     import easy_vqa
 
+    unknown = [name for name in sets if name not in SUBSETS]
+    if unknown:  # before anything is written
+        raise ValueError(f"unknown easy-vqa set(s) {unknown}; choose from {list(SUBSETS)}")
     root = Path(data_root)
     images = root / "easyvqa" / "images"
     images.mkdir(parents=True, exist_ok=True)
@@ -61,14 +66,14 @@ def export(data_root: str | os.PathLike = DEFAULT_DATA_ROOT) -> dict[str, Path]:
             shutil.copyfile(src, dst)
     records = test_records()
     written = {}
-    for name, size in SUBSETS.items():
+    for name in sets:
         path = root / name / f"llava_{name}_test.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".jsonl.tmp")
-        with open(tmp, "w", encoding="utf-8") as f:
-            for record in subset(records, size):
-                f.write(json.dumps(record) + "\n")
-        os.replace(tmp, path)
+        text = "".join(json.dumps(record) + "\n" for record in subset(records, SUBSETS[name]))
+        if not path.is_file() or path.read_text(encoding="utf-8") != text:
+            tmp = path.with_suffix(".jsonl.tmp")
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, path)
         written[name] = path
     return written
 
@@ -76,8 +81,10 @@ def export(data_root: str | os.PathLike = DEFAULT_DATA_ROOT) -> dict[str, Path]:
 def main(argv=None) -> dict[str, Path]:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data-root", default=os.environ.get("DATA_ROOT") or DEFAULT_DATA_ROOT)
+    parser.add_argument("--set", dest="sets", action="append", choices=list(SUBSETS),
+                        help="question set to write (repeatable; default: all)")
     args = parser.parse_args(argv)
-    written = export(args.data_root)
+    written = export(args.data_root, args.sets or tuple(SUBSETS))
     for name, path in written.items():
         with open(path) as f:
             print(f"{name}: {sum(1 for _ in f)} questions in {path}")
