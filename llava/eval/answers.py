@@ -325,11 +325,10 @@ class AnswersFile:
 
     def finish(self) -> None:
         """The run is complete: with ``overwrite``, the new files replace the old ones (skipped side file first)."""
+        self.touch()  # a run with nothing to answer (an empty chunk) still leaves its file for the merge
         self.close()
         if not self.overwrite:
             return
-        self.touch()
-        self.close()
         new_skips = self._skips.path
         if os.path.exists(new_skips):
             os.replace(new_skips, self.skipped_path)

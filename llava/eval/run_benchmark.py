@@ -11,10 +11,16 @@ is and which pruning method from flags, else environment variables, else default
     --data-root   DATA_ROOT   ./playground/data/eval
     --method      METHOD      fastervlm (--pruning-method, and the output folder)
 
-Answers: ``<data root>/<bench folder>/answers/<ckpt>/<method>/n_<tokens>.jsonl``. With N > 1
+Answers: ``<data root>/<bench folder>/answers/<ckpt>/<method>/n_<tokens>.jsonl``, where ``<method>``
+also names non-default method parameters (``fastv_k3`` for ``--fastv-layer 3``; see
+:func:`llava.eval.tasks.method_folder`). With N > 1
 GPUs in CUDA_VISIBLE_DEVICES (or ``--num-chunks N``), chunk K is answered by its own process
 (``CUDA_VISIBLE_DEVICES=<K-th GPU>``) into ``.../n_<tokens>/<N>_<K>.jsonl``; the chunks are
-merged in order once all succeed. Reruns resume (see :mod:`llava.eval.answers`). Any other
+merged in order once all succeed; the runner holds ``<answers>.lock`` meanwhile and each chunk
+process the lock of its chunk file, so a second run is refused with the holder's PID. Chunk
+processes run in their own process group with a parent-death signal (and poll their parent as a
+fallback): if the runner dies, even by ``kill -9``, they stop too. Reruns resume (see
+:mod:`llava.eval.answers`). Any other
 flag (``--batch-size 8``, ``--device cpu``, ``--overwrite``, ``--all-rounds``, ...) goes to the
 entry point.
 """
@@ -22,17 +28,24 @@ entry point.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import importlib
 import importlib.util
 import os
 import shlex
+import signal
 import subprocess
 import sys
 from dataclasses import dataclass
 
 from llava.cli import EXPECTED_ERRORS, check_conv_mode, run_cli
-from llava.eval.answers import merge_answers
-from llava.eval.tasks import BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, Benchmark
+from llava.eval.answers import hold_lock, merge_answers, skipped_path
+from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, METHOD_PARAMETERS,
+                              Benchmark, method_folder)
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+WATCH_PARENT_ENV = "FASTERVLM_WATCH_PARENT"  # read by llava.eval.model_vqa_loader (kept light: no import of it here)
 
 # Flags the runner sets itself; passing them through would desynchronise paths and identity.
 RUNNER_FLAGS = ("--model-path", "--question-file", "--image-folder", "--answers-file", "--num-chunks",
@@ -54,10 +67,11 @@ class Plan:
     passthrough: list[str]
     dry_run: bool = False
     no_score: bool = False
+    method_dir: str = ""  # the method's folder in paths (tasks.method_folder); the method itself when empty
 
     @property
     def run(self) -> str:
-        return f"{self.ckpt}/{self.method}/n_{self.tokens}"
+        return f"{self.ckpt}/{self.method_dir or self.method}/n_{self.tokens}"
 
     def path(self, relative: str) -> str:
         return os.path.normpath(os.path.join(self.folder, relative.format(run=self.run)))
@@ -148,6 +162,8 @@ def make_plan(argv=None) -> Plan:
     if conv_mode is not None:
         check_conv_mode(conv_mode)
     bench = BENCHMARKS[args.benchmark]
+    method = args.method or os.environ.get("METHOD") or DEFAULT_METHOD
+    method_dir = method_folder(method, {flag: _passed_value(passthrough, flag) for flag, _, _ in METHOD_PARAMETERS})
     ckpt = args.ckpt or os.environ.get("CKPT") or FAMILY_CKPT[args.family]
     gpus = visible_gpus()
     chunks = args.num_chunks or max(len(gpus), 1)
@@ -156,7 +172,7 @@ def make_plan(argv=None) -> Plan:
     plan = Plan(
         bench=bench, tokens=args.visual_token_num, ckpt=ckpt,
         model_path=args.model_path or os.environ.get("MODEL_PATH") or f"liuhaotian/{ckpt}",
-        method=args.method or os.environ.get("METHOD") or DEFAULT_METHOD,
+        method=method, method_dir=method_dir,
         folder=os.path.join(args.data_root or os.environ.get("DATA_ROOT") or DEFAULT_DATA_ROOT, bench.folder),
         chunks=chunks, gpus=gpus, passthrough=passthrough, dry_run=args.dry_run, no_score=args.no_score,
     )
@@ -174,6 +190,33 @@ def check_inputs(plan: Plan) -> None:
                                 f"(see EVAL.md, section {bench.name})")
 
 
+def _die_with_parent() -> None:
+    """preexec_fn of a chunk process (runs in the child before exec): its own process group, so a terminal's
+    Ctrl-C reaches the runner alone, which then stops the group; and, on Linux, SIGKILL when the runner dies
+    (prctl PR_SET_PDEATHSIG), so a ``kill -9`` of the runner leaves no orphan answering on. Elsewhere the child
+    polls its parent instead (``FASTERVLM_WATCH_PARENT``, :func:`llava.eval.model_vqa_loader.watch_parent`)."""
+    os.setpgid(0, 0)
+    libc_name = ctypes.util.find_library("c")
+    if libc_name and sys.platform.startswith("linux"):
+        ctypes.CDLL(libc_name, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+
+
+def start_chunk_process(command: list[str], env: dict) -> subprocess.Popen:
+    """Start one chunk worker that dies with this process (see :func:`_die_with_parent`)."""
+    env = dict(env, **{WATCH_PARENT_ENV: str(os.getpid())})
+    return subprocess.Popen(command, env=env, preexec_fn=_die_with_parent)
+
+
+def _stop(children: list[subprocess.Popen]) -> None:
+    """SIGTERM the process group of every chunk worker still running (the runner is failing or interrupted)."""
+    for child in children:
+        if child.poll() is None:
+            try:
+                os.killpg(child.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+
+
 def answer(plan: Plan) -> str:
     """Run the entry point (in this process, or one child per chunk) and return the answers file."""
     module = f"llava.eval.{plan.bench.entry}"
@@ -181,21 +224,35 @@ def answer(plan: Plan) -> str:
         argv = plan.entry_argv(plan.answers)
         print(f"[{plan.bench.name}] {module_command(module, argv)}", flush=True)
         if not plan.dry_run:
-            importlib.import_module(module).main(argv)
+            importlib.import_module(module).main(argv)  # takes the answers file's lock itself
+            _report_skipped(plan)
         return plan.answers
+    if plan.dry_run:
+        _answer_chunks(plan, module)
+        return plan.answers
+    with hold_lock(plan.answers):  # a second runner on the same answers is refused, naming this PID
+        _answer_chunks(plan, module)
+    _report_skipped(plan)
+    return plan.answers
 
+
+def _answer_chunks(plan: Plan, module: str) -> None:
     children = []
-    for k in range(plan.chunks):
-        argv = plan.entry_argv(plan.chunk_answers(k)) + ["--num-chunks", str(plan.chunks), "--chunk-idx", str(k)]
-        env = dict(os.environ, PYTHONPATH=_with_package_root(os.environ.get("PYTHONPATH")))
-        gpu = plan.gpus[k % len(plan.gpus)] if plan.gpus else None
-        if gpu is not None:
-            env["CUDA_VISIBLE_DEVICES"] = gpu
-        prefix = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
-        print(f"[{plan.bench.name}] chunk {k}: {prefix}{module_command(module, argv)}", flush=True)
-        if not plan.dry_run:
-            children.append(subprocess.Popen([sys.executable, "-m", module, *argv], env=env))
-    failed = [(k, child.wait()) for k, child in enumerate(children)]
+    try:
+        for k in range(plan.chunks):
+            argv = plan.entry_argv(plan.chunk_answers(k)) + ["--num-chunks", str(plan.chunks), "--chunk-idx", str(k)]
+            env = dict(os.environ, PYTHONPATH=_with_package_root(os.environ.get("PYTHONPATH")))
+            gpu = plan.gpus[k % len(plan.gpus)] if plan.gpus else None
+            if gpu is not None:
+                env["CUDA_VISIBLE_DEVICES"] = gpu
+            prefix = f"CUDA_VISIBLE_DEVICES={gpu} " if gpu is not None else ""
+            print(f"[{plan.bench.name}] chunk {k}: {prefix}{module_command(module, argv)}", flush=True)
+            if not plan.dry_run:
+                children.append(start_chunk_process([sys.executable, "-m", module, *argv], env))
+        failed = [(k, child.wait()) for k, child in enumerate(children)]
+    except BaseException:  # Ctrl-C or an error while waiting: no worker may outlive the runner
+        _stop(children)
+        raise
     failed = [(k, rc) for k, rc in failed if rc != 0]
     if failed:
         listed = ", ".join(f"chunk {k} (exit code {rc})" for k, rc in failed)
@@ -206,7 +263,17 @@ def answer(plan: Plan) -> str:
     if not plan.dry_run:
         n = merge_answers(chunk_files, plan.answers)
         print(f"[{plan.bench.name}] {n} answers in {plan.answers}", flush=True)
-    return plan.answers
+
+
+def _report_skipped(plan: Plan) -> None:
+    """Say how many questions --skip-bad-images left unanswered, and where they are listed."""
+    side = skipped_path(plan.answers)
+    if os.path.exists(side):
+        with open(side, "rb") as f:
+            n = sum(1 for line in f if line.strip())
+        if n:
+            print(f"[{plan.bench.name}] {n} question(s) skipped for unreadable images (unanswered, counted as "
+                  f"missing by the scorer): {side}", flush=True)
 
 
 def score(plan: Plan) -> dict | None:

@@ -8,6 +8,10 @@ checkpoints, methods and budgets never overwrite each other.
 Everything else (which checkpoint, budget and method, chunks over GPUs, merging, where the
 answers go: ``answers/<ckpt>/<method>/n_<tokens>.jsonl``) belongs to the runner,
 :mod:`llava.eval.run_benchmark`. See EVAL.md for what to download for each benchmark.
+
+``<method>`` in paths is the method's name plus one ``_<tag><value>`` per method parameter set to
+a non-default value (:data:`METHOD_PARAMETERS`): ``fastv`` for FastV with K = 2, ``fastv_k3`` for
+``--fastv-layer 3``, so runs with different parameters never share (or resume) one answers file.
 """
 
 from __future__ import annotations
@@ -151,3 +155,24 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
 FAMILY_CKPT = {"v1_5": "llava-v1.5-7b", "v1_6": "llava-v1.6-vicuna-7b"}
 DEFAULT_DATA_ROOT = "./playground/data/eval"
 DEFAULT_METHOD = "fastervlm"
+
+# Entry-point flags that are parameters of a pruning method: (flag, tag in the method folder, default value). The
+# default is the one of llava.eval.run_llava.add_model_args (checked by tests/test_eval_runner.py).
+METHOD_PARAMETERS = (("--fastv-layer", "k", 2),)
+
+
+def method_folder(method: str, values: dict[str, str | None]) -> str:
+    """The method's folder name in output paths: ``method`` plus ``_<tag><value>`` for each parameter in ``values``
+    (flag -> value given, None when not given) that differs from its default; values must be integers."""
+    name = method
+    for flag, tag, default in METHOD_PARAMETERS:
+        value = values.get(flag)
+        if value is None:
+            continue
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{flag} {value!r}: must be an integer") from None
+        if number != default:
+            name += f"_{tag}{number}"
+    return name
