@@ -162,7 +162,7 @@ def test_vision_tower_override_and_missing_tower_error(v15_dir, clip_dir, tmp_pa
     ckpt = tmp_path / "ckpt"
     shutil.copytree(v15_dir, ckpt)
     cfg = json.loads((ckpt / "config.json").read_text())
-    cfg["mm_vision_tower"] = "openai/clip-vit-large-patch14-336"
+    cfg["mm_vision_tower"] = "openai/clip-vit-tiny-patch8-32"  # a hub name (not cached) promising the tiny geometry
     (ckpt / "config.json").write_text(json.dumps(cfg))
     monkeypatch.setenv("HF_HOME", str(tmp_path / "empty_cache"))
     monkeypatch.delenv("FASTERVLM_VISION_TOWER", raising=False)
