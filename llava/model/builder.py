@@ -198,7 +198,8 @@ def _weights_kind(model_dir: Path, base_dir: Path | None) -> str:
         raise NotImplementedError(f"{model_dir} is a LoRA checkpoint; merge it into its base model first")
     if _projector_file(model_dir) is not None:
         if base_dir is None:
-            raise ValueError(f"{model_dir} holds only the projector (mm_projector.bin): pass the base LLM as model_base")
+            raise ValueError(f"{model_dir} holds only the projector (mm_projector.bin): pass the base LLM as "
+                             f"model_base")
         if not _has_full_weights(base_dir):
             raise FileNotFoundError(f"no model weights in the model_base directory {base_dir}")
         return "projector"
@@ -284,8 +285,10 @@ def load_pretrained_model(
                       CLIP ViT-L/14-336); pruning_method: a name in `llava.model.pruning.METHODS`;
     llm_layer:        in-LLM methods (FastV) only: prune after this many decoder layers (FastV's K, default 2);
     anyres_mode:      LLaVA-1.6 only: "paper" (original FasterVLM behaviour, the default) or "upstream";
-    vision_tower_path: local copy of the `mm_vision_tower` model (else $FASTERVLM_VISION_TOWER, the path in the
-                      config, or the local HF cache); llava-hf checkpoints carry their tower and take none;
+    vision_tower_path: local copy of the `mm_vision_tower` model; without it the config's path when it is a tower
+                      directory here, else $FASTERVLM_VISION_TOWER, else the local HF cache. The tower is checked
+                      against the checkpoint (width vs mm_hidden_size, image size / patch vs the checkpoint's own
+                      tower weights or OpenAI CLIP name, pinpoints). llava-hf checkpoints carry their tower;
     model_base:       base LLM for a projector-only checkpoint (a directory holding mm_projector.bin);
     dtype / torch_dtype: default float32 on CPU, float16 otherwise.
     `model_name` is accepted for compatibility; the layout is read from the files, not from the name.

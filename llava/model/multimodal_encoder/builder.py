@@ -116,7 +116,8 @@ def _clip_vision_config(tower_dir: Path):
         return CLIPConfig(**cfg).vision_config
     if kind == "clip_vision_model":
         return CLIPVisionConfig(**cfg)
-    raise ValueError(f"{tower_dir}: unsupported vision tower model_type {kind!r} (expected 'clip' or 'clip_vision_model')")
+    raise ValueError(f"{tower_dir}: unsupported vision tower model_type {kind!r} "
+                     f"(expected 'clip' or 'clip_vision_model')")
 
 
 def clip_vision_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
