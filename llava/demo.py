@@ -34,6 +34,7 @@ from pathlib import Path
 
 import torch
 
+from llava.atomic import atomic_path
 from llava.cli import check_conv_mode, run_cli
 
 DEFAULT_MODEL_DIR = Path("~/.cache/fastervlm/demo-tiny-llava-v1.5")  # the random-weight model (--random-weights)
@@ -313,7 +314,8 @@ def draw_figure(result: DemoResult, query: str, model_label: str, path: Path) ->
         fig.text(0.5, 1 - (0.5 + 0.22 * i) / height, text, ha="center", va="top", fontsize=8.5, **style)
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, facecolor="white")
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, facecolor="white")
     return path
 
 

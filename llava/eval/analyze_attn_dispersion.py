@@ -30,6 +30,7 @@ import os
 import numpy as np
 import torch
 
+from llava.atomic import atomic_path
 from llava.eval.attention_stats import (
     LAST,
     AnalysisSpec,
@@ -136,7 +137,8 @@ def plot(stats: dict, folder: str, args) -> list[str]:
     fig.tight_layout(rect=(0, 0, 1, 0.94))
     path = os.path.join(folder, f"{NAME}.png")
     os.makedirs(folder, exist_ok=True)
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return [path]
 
 

@@ -33,6 +33,7 @@ import os
 import numpy as np
 import torch
 
+from llava.atomic import atomic_path
 from llava.eval.attention_stats import (
     FROM_IMAGE,
     AnalysisSpec,
@@ -133,7 +134,8 @@ def draw_layer(stats: dict, layer: int, path: str, dpi: int = 100) -> str:
     fig.suptitle(f"Attention each image token receives: LLM layer {layer + 1} of {num_layers} ({stats['model']}, "
                  f"mean of {stats['num_samples']} samples; heat maps: {side}\u00d7{side} image grid)", fontsize=16)
     fig.tight_layout(rect=(0, 0, 1, 0.96))
-    fig.savefig(path, dpi=dpi)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=dpi)
     return path
 
 
@@ -164,7 +166,8 @@ def draw_tail_shares(stats: dict, fraction: float, path: str) -> str:
     ax.grid(alpha=0.3)
     ax.legend(fontsize=10)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=100)
     return path
 
 
