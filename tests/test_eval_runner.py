@@ -99,7 +99,7 @@ def test_script_writes_answers_and_prints_the_metric(reference, v15_dir):
         assert r["model_id"] == Path(v15_dir).name and r["pruning_method"] == "fastervlm"
         assert r["visual_token_num"] == TOKENS and r["v_token_num"] == TOKENS
         assert set(r) >= {"question_id", "prompt", "text", "answer_id", "model_id", "metadata"}
-    assert "[textvqa] accuracy = " in stdout
+    assert "[textvqa] accuracy: " in stdout and "[textvqa] coverage: 5/5 (100.0%)" in stdout
     assert "n_scored: 5" in stdout  # every answer found its annotation
     assert (path.parent / f"n_{TOKENS}.metrics.json").exists()
 
