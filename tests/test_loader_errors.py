@@ -270,7 +270,7 @@ def test_eval_easyvqa_bad_set_writes_nothing(tmp_path):
     run = subprocess.run(["bash", str(REPO / "scripts/tiny/eval_easyvqa.sh"), "16"], env=env, capture_output=True,
                          text=True, timeout=120)
     assert run.returncode != 0
-    assert "bogus" in run.stderr and "easyvqa_500" in run.stderr
+    assert "EASYVQA_SET=bogus" in run.stderr and "easyvqa_500" in run.stderr  # names the variable and the choices
     for path, mtime in files.items():
         assert path.read_text() == '{"question_id": 0, "text": "sentinel"}\n' and path.stat().st_mtime_ns == mtime
     assert sorted(p.name for p in data_root.iterdir()) == ["easyvqa", "easyvqa_500"]  # no images folder either
