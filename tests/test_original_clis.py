@@ -238,6 +238,7 @@ def test_eval_pope_partial_answers(tmp_path, pope_files):
     assert proc.stdout.splitlines() == ADVERSARIAL + ["Category: random, # samples: 0", SEPARATOR] + [
         "Average F1 score: 0.5",
         "coverage: 3/5 (60.0%)",
+        "WARNING: partial: average over 1/2 categories, no answers for random",
         "WARNING: incomplete answers: 3 of 5 questions answered (60.0% coverage)",
         "WARNING: 2 annotated questions without a result: 4, 5",
     ]
