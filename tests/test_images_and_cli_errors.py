@@ -2,12 +2,14 @@
 items 4, 12, 13, 14, 15, 18). Every expected value is computed by hand in the test or by a small oracle written here
 from upstream LLaVA's code (`expand2square` + the CLIP processor, haotian-liu/LLaVA llava/mm_utils.py)."""
 
+import base64
 import json
 import os
 import shutil
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 from types import SimpleNamespace
 
 import numpy as np
@@ -15,6 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
+from llava.eval.model_vqa_loader import ImageRef
 from llava.mm_utils import load_image, load_image_processor, process_images
 from tests.conftest import pil_image
 
@@ -79,6 +82,17 @@ def test_rgba_file_composites_alpha_on_the_pad_colour(tmp_path):
     image = Image.new("RGBA", (len(cases), 1))
     image.putdata([rgba for rgba, _ in cases])
     loaded = np.asarray(load_image(_png(tmp_path, image))).astype(int)[0]
+    for got, (_, want) in zip(loaded, cases):
+        assert np.abs(got - np.array(want)).max() <= 1, (got, want)
+
+
+def test_base64_question_image_is_converted_as_a_file(tmp_path):
+    """MMBench's base64 images take the same conversion as files: alpha on the pad colour, not black."""
+    cases = _rgba_cases()
+    image = Image.new("RGBA", (len(cases), 1))
+    image.putdata([rgba for rgba, _ in cases])
+    encoded = base64.b64encode(Path(_png(tmp_path, image)).read_bytes()).decode()
+    loaded = np.asarray(ImageRef(b64=encoded).load(7)).astype(int)[0]
     for got, (_, want) in zip(loaded, cases):
         assert np.abs(got - np.array(want)).max() <= 1, (got, want)
 

@@ -414,10 +414,10 @@ def checkpoint_inputs(model, tokenizer, processor, device, dtype, image_path: st
     from PIL import Image
 
     from llava.conversation import conv_templates
-    from llava.mm_utils import process_images, tokenizer_image_token
+    from llava.mm_utils import load_image, process_images, tokenizer_image_token
 
     if image_path:
-        image = Image.open(image_path).convert("RGB")
+        image = load_image(image_path)
     else:
         rng = np.random.default_rng(0)
         image = Image.fromarray(rng.integers(0, 256, (480, 640, 3), dtype=np.uint8))

@@ -82,7 +82,7 @@ class ImageRef:
         """The image as RGB PIL; errors name the question and the file."""
         from PIL import Image, UnidentifiedImageError
 
-        from llava.mm_utils import load_image
+        from llava.mm_utils import load_image, to_rgb
 
         where = f"question {question_id!r}"
         if self.path is not None:
@@ -94,7 +94,9 @@ class ImageRef:
                 raise ValueError(f"{where}: {err}") from None
         try:
             with Image.open(io.BytesIO(base64.b64decode(self.b64, validate=False))) as image:
-                return image.convert("RGB")
+                image.load()
+                rgb = to_rgb(image)  # 16-bit and transparent images too, as load_image
+                return image.copy() if rgb is image else rgb
         except (binascii.Error, UnidentifiedImageError, OSError, TypeError, ValueError) as err:
             raise ValueError(f"{where}: cannot decode its base64 image ({err})") from None
 
