@@ -398,7 +398,9 @@ def test_commands_exit_1_with_one_line(tmp_path):
          "--conv-mode", "x"],
         ["llava.demo", "--random-weights", "--conv-mode", "x"],
         ["llava.eval.run_benchmark", "--benchmark", "textvqa", "--visual-token-num", "-1"],
-    ]
+    ] + [[entry, "--model-path", "nowhere", "--question-file", "missing.jsonl", "--answers-file", "a.jsonl"]
+         for entry in ("llava.eval.model_vqa_loader", "llava.eval.model_vqa", "llava.eval.model_vqa_science",
+                       "llava.eval.model_vqa_mmbench")]
     env = dict(os.environ, PYTHONPATH=REPO, HOME=str(tmp_path))
     result = subprocess.run([sys.executable, "-c", _COMMANDS, json.dumps(commands)], capture_output=True, text=True,
                             env=env, cwd=tmp_path, timeout=300)

@@ -10,6 +10,9 @@ and preprocesses in the main process unless ``--num-workers`` says otherwise::
 
 from __future__ import annotations
 
+import sys
+
+from llava.cli import run_cli
 from llava.eval import model_vqa_loader
 
 
@@ -22,4 +25,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from llava.cli import check_conv_mode
+from llava.cli import check_conv_mode, run_cli
 from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, RunIdentity, hold_lock, item_key
 
 # What LLaVA's model_vqa_loader generates at most; the other entry points use 1024, as upstream.
@@ -511,6 +511,7 @@ def build_parser(description: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS)
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)
     parser.add_argument("--question-file", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     parser.add_argument("--image-folder", default="")
     parser.add_argument("--answers-file", required=True, help="jsonl; resumed if it exists (see --overwrite)")
     parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks")
@@ -555,4 +556,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import csv
 import os
+import sys
 
+from llava.cli import run_cli
 from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import ImageRef, Question
 from llava.eval.scoring.mmbench import LETTERS, is_blank, row_options  # the scorer reads the tsv the same way
@@ -99,4 +101,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))

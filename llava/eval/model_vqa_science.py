@@ -16,7 +16,9 @@ Flags, answers file and resuming as :mod:`llava.eval.model_vqa_loader`.
 from __future__ import annotations
 
 import os
+import sys
 
+from llava.cli import run_cli
 from llava.constants import DEFAULT_IMAGE_TOKEN
 from llava.eval import model_vqa_loader
 from llava.eval.model_vqa_loader import ImageRef, Question
@@ -68,4 +70,4 @@ def main(argv=None) -> str:
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(run_cli(main))
