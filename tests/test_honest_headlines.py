@@ -16,11 +16,7 @@ from llava.atomic import atomic_path, atomic_write
 from llava.cli import run_cli
 from llava.eval import run_benchmark
 from llava.eval.scoring import common, easyvqa, gqa, mme, mmbench, mmvet, pope, sqa, vizwiz, vqav2
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
+from tests.helpers_io import write_jsonl
 
 
 def answer(qid, text, repeat=0, **extra):

@@ -13,13 +13,9 @@ import sys
 import pytest
 
 from tests.test_scoring_pope import ANSWERS, LABELS, QUESTIONS
+from tests.helpers_io import write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 def run(script, args, tmp_path, as_module):

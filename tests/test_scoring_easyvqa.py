@@ -4,17 +4,12 @@ Hand-computed cases. The rule (llava/eval/scoring/easyvqa.py): lower-case, surro
 punctuation removed, then string equality with the gold answer; every question is in the denominator.
 """
 
-import json
 
 import pytest
 
 from llava.eval.scoring import easyvqa
 from llava.eval.scoring.easyvqa import normalize, question_kind
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
+from tests.helpers_io import write_jsonl
 
 
 @pytest.mark.parametrize("text, expected", [

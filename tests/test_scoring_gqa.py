@@ -13,11 +13,7 @@ import pytest
 
 from llava.eval.scoring import gqa
 from llava.eval.scoring.gqa import normalize_prediction
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
+from tests.helpers_io import write_jsonl
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -7,19 +7,14 @@ image, comment and l2-category and puts ``prediction`` after ``D``.
 """
 
 import csv
-import json
 
 import pytest
 
 from llava.eval.scoring import mmbench
 from llava.eval.scoring.mmbench import extract_option_letter
+from tests.helpers_io import write_jsonl
 
 COLUMNS = ["index", "question", "hint", "A", "B", "C", "D", "answer", "category", "image", "source", "l2-category"]
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 def write_tsv(path, rows, columns=COLUMNS):

@@ -5,19 +5,14 @@ eval_tool/calculation.py (pairs consecutive lines; lower-case; "yes"/"no" as is,
 first 4 characters, else "other"; acc over questions, acc+ over pairs both right; score = 100 * (acc + acc+)).
 """
 
-import json
 
 import pytest
 
 from llava.eval.scoring import mme
 from llava.eval.scoring.mme import MMEItem, parse_pred, score_items
+from tests.helpers_io import write_jsonl
 
 LLAVA_SUFFIX = "\nAnswer the question using a single word or phrase."
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 @pytest.mark.parametrize("text, label", [

@@ -8,13 +8,9 @@ import pytest
 
 from llava.eval.scoring import pope
 from llava.eval.scoring.pope import binary_metrics, parse_yes_no
+from tests.helpers_io import write_jsonl
 
 SUFFIX = "\nAnswer the question using a single word or phrase."
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -12,11 +12,7 @@ import pytest
 
 from llava.eval.scoring import sqa
 from llava.eval.scoring.sqa import FAILED, extract_letter, letter_index, predicted_index
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
+from tests.helpers_io import write_jsonl
 
 
 @pytest.mark.parametrize("text, letter", [

@@ -13,13 +13,9 @@ import pytest
 from llava.eval.scoring import textvqa
 from llava.eval.scoring.textvqa import question_from_prompt
 from llava.eval.scoring.vqa_normalize import evalai_normalize, vqa_accuracy
+from tests.helpers_io import write_jsonl
 
 INSTRUCTION = "Answer the question using a single word or phrase."
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
 
 
 # ------------------------------------------------------------------ EvalAI answer processor

@@ -7,11 +7,7 @@ import pytest
 from llava.eval.scoring import mmvet, vizwiz, vqav2
 from llava.eval.scoring.vqa_normalize import (EvalAIAnswerProcessor, evalai_normalize, normalize_answer,
                                               process_punctuation, vqa_accuracy)
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
+from tests.helpers_io import write_jsonl
 
 
 # ------------------------------------------------------------------ normalisation

@@ -13,11 +13,7 @@ import pytest
 
 from llava.eval.scoring import vizwiz, vqav2
 from llava.eval.scoring.vqa_normalize import EvalAIAnswerProcessor
-
-
-def write_jsonl(path, records):
-    path.write_text("".join(json.dumps(r) + "\n" for r in records))
-    return str(path)
+from tests.helpers_io import write_jsonl
 
 
 @pytest.mark.parametrize("raw, expected", [
