@@ -76,7 +76,6 @@ def finished(tmp_path_factory, v15_dir):
 
 
 @pytest.mark.parametrize("extra, field", [
-    (("--visual-token-num", str(TOKENS), "--fastv-layer", "20"), "method_params"),
     (("--visual-token-num", str(TOKENS), "--conv-mode", "llava_v1"), "conv_mode"),
     (("--visual-token-num", str(TOKENS), "--max_new_tokens", "5"), "max_new_tokens"),
     (("--visual-token-num", str(TOKENS), "--num_beams", "2"), "num_beams"),
@@ -88,6 +87,24 @@ def test_a_finished_file_is_refused_under_other_settings(finished, v15_dir, tmp_
     with pytest.raises(AnswersMismatchError, match=rf"answer #1: {field}:"):
         model_vqa_loader.main(loader_argv(folder, v15_dir, target, *extra))
     assert target.read_bytes() == answers.read_bytes()
+
+
+def test_only_the_parameters_a_method_reads_are_compared(finished, v15_dir, tmp_path, capsys):
+    """FastV's K changes a FastV run, not a FasterVLM one: a FastV file written with K = 2 is refused under K = 20,
+    while the finished FasterVLM file resumes whatever --fastv-layer says."""
+    folder, answers = finished
+    target = tmp_path / "a.jsonl"
+    shutil.copy(answers, target)
+    model_vqa_loader.main(loader_argv(folder, v15_dir, target, "--visual-token-num", str(TOKENS),
+                                      "--fastv-layer", "1"))
+    assert "all 3 questions answered" in capsys.readouterr().err
+    fastv = tmp_path / "fastv.jsonl"
+    model_vqa_loader.main(loader_argv(folder, v15_dir, fastv, "--visual-token-num", str(TOKENS),
+                                      "--pruning-method", "fastv", "--fastv-layer", "1"))
+    assert json.loads(fastv.read_text().splitlines()[0])["method_params"] == {"llm_layer": 1}
+    with pytest.raises(AnswersMismatchError, match=r"answer #1: method_params:"):
+        model_vqa_loader.main(loader_argv(folder, v15_dir, fastv, "--visual-token-num", str(TOKENS),
+                                          "--pruning-method", "fastv", "--fastv-layer", "2"))
 
 
 def test_the_same_settings_resume_and_a_full_budget_run_is_refused(finished, v15_dir, tmp_path, capsys):
@@ -147,6 +164,9 @@ def test_output_path_names_non_default_method_parameters(tmp_path):
     assert answers_of("--fastv-layer", "2").endswith("/answers/c/fastv/n_144.jsonl")  # the default
     assert answers_of("--fastv-layer", "3").endswith("/answers/c/fastv_k3/n_144.jsonl")
     assert answers_of("--fastv-layer=20").endswith("/answers/c/fastv_k20/n_144.jsonl")
+    fastervlm = run_benchmark.make_plan(["--benchmark", "textvqa", "--visual-token-num", "144", "--ckpt", "c",
+                                         "--data-root", str(tmp_path), "--fastv-layer", "3"]).answers
+    assert fastervlm.endswith("/answers/c/fastervlm/n_144.jsonl")  # a parameter FasterVLM does not read
     with pytest.raises(ValueError, match="--fastv-layer 'x': must be an integer"):
         answers_of("--fastv-layer", "x")
 
@@ -160,7 +180,7 @@ def test_method_parameter_defaults_match_the_entry_points():
     parser = argparse.ArgumentParser()
     add_model_args(parser)
     defaults = vars(parser.parse_args(["--model-path", "x"]))
-    for flag, _, default in METHOD_PARAMETERS:
+    for flag, _, default, _ in METHOD_PARAMETERS:
         assert defaults[flag.lstrip("-").replace("-", "_")] == default
 
 
@@ -241,6 +261,7 @@ WATCHED = """
 import os, sys, time
 from llava.eval.model_vqa_loader import watch_parent
 watch_parent(os.getppid(), interval=0.1)
+print("watching", flush=True)
 time.sleep(60)
 """
 
@@ -273,7 +294,7 @@ def test_a_worker_without_the_death_signal_notices_its_parent_is_gone(tmp_path):
                               env=python_env())
     pid = int(parent.stdout.readline())
     try:
-        time.sleep(0.5)
+        assert parent.stdout.readline().strip() == "watching"  # the watch is on (however slow the imports were)
         assert alive(pid)
         parent.send_signal(signal.SIGKILL)
         parent.wait()

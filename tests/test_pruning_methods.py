@@ -120,3 +120,12 @@ def test_every_method_reports_budget_per_crop(name, v15_dir, v16_dir, load):
                                                         max_new_tokens=2, do_sample=False)
             assert v_token_num == budget * crops, (name, ckpt.name, budget)
             assert out.shape == (1, 2) and cls_attn.shape == (crops, PATCHES)
+
+
+def test_method_parameters_are_the_ones_the_method_reads():
+    from llava.model.pruning import method_parameters
+
+    assert method_parameters(PruningConfig(method="fastv", llm_layer=3, seed=5)) == {"llm_layer": 3}
+    assert method_parameters(PruningConfig(method="random", llm_layer=3, seed=5)) == {"seed": 5}
+    for name in ("fastervlm", "uniform", "visionzip", "vispruner"):
+        assert method_parameters(PruningConfig(method=name, llm_layer=3, seed=5)) == {}, name

@@ -327,9 +327,11 @@ def checkpoint_is_anyres(model_path: str) -> bool:
     return getattr(read_llava_config(resolve_local_dir(model_path)), "image_aspect_ratio", None) == "anyres"
 
 
-def method_params(seed: int, llm_layer: int) -> dict:
-    """The pruning method's parameters besides its budget: all of them, whether the method reads them or not."""
-    return {"llm_layer": int(llm_layer), "seed": int(seed)}
+def method_params(pruning: PruningConfig) -> dict:
+    """The pruning method's parameters besides its budget, only those the method reads (`method_parameters`)."""
+    from llava.model.pruning import method_parameters  # here: the module stays light (no torch) until a model runs
+
+    return {name: int(value) for name, value in method_parameters(pruning).items()}
 
 
 def _run_identity(args, visual_token_num, anyres_mode, params: dict, prompt_options: dict | None) -> RunIdentity:
@@ -349,11 +351,12 @@ def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIde
 
     Everything but the budget when ``--visual-token-num`` is not given: "all tokens" is resolved from the vision
     tower, so a file of a pruned run is compared against the resolved budget once the model is loaded."""
-    from llava.model.pruning.config import PruningConfig
+    from llava.model.pruning import PruningConfig
 
     anyres = checkpoint_is_anyres(args.model_path)
+    requested = PruningConfig(method=args.pruning_method, llm_layer=args.fastv_layer)  # validated: a clear error
     identity = _run_identity(args, args.visual_token_num, args.anyres_mode if anyres else None,
-                             method_params(PruningConfig.seed, args.fastv_layer), prompt_options)
+                             method_params(requested), prompt_options)
     fields = tuple(f for f in IDENTITY_FIELDS if f != "visual_token_num" or args.visual_token_num is not None)
     return identity, fields
 
@@ -363,7 +366,7 @@ def model_identity(args, model, prompt_options: dict | None = None) -> RunIdenti
     anyres = getattr(model.config, "image_aspect_ratio", None) == "anyres"
     pruning = model.pruning
     return _run_identity(args, pruning.visual_token_num, pruning.anyres_mode if anyres else None,
-                         method_params(pruning.seed, pruning.llm_layer), prompt_options)
+                         method_params(pruning), prompt_options)
 
 
 def answer_record(q: Question, text: str, v_token_num: int, identity: RunIdentity) -> dict:

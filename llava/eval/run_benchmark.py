@@ -163,7 +163,7 @@ def make_plan(argv=None) -> Plan:
         check_conv_mode(conv_mode)
     bench = BENCHMARKS[args.benchmark]
     method = args.method or os.environ.get("METHOD") or DEFAULT_METHOD
-    method_dir = method_folder(method, {flag: _passed_value(passthrough, flag) for flag, _, _ in METHOD_PARAMETERS})
+    method_dir = method_folder(method, {flag: _passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
     ckpt = args.ckpt or os.environ.get("CKPT") or FAMILY_CKPT[args.family]
     gpus = visible_gpus()
     chunks = args.num_chunks or max(len(gpus), 1)

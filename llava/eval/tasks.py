@@ -156,16 +156,16 @@ FAMILY_CKPT = {"v1_5": "llava-v1.5-7b", "v1_6": "llava-v1.6-vicuna-7b"}
 DEFAULT_DATA_ROOT = "./playground/data/eval"
 DEFAULT_METHOD = "fastervlm"
 
-# Entry-point flags that are parameters of a pruning method: (flag, tag in the method folder, default value). The
-# default is the one of llava.eval.run_llava.add_model_args (checked by tests/test_eval_runner.py).
-METHOD_PARAMETERS = (("--fastv-layer", "k", 2),)
+# Entry-point flags that are parameters of a pruning method: (flag, tag in the method folder, default value, the
+# methods that read it). The default is the one of llava.eval.run_llava.add_model_args (tests/test_eval_safety.py).
+METHOD_PARAMETERS = (("--fastv-layer", "k", 2, ("fastv",)),)
 
 
 def method_folder(method: str, values: dict[str, str | None]) -> str:
-    """The method's folder name in output paths: ``method`` plus ``_<tag><value>`` for each parameter in ``values``
-    (flag -> value given, None when not given) that differs from its default; values must be integers."""
+    """The method's folder name in output paths: ``method`` plus ``_<tag><value>`` for each of its parameters in
+    ``values`` (flag -> value given, None when not given) that differs from its default; values must be integers."""
     name = method
-    for flag, tag, default in METHOD_PARAMETERS:
+    for flag, tag, default, methods in METHOD_PARAMETERS:
         value = values.get(flag)
         if value is None:
             continue
@@ -173,6 +173,6 @@ def method_folder(method: str, values: dict[str, str | None]) -> str:
             number = int(value)
         except ValueError:
             raise ValueError(f"{flag} {value!r}: must be an integer") from None
-        if number != default:
+        if number != default and method in methods:  # a parameter the method does not read changes nothing
             name += f"_{tag}{number}"
     return name

@@ -22,7 +22,7 @@ METHODS = {
 from llava.model.pruning.config import ANYRES_MODES, PruningConfig  # noqa: E402
 
 __all__ = ["METHODS", "PruningConfig", "ANYRES_MODES", "Selection", "as_selection", "get_selector", "get_llm_pruner",
-           "LLMPruner"]
+           "LLMPruner", "method_parameters"]
 
 
 def _entry(name: str):
@@ -40,3 +40,14 @@ def get_llm_pruner(name: str) -> type[LLMPruner] | None:
 def get_selector(name: str):
     """The pre-projector selector of a method (`keep_all` for in-LLM methods)."""
     return keep_all if get_llm_pruner(name) is not None else _entry(name)
+
+
+def method_parameters(pruning: PruningConfig) -> dict:
+    """The settings besides the budget that change what `pruning.method` keeps: FastV's K (`llm_layer`) for in-LLM
+    methods, the seed for selectors that draw at random (`uses_seed`). Answers files record exactly these."""
+    params = {}
+    if get_llm_pruner(pruning.method) is not None:
+        params["llm_layer"] = pruning.llm_layer
+    if getattr(get_selector(pruning.method), "uses_seed", False):
+        params["seed"] = pruning.seed
+    return params

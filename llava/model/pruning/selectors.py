@@ -27,6 +27,9 @@ def random(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: in
     return torch.stack(rows).sort(dim=-1).values.to(cls_attn.device)
 
 
+random.uses_seed = True  # the seed changes the kept set (recorded in answers files)
+
+
 def uniform(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
     """Spatially uniform subsample: `budget` positions evenly spaced over the raster order of each crop."""
     n, p = cls_attn.shape
