@@ -166,7 +166,7 @@ def test_pad_keeps_the_same_tokens_on_the_tiny_model(v15_dir, load):
 
 
 _MEMORY_PROBE = textwrap.dedent("""
-    import resource, sys, time
+    import resource, sys
     from types import SimpleNamespace
     import numpy as np
     from PIL import Image
@@ -178,26 +178,24 @@ _MEMORY_PROBE = textwrap.dedent("""
         width, height = map(int, arg.split("x"))
         image = Image.fromarray(np.random.default_rng(0).integers(0, 256, (height, width, 3), dtype=np.uint8))
         before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-        start = time.perf_counter()
         out = process_images([image], proc, cfg)
-        seconds = time.perf_counter() - start
         grown = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-        print(arg, "x".join(map(str, out.shape)), grown // 1024, round(seconds, 2))
+        print(arg, "x".join(map(str, out.shape)), grown // 1024)
 """)
 
 
-def test_extreme_aspect_ratio_stays_small_and_fast():
-    """The issue's 30000 x 60 image (101 s and 12.4 GB before), and its transpose: the peak RSS grows by a few MB,
-    in well under 10 s. Run in a fresh process so that the peak is the call's own (Pillow's memory is invisible to
+def test_extreme_aspect_ratio_stays_small():
+    """The issue's 30000 x 60 image (12.4 GB before: the full-size square canvas), and its transpose: the peak RSS
+    grows by a few MB. Speed is not asserted here (a test is no benchmark). Run in a fresh process so that the peak is the call's own (Pillow's memory is invisible to
     tracemalloc)."""
     env = dict(os.environ, PYTHONPATH=REPO)
     result = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, "30000x60", "60x30000"], capture_output=True,
                             text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr
     for line in result.stdout.strip().splitlines():
-        size, shape, grown_mb, seconds = line.split()
+        size, shape, grown_mb = line.split()
         assert shape == "1x3x336x336", line
-        assert int(grown_mb) < 64 and float(seconds) < 10, line
+        assert int(grown_mb) < 64, line
 
 
 def test_decompression_bomb_names_the_file(tmp_path, monkeypatch):
