@@ -12,7 +12,7 @@ import sys
 
 import pytest
 
-from tests.test_scoring_pope import ANSWERS, LABELS, QUESTIONS
+from tests.test_scoring_pope import ANSWERS, write_pope_inputs
 from tests.helpers_io import write_jsonl
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -172,7 +172,6 @@ def test_eval_textvqa_exit_status_when_nothing_matches(tmp_path):
 # ------------------------------------------------------------------ POPE
 
 # The hand-made POPE case of test_scoring_pope (labels, LLaVA's question file), without its unknown id 99.
-POPE_LABELS, POPE_QUESTIONS = LABELS, QUESTIONS
 POPE_ANSWERS = [answer for answer in ANSWERS if answer["question_id"] != 99]
 SEPARATOR = "===================================="
 # adversarial TP=1 FP=1 TN=0 FN=1: acc 1/3, precision 1/2, recall 1/2, F1 1/2, yes ratio 2/3.
@@ -205,11 +204,7 @@ RANDOM = [
 
 @pytest.fixture
 def pope_files(tmp_path):
-    ann = tmp_path / "coco"
-    ann.mkdir()
-    for category, records in POPE_LABELS.items():
-        write_jsonl(ann / f"coco_pope_{category}.json", records)
-    return str(ann), write_jsonl(tmp_path / "llava_pope_test.jsonl", POPE_QUESTIONS)
+    return write_pope_inputs(tmp_path)
 
 
 @pytest.mark.parametrize("as_module", [False, True])

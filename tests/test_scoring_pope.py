@@ -113,16 +113,21 @@ ANSWERS = [
 ]
 
 
-@pytest.fixture
-def pope_files(tmp_path):
+def write_pope_inputs(tmp_path) -> tuple[str, str]:
+    """The hand-made case on disk: (annotation dir with one coco_pope_<category>.json per category, question file)."""
     ann = tmp_path / "coco"
     ann.mkdir()
     for category, records in LABELS.items():
         write_jsonl(ann / f"coco_pope_{category}.json", records)
-    (ann / "README.txt").write_text("ignored")
-    questions = write_jsonl(tmp_path / "llava_pope_test.jsonl", QUESTIONS)
+    return str(ann), write_jsonl(tmp_path / "llava_pope_test.jsonl", QUESTIONS)
+
+
+@pytest.fixture
+def pope_files(tmp_path):
+    ann, questions = write_pope_inputs(tmp_path)
+    (tmp_path / "coco" / "README.txt").write_text("ignored")
     answers = write_jsonl(tmp_path / "answers.jsonl", ANSWERS)
-    return str(ann), questions, answers
+    return ann, questions, answers
 
 
 def test_pope_joins_labels_by_image_and_question(pope_files):
