@@ -53,6 +53,8 @@ from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, fields as dataclass_fields
 from typing import Any, Iterable
 
+from llava.atomic import atomic_write
+
 _MISSING = "<missing>"  # what a line without an identity field reports for it
 
 
@@ -349,15 +351,10 @@ class AnswersFile:
 
 
 def _write_jsonl(records: list[dict], out_path: str) -> None:
-    """Write next to ``out_path`` and rename over it, so a crash never leaves a half-written file."""
-    os.makedirs(os.path.dirname(os.path.abspath(out_path)), exist_ok=True)
-    tmp = f"{out_path}.merging"
-    with open(tmp, "wb") as f:
+    """Write atomically (:func:`llava.atomic.atomic_write`), so a crash never leaves a half-written file."""
+    with atomic_write(out_path, "wb") as f:
         for record in records:
             f.write((json.dumps(record) + "\n").encode("utf-8"))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, out_path)
 
 
 def merge_answers(chunk_paths: list[str], out_path: str) -> int:

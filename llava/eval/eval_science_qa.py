@@ -33,6 +33,7 @@ if __package__ in (None, ""):
     # Run as a file: sys.path[0] is llava/eval, so the package root must be added for the imports below.
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
+from llava.atomic import atomic_write  # noqa: E402
 from llava.eval.scoring import sqa  # noqa: E402
 from llava.eval.scoring.common import exit_code, load_answers, report_lines  # noqa: E402
 
@@ -66,8 +67,8 @@ def summary_line(entries: dict[str, list[dict]]) -> str:
 
 
 def write_llava_json(path: str, obj: dict) -> None:
-    """Byte-for-byte LLaVA's ``json.dump(obj, open(path, 'w'), indent=2)``."""
-    with open(path, "w", encoding="utf-8") as f:
+    """Byte-for-byte LLaVA's ``json.dump(obj, open(path, 'w'), indent=2)``, written atomically."""
+    with atomic_write(path) as f:
         json.dump(obj, f, indent=2)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from llava.atomic import atomic_write  # noqa: E402
 from llava.eval.scoring.easyvqa import question_kind  # noqa: E402
 from llava.eval.tasks import DEFAULT_DATA_ROOT  # noqa: E402
 
@@ -71,9 +72,8 @@ def export(data_root: str | os.PathLike = DEFAULT_DATA_ROOT, sets=tuple(SUBSETS)
         path.parent.mkdir(parents=True, exist_ok=True)
         text = "".join(json.dumps(record) + "\n" for record in subset(records, SUBSETS[name]))
         if not path.is_file() or path.read_text(encoding="utf-8") != text:
-            tmp = path.with_suffix(".jsonl.tmp")
-            tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, path)
+            with atomic_write(path) as f:
+                f.write(text)
         written[name] = path
     return written
 
