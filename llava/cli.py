@@ -9,6 +9,11 @@ import sys
 
 from llava.conversation import conv_templates
 
+# Set by the multi-chunk runner (llava.eval.run_benchmark) in its chunk workers' environment to its own PID: a worker
+# whose parent changes (the runner died) exits (llava.eval.model_vqa_loader.watch_parent). The fallback for systems
+# without prctl(PR_SET_PDEATHSIG), which the runner also sets.
+WATCH_PARENT_ENV = "FASTERVLM_WATCH_PARENT"
+
 # Errors a user can fix from the message alone: bad paths, values, templates, a missing optional package.
 EXPECTED_ERRORS = (OSError, ValueError, ImportError)
 

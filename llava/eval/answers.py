@@ -130,6 +130,17 @@ def item_key(question_id: Any, round_id: int | None = None, repeat: int = 0) -> 
     return key
 
 
+def repeat_numbers(bases: Iterable[str]) -> list[int]:
+    """For each key in order, how often it came before: 0, 1, 2, ... for the 1st, 2nd, 3rd asking of one question
+    (the ``metadata.repeat`` the eval runner writes, and the scorers match)."""
+    seen: dict[str, int] = {}
+    numbers = []
+    for base in bases:
+        numbers.append(seen.get(base, 0))
+        seen[base] = numbers[-1] + 1
+    return numbers
+
+
 def record_key(record: dict) -> str:
     """:func:`item_key` of an answer line."""
     metadata = record.get("metadata") or {}

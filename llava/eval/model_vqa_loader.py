@@ -44,16 +44,16 @@ import sys
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from llava.cli import check_conv_mode, run_cli
-from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, RunIdentity, hold_lock, item_key
+from llava.cli import WATCH_PARENT_ENV, check_conv_mode, run_cli
+from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, RunIdentity, hold_lock, item_key, repeat_numbers
+
+if TYPE_CHECKING:  # the module stays light: torch only when a model runs
+    from llava.model.pruning import PruningConfig
 
 # What LLaVA's model_vqa_loader generates at most; the other entry points use 1024, as upstream.
 DEFAULT_MAX_NEW_TOKENS = 128
-# Set by the multi-chunk runner to its PID: a worker whose parent changes (the runner died) exits. The fallback for
-# systems without prctl(PR_SET_PDEATHSIG), which the runner also sets (llava.eval.run_benchmark).
-WATCH_PARENT_ENV = "FASTERVLM_WATCH_PARENT"
 
 
 # --------------------------------------------------------------------------- questions
@@ -133,11 +133,8 @@ def number_repeats(questions: list[Question]) -> None:
     LLaVA's TextVQA file uses the image id as ``question_id``, so ids repeat; resuming needs a
     unique key per answer. Done on the whole file, so keys do not depend on the chunking.
     """
-    seen: dict[str, int] = {}
-    for q in questions:
-        base = item_key(q.question_id, q.extra.get("round_id"))
-        n = seen.get(base, 0)
-        seen[base] = n + 1
+    bases = [item_key(q.question_id, q.extra.get("round_id")) for q in questions]
+    for q, n in zip(questions, repeat_numbers(bases)):
         if n:
             q.metadata["repeat"] = n
 
@@ -186,11 +183,6 @@ def check_images(questions: list[Question], skip_bad: bool = False) -> dict[str,
             raise FileNotFoundError(message)
         raise ValueError(message)
     return bad
-
-
-def check_images_exist(questions: list[Question]) -> None:
-    """Fail before the model loads when an image is missing or unreadable, naming the question and the file."""
-    check_images(questions)
 
 
 # --------------------------------------------------------------------------- chunks

@@ -39,13 +39,14 @@ import subprocess
 import sys
 from dataclasses import dataclass
 
-from llava.cli import EXPECTED_ERRORS, check_conv_mode, run_cli
+from llava.cli import EXPECTED_ERRORS, WATCH_PARENT_ENV, check_conv_mode, run_cli
 from llava.eval.answers import hold_lock, merge_answers, skipped_path
+from llava.eval.scoring import SCORERS
+from llava.eval.scoring.common import NothingScoredError, coverage_line, headline_status, nothing_scored, write_json
 from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, METHOD_PARAMETERS,
                               Benchmark, method_folder)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-WATCH_PARENT_ENV = "FASTERVLM_WATCH_PARENT"  # read by llava.eval.model_vqa_loader (kept light: no import of it here)
 
 # Flags the runner sets itself; passing them through would desynchronise paths and identity.
 RUNNER_FLAGS = ("--model-path", "--question-file", "--image-folder", "--answers-file", "--num-chunks",
@@ -300,10 +301,6 @@ def score(plan: Plan) -> dict | None:
 def _report_headline(plan: Plan, metrics: dict) -> None:
     """Print the headline with its coverage (``accuracy: 100.00 (partial: 10/60 answered)``), record both in
     ``metrics.json`` under ``headline``, and raise NothingScoredError when nothing was scored."""
-    from llava.eval.scoring import SCORERS
-    from llava.eval.scoring.common import NothingScoredError, coverage_line, headline_status, nothing_scored, \
-        write_json
-
     name = plan.bench.name
     spec = SCORERS.get(name)
     status = headline_status(metrics, spec.missing_as_wrong if spec is not None else True)
@@ -326,10 +323,6 @@ def _report_headline(plan: Plan, metrics: dict) -> None:
 
 def _headline(name: str, metrics: dict):
     """(metric name, value) as declared by the scorer package, or None (upload-only benchmarks)."""
-    try:
-        from llava.eval.scoring import SCORERS
-    except ImportError:
-        return None
     spec = SCORERS.get(name)
     value = spec.headline_value(metrics) if spec is not None else None
     return (spec.headline, value) if isinstance(value, (int, float)) else None

@@ -38,7 +38,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Iterable, Iterator, Sequence
 
-from ..answers import item_key, record_key
+from ..answers import item_key, record_key, repeat_numbers
 from ...atomic import atomic_write
 
 # How many ids a report lists before it only counts.
@@ -139,19 +139,8 @@ def numbered_keys(question_ids: Iterable[Any]) -> list[str]:
     """Answer keys of the questions of a question file, in order: the 2nd, 3rd, ... question with one id gets
     ``<id>#1``, ``<id>#2``, ..., as the eval runner numbers them in ``metadata.repeat``
     (:func:`llava.eval.model_vqa_loader.number_repeats`, :func:`llava.eval.answers.record_key`)."""
-    seen: dict[str, int] = {}
-    keys = []
-    for qid in question_ids:
-        base = qid_key(qid)
-        n = seen.get(base, 0)
-        seen[base] = n + 1
-        keys.append(item_key(base, None, n))
-    return keys
-
-
-def answer_key(record: dict) -> str:
-    """The key an answer line is matched by: its question id, plus ``#<repeat>`` for a repeated question."""
-    return record_key(record)
+    bases = [qid_key(qid) for qid in question_ids]
+    return [item_key(base, None, n) for base, n in zip(bases, repeat_numbers(bases))]
 
 
 def base_id(key: str) -> str:
@@ -186,6 +175,11 @@ class MatchReport:
     unknown_ids: list = field(default_factory=list)  # in results, not in annotations
     missing_ids: list = field(default_factory=list)  # annotated, no result
     duplicate_ids: list = field(default_factory=list)  # more than one result (last one kept)
+
+    @property
+    def partial(self) -> bool:
+        """Fewer questions answered than expected."""
+        return self.n_matched < self.n_annotations
 
     @property
     def coverage(self) -> float | None:
@@ -259,11 +253,11 @@ def warning_lines(report: dict) -> list[str]:
 
 
 def index_by_id(answers: Iterable[dict], report: MatchReport) -> dict[str, dict]:
-    """:func:`answer_key` -> answer record. Repeats of a question (``metadata.repeat``) are kept apart; two lines
+    """:func:`llava.eval.answers.record_key` (question id, ``#<repeat>`` for a repeated question) -> answer record. Repeats of a question (``metadata.repeat``) are kept apart; two lines
     with one key are one question answered twice: reported as a duplicate, the last one wins."""
     by_id: dict[str, dict] = {}
     for record in answers:
-        key = answer_key(record)
+        key = record_key(record)
         if key in by_id:
             report.duplicate_ids.append(key)
         by_id[key] = record

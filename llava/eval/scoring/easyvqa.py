@@ -78,7 +78,7 @@ def score_easyvqa(questions: list[dict], answers: list[dict]) -> dict:
         "questions_by_kind": {k: v[1] for k, v in sorted(tallies.items()) if k != "all"},
         "majority_answer": majority,
         "majority_baseline": percent(majority_n, len(questions)),
-        "partial": report.n_matched < report.n_annotations,
+        "partial": report.partial,
         "accuracy_on_answered": percent(*answered),
         "report": report.to_dict(),
     }

@@ -98,7 +98,7 @@ def score_gqa(questions: dict, answers: list[dict]) -> dict:
         "open": acc("open"),
         "structural": by_prefix("structural/"),
         "semantic": by_prefix("semantic/"),
-        "partial": report.n_matched < report.n_annotations,
+        "partial": report.partial,
         "accuracy_on_answered": percent(*answered),
         "report": report.to_dict(),
     }

@@ -226,7 +226,7 @@ def score_mmbench(rows: list[dict], answers: list[dict]) -> dict:
         "layout": "round_id rotations" if all_rounds else "tsv rows (index mod 1e6)",
         "category": by_prefix("category/"),
         "l2_category": by_prefix("l2/"),
-        "partial": report.n_matched < report.n_annotations,
+        "partial": report.partial,
         "report": report.to_dict(),
     }
 

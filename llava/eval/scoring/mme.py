@@ -255,7 +255,7 @@ def evaluate(result_file: str, mme_dir: str | None = None, question_file: str | 
         raise ValueError("MME needs ground truth: pass --mme-dir, or a --question-file with 'answer' fields")
     items, report = match_answers(load_answers(result_file), truth, categories)
     metrics = score_items(items)
-    metrics["partial"] = report.n_matched < report.n_annotations
+    metrics["partial"] = report.partial
     metrics["report"] = report.to_dict()
     if eval_tool_dir:
         metrics["eval_tool_files"] = write_eval_tool(items, eval_tool_dir)

@@ -205,7 +205,7 @@ def score_pope(labelled: dict[str, tuple[str, str]], answers: list[dict], catego
             metrics["average"]["partial"] = True
             metrics["average"]["missing_categories"] = absent
             reasons.append(f"average over {len(present)}/{len(ordered)} categories, no answers for {', '.join(absent)}")
-    metrics["partial"] = report.n_matched < report.n_annotations or bool(reasons)
+    metrics["partial"] = report.partial or bool(reasons)
     if reasons:
         metrics["partial_reasons"] = reasons
     metrics["report"] = report.to_dict()

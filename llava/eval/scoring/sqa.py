@@ -163,7 +163,7 @@ def summarize(graded: list[Graded], report: MatchReport) -> dict:
         "correct": counts.get("all", [0, 0])[0],
         # Answered but no letter read: scored wrong, like the missing ones.
         "n_unparsed": sum(g.answer is not None and g.letter == FAILED for g in graded),
-        "partial": report.n_matched < report.n_annotations,
+        "partial": report.partial,
         "report": report.to_dict(),
     }
 

@@ -138,7 +138,7 @@ def score_textvqa(annotations: list[dict], answers: list[dict]) -> dict:
         "n_scored": len(scores),
         "n_matched_by_image_question": sum(how == "image_question" for _, _, how in pairs),
         "n_same_question_on_image": counts["same_question_on_image"],
-        "partial": report.n_matched < report.n_annotations,
+        "partial": report.partial,
         "report": report.to_dict(),
     }
 

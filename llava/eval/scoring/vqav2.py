@@ -54,7 +54,7 @@ def submission(split_questions: list[dict], answers: list[dict],
     report.unknown_ids = [key for key in texts if key not in in_split]
     n_empty = sum(1 for key in split_keys if key not in texts)
     return entries, {"n_empty": n_empty, "report": report.to_dict(),
-                     "partial": report.n_matched < report.n_annotations}
+                     "partial": report.partial}
 
 
 def score_vqav2(annotations: list[dict], answers: list[dict]) -> dict:
@@ -80,7 +80,7 @@ def score_vqav2(annotations: list[dict], answers: list[dict]) -> dict:
     return {
         "accuracy": percent(*tallies.get("all", (0.0, 0))),
         "answer_type": {g[5:]: percent(*t) for g, t in sorted(tallies.items()) if g.startswith("type/")},
-        "partial": report.n_matched < report.n_annotations,
+        "partial": report.partial,
         "accuracy_on_answered": percent(sum(scores.values()), len(scores)),
         "report": report.to_dict(),
     }
