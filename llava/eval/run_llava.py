@@ -28,7 +28,8 @@ from llava.mm_utils import (
 from llava.model.builder import load_pretrained_model
 
 DEFAULT_CONV_MODE = "vicuna_v1"  # when neither --conv-mode nor the checkpoint's config names one (LLaVA-1.5)
-# What a CLI reports in one line (exit 1) instead of a traceback: bad paths, files, arguments, missing packages.
+
+
 def build_prompt(query: str, n_images: int, conv_mode: str) -> str:
     """`<image-placeholder>` marks where images go; without it, one `<image>` per image is put first."""
     if IMAGE_PLACEHOLDER in query:
