@@ -430,7 +430,7 @@ def run_image(model, tokenizer, image_processor, item: DemoImage, configs, conv_
     from tqdm.auto import tqdm
 
     from llava.constants import IMAGE_TOKEN_INDEX
-    from llava.eval.run_llava import answer, build_prompt
+    from llava.inference import answer, build_prompt
     from llava.mm_utils import process_images, tokenizer_image_token
 
     image = item.image
@@ -465,7 +465,7 @@ def main(argv=None) -> DemoResult:
     """Run the demo; returns the first image's result (the others in `.more`)."""
     from transformers.utils import logging as hf_logging
 
-    from llava.eval.run_llava import (
+    from llava.inference import (
         answer,
         build_prompt,
         check_device,

@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from llava.eval import model_vqa_loader as loop  # noqa: E402
-from llava.eval.run_llava import generation_kwargs, load_from_args  # noqa: E402
+from llava.inference import generation_kwargs, load_from_args  # noqa: E402
 
 
 def default_inputs(argv: list[str]) -> list[str]:

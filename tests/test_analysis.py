@@ -23,7 +23,7 @@ from llava.eval.attention_stats import (
     tail_share,
     top_share,
 )
-from llava.eval.run_llava import build_prompt
+from llava.inference import build_prompt
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from tests.conftest import pil_image
 from tests.oracle_llava import cls_attention_and_features, eager_clip

@@ -174,7 +174,7 @@ def test_output_path_names_non_default_method_parameters(tmp_path):
 def test_method_parameter_defaults_match_the_entry_points():
     import argparse
 
-    from llava.eval.run_llava import add_model_args
+    from llava.inference import add_model_args
     from llava.eval.tasks import METHOD_PARAMETERS
 
     parser = argparse.ArgumentParser()

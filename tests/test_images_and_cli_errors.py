@@ -249,7 +249,7 @@ def test_run_llava_uses_the_checkpoints_template_and_greedy(v15_dir, tmp_path, m
 
 def test_stop_strings_per_template():
     from llava.conversation import conv_templates
-    from llava.eval.run_llava import stop_string
+    from llava.inference import stop_string
 
     # what ends an assistant turn in each template (llava/conversation.py), by hand
     expected = {"vicuna_v1": "</s>", "llava_v1": "</s>", "llava_llama_2": "</s>", "mistral_instruct": "</s>",
@@ -259,13 +259,14 @@ def test_stop_strings_per_template():
 
 def test_run_llava_stops_at_the_stop_string(v15_dir, tmp_path, monkeypatch, load):
     """Greedy output without stopping, cut by hand at the first occurrence of a stop string, equals run_llava's."""
+    from llava import inference
     from llava.conversation import conv_templates
     from llava.eval import run_llava
 
     tok, model, proc, _ = load(v15_dir)
     image = _image_file(tmp_path)
-    prompt = run_llava.build_prompt("what?", 1, "vicuna_v1")
-    free, _, _ = run_llava.answer(model, tok, proc, prompt, [load_image(image)], do_sample=False, max_new_tokens=8,
+    prompt = inference.build_prompt("what?", 1, "vicuna_v1")
+    free, _, _ = inference.answer(model, tok, proc, prompt, [load_image(image)], do_sample=False, max_new_tokens=8,
                                   min_new_tokens=8)
     words = free.split()
     assert len(words) >= 3, free
@@ -299,7 +300,7 @@ def no_model_load(monkeypatch):
     def refuse(*args, **kwargs):
         raise AssertionError("the model was loaded")
 
-    for module in ("llava.eval.run_llava", "llava.model.builder"):
+    for module in ("llava.inference", "llava.model.builder"):
         monkeypatch.setattr(f"{module}.load_pretrained_model", refuse)
     return llava.model.builder
 

@@ -3,6 +3,7 @@ from types import SimpleNamespace
 import pytest
 from transformers import AutoTokenizer
 
+from llava import inference
 from llava.eval import run_llava
 from llava.mm_utils import load_image, load_image_processor, process_images, tokenizer_image_token
 from tests.conftest import pil_image
@@ -37,9 +38,9 @@ def test_cli_answers_with_several_images(v15_dir, clip_dir, tmp_path, capsys):
 
 
 def test_prompt_building():
-    prompt = run_llava.build_prompt("compare <image-placeholder> and <image-placeholder>", 2, "vicuna_v1")
+    prompt = inference.build_prompt("compare <image-placeholder> and <image-placeholder>", 2, "vicuna_v1")
     assert prompt.endswith("USER: compare <image> and <image> ASSISTANT:")
-    assert "USER: <image>\n<image>\nhi ASSISTANT:" in run_llava.build_prompt("hi", 2, "vicuna_v1")
+    assert "USER: <image>\n<image>\nhi ASSISTANT:" in inference.build_prompt("hi", 2, "vicuna_v1")
 
 
 def test_cli_missing_image_is_named(v15_dir, tmp_path):

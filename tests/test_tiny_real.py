@@ -140,7 +140,7 @@ def test_fastervlm_keeps_the_top_cls_patches_of_a_real_image(loaded):
     projector's input); the answer is still a shape."""
     import easy_vqa
 
-    from llava.eval.run_llava import answer, build_prompt
+    from llava.inference import answer, build_prompt
     from llava.mm_utils import load_image, process_images
 
     tokenizer, model, image_processor, _ = loaded

@@ -47,6 +47,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from llava.cli import WATCH_PARENT_ENV, check_conv_mode, run_cli
+from llava.inference import generate_batch
 from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, RunIdentity, hold_lock, item_key, repeat_numbers
 
 if TYPE_CHECKING:  # the module stays light: torch only when a model runs
@@ -239,7 +240,7 @@ class QuestionDataset:
         return len(self.questions)
 
     def __getitem__(self, index: int) -> Sample:
-        from llava.eval.run_llava import build_prompt
+        from llava.inference import build_prompt
         from llava.mm_utils import process_images, tokenizer_image_token
 
         q = self.questions[index]
@@ -259,29 +260,6 @@ class QuestionDataset:
 
 def _collate(samples: list[Sample]) -> list[Sample]:
     return samples
-
-
-def generate_batch(model, tokenizer, samples: list[Sample], gen_kwargs: dict) -> list[tuple[str, int]]:
-    """(answer text, visual tokens kept) per sample; prompts are left-padded with an attention mask."""
-    import torch
-
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    longest = max(len(s.input_ids) for s in samples)
-    ids = torch.full((len(samples), longest), pad, dtype=torch.long)
-    mask = torch.zeros((len(samples), longest), dtype=torch.long)
-    for row, sample in enumerate(samples):
-        n = len(sample.input_ids)
-        ids[row, longest - n:] = sample.input_ids
-        mask[row, longest - n:] = 1
-    with_image = [s for s in samples if s.pixels is not None]
-    images = [s.pixels.to(model.device) for s in with_image] or None
-    sizes = [s.image_size for s in with_image] or None
-    with torch.inference_mode():
-        out, v_token_num, _ = model.generate(ids.to(model.device), attention_mask=mask.to(model.device),
-                                             images=images, image_sizes=sizes, pad_token_id=pad, **gen_kwargs)
-    texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
-    counts = v_token_num if isinstance(v_token_num, list) else [int(v_token_num)] * len(samples)
-    return list(zip(texts, counts))
 
 
 # --------------------------------------------------------------------------- the loop
@@ -449,7 +427,7 @@ def _run_locked(args, questions: list[Question], n_records: int, prompt_options:
 
     from torch.utils.data import DataLoader
 
-    from llava.eval.run_llava import generation_kwargs, load_from_args
+    from llava.inference import generation_kwargs, load_from_args
 
     tokenizer, model, image_processor, _ = load_from_args(args)
     identity = model_identity(args, model, prompt_options)
@@ -501,7 +479,7 @@ def tqdm_bar(total: int, initial: int, name: str):
 
 def build_parser(description: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> argparse.ArgumentParser:
     """Flags of every entry point: the model flags of ``run_llava`` plus files, chunks and batching."""
-    from llava.eval.run_llava import add_model_args
+    from llava.inference import add_model_args
 
     parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_model_args(parser)

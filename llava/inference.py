@@ -1,0 +1,157 @@
+"""From a question and its images to an answer: the prompt, the generation settings, one prompt or a left-padded
+batch through `model.generate`, and the model flags every command line shares.
+
+Used by `llava.eval.run_llava`, the eval entry points (`llava.eval.answering`), the demo and the analyses, so that
+each asks the model the same way. The prompt follows LLaVA's `run_llava.py` / `model_vqa_loader.py`
+(github.com/haotian-liu/LLaVA, llava/eval/): one `<image>` per image before the query, in the template's user turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+
+import torch
+
+from llava.cli import check_conv_mode
+from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
+from llava.conversation import Conversation, SeparatorStyle, conv_templates
+from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.model.builder import load_pretrained_model
+from llava.model.llava_arch import left_pad
+
+DEFAULT_CONV_MODE = "vicuna_v1"  # when neither --conv-mode nor the checkpoint's config names one (LLaVA-1.5)
+
+
+# --------------------------------------------------------------------------- the prompt
+
+
+def build_prompt(query: str, n_images: int, conv_mode: str) -> str:
+    """`<image-placeholder>` marks where images go; without it, one `<image>` per image is put first."""
+    if IMAGE_PLACEHOLDER in query:
+        query = re.sub(re.escape(IMAGE_PLACEHOLDER), DEFAULT_IMAGE_TOKEN, query)
+    elif DEFAULT_IMAGE_TOKEN not in query:
+        query = (DEFAULT_IMAGE_TOKEN + "\n") * n_images + query
+    conv = conv_templates[conv_mode].copy()
+    conv.append_message(conv.roles[0], query)
+    conv.append_message(conv.roles[1], None)
+    return conv.get_prompt()
+
+
+def resolve_conv_mode(requested: str | None, model_config) -> str:
+    """--conv-mode if given, else the checkpoint's own `conv_mode`, else vicuna_v1."""
+    if requested:
+        return check_conv_mode(requested)
+    own = getattr(model_config, "conv_mode", None)
+    if own:
+        return check_conv_mode(own, "the checkpoint's config.json conv_mode")
+    return DEFAULT_CONV_MODE
+
+
+def stop_string(conv: Conversation) -> str:
+    """The text that ends an assistant turn in `conv`'s template: generation stops there (upstream LLaVA's
+    run_llava stops on `sep2` for the two-separator style and on `sep` otherwise; here LLAMA_2 and PLAIN also
+    use the separator written after an assistant turn, which is what the model learned to emit)."""
+    if conv.sep_style == SeparatorStyle.MPT:
+        text = conv.sep
+    else:
+        text = conv.sep if conv.sep2 is None else conv.sep2
+    return text.strip() or text
+
+
+def trim_at_stop(text: str, stop: str) -> str:
+    """The answer before the first `stop` (the stopping criterion lets the stop string itself through)."""
+    return text.split(stop, 1)[0].strip() if stop else text.strip()
+
+
+# --------------------------------------------------------------------------- generation
+
+
+def generation_kwargs(args) -> dict:
+    """`generate` settings from --temperature / --top_p / --num_beams / --max_new_tokens: greedy at temperature 0
+    (top_p is then ignored), sampling above."""
+    sample = args.temperature > 0
+    kw = dict(do_sample=sample, num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, use_cache=True)
+    if sample:
+        kw.update(temperature=args.temperature, top_p=args.top_p)
+    return kw
+
+
+def pad_id(tokenizer) -> int:
+    """The id prompts are padded with: the tokenizer's pad token, else EOS (LLaMA tokenizers have none)."""
+    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+
+
+def answer(model, tokenizer, image_processor, prompt: str, images, **gen_kwargs):
+    """Generate for one prompt about `images` (PIL, in prompt order); returns (text, kept visual tokens, [CLS]
+    attention) as `model.generate` gives them."""
+    pixels = process_images(images, image_processor, model.config)
+    pixels = pixels.to(model.device) if isinstance(pixels, torch.Tensor) else [p.to(model.device) for p in pixels]
+    ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt").unsqueeze(0).to(model.device)
+    out, v_token_num, cls_attn = model.generate(ids, images=pixels, image_sizes=[im.size for im in images],
+                                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
+                                                **gen_kwargs)
+    return tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip(), v_token_num, cls_attn
+
+
+def generate_batch(model, tokenizer, samples, gen_kwargs: dict) -> list[tuple[str, int]]:
+    """(answer text, visual tokens kept) per sample, one `generate` call for all of them.
+
+    samples: objects with `input_ids` ((L_i,) LongTensor with IMAGE_TOKEN_INDEX), `pixels` ((3, S, S) or
+    (crops, 3, S, S), None for a text-only prompt) and `image_size` ((width, height) or None), as
+    `llava.eval.answering.QuestionDataset` makes them. Prompts are left-padded (`left_pad`) with an attention mask,
+    so each sample's answer equals its batch-size-1 answer under greedy decoding.
+    """
+    pad = pad_id(tokenizer)
+    ids, mask = left_pad([s.input_ids for s in samples], fill=pad)  # (B, L) each
+    with_image = [s for s in samples if s.pixels is not None]
+    images = [s.pixels.to(model.device) for s in with_image] or None
+    sizes = [s.image_size for s in with_image] or None
+    with torch.inference_mode():
+        out, v_token_num, _ = model.generate(ids.to(model.device), attention_mask=mask.to(model.device),
+                                             images=images, image_sizes=sizes, pad_token_id=pad, **gen_kwargs)
+    texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
+    counts = v_token_num if isinstance(v_token_num, list) else [int(v_token_num)] * len(samples)
+    return list(zip(texts, counts))
+
+
+# --------------------------------------------------------------------------- the model flags
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def check_device(device: str | None) -> None:
+    """A CUDA device asked for on a machine without one fails here, in words, not inside torch."""
+    if device is not None and str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"--device {device}: no CUDA device is available (torch.cuda.is_available() is False); "
+                         "use --device cpu")
+
+
+def add_model_args(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every entry point that loads a model."""
+    parser.add_argument("--model-path", required=True)
+    parser.add_argument("--model-base", default=None)
+    parser.add_argument("--conv-mode", default="vicuna_v1")
+    parser.add_argument("--visual-token-num", type=int, default=None,
+                        help="visual tokens kept per crop (default: all, i.e. no pruning; 576 for CLIP-336)")
+    parser.add_argument("--pruning-method", default="fastervlm")
+    parser.add_argument("--anyres-mode", default="paper", choices=["paper", "upstream"])
+    parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's K: prune after this many LLM layers")
+    parser.add_argument("--vision-tower-path", default=None, help="local copy of the config's mm_vision_tower")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--temperature", type=float, default=0.2)  # run_llava: 0 (greedy)
+    parser.add_argument("--top_p", type=float, default=None)
+    parser.add_argument("--num_beams", type=int, default=1)
+    parser.add_argument("--max_new_tokens", type=int, default=512)
+
+
+def load_from_args(args):
+    """`load_pretrained_model` with the flags of `add_model_args`: (tokenizer, model, image_processor, context)."""
+    return load_pretrained_model(
+        args.model_path, args.model_base, get_model_name_from_path(args.model_path),
+        device=args.device or default_device(), visual_token_num=args.visual_token_num,
+        pruning_method=args.pruning_method, anyres_mode=args.anyres_mode, vision_tower_path=args.vision_tower_path,
+        llm_layer=args.fastv_layer,
+    )
