@@ -1,53 +1,11 @@
-"""Registry of visual-token pruning methods: one module (or function) per method, one line here.
+"""Visual-token pruning: the method registry (`registry.py`), the settings (`config.py`: `PruningRequest` ->
+`PruningConfig`, and the CLI flags), the selectors (`selectors.py`, `visionzip.py`, `vispruner.py`) and the in-LLM
+methods (`llm.py`, `fastv.py`). Adding a method: one module (or function) and one line in `registry.METHODS`."""
 
-A selector runs before the projector: selector(features (N, P, C), cls_attn (N, P), budget, seed) returns the kept
-indices (N, k), ascending per row, or a `Selection` when it also rewrites the kept features (token merging).
-An in-LLM method is registered as its `LLMPruner` subclass: the projector then gets every token (`keep_all`) and the
-class is installed on the model's decoder layers (see `llm.py`).
-"""
+from llava.model.pruning.config import ANYRES_MODES, PruningConfig, PruningRequest, resolve_pruning
+from llava.model.pruning.llm import LLMPruner
+from llava.model.pruning.registry import METHODS, get_llm_pruner, get_selector, method_parameters
+from llava.model.pruning.selection import Selection, as_selection
 
-from llava.model.pruning import fastv, selectors, visionzip, vispruner
-from llava.model.pruning.llm import LLMPruner, keep_all
-from llava.model.pruning.selection import Selection, as_selection  # noqa: F401
-
-METHODS = {
-    "fastervlm": selectors.fastervlm,  # [CLS] attention top-k (arXiv 2412.01818)
-    "random": selectors.random,
-    "uniform": selectors.uniform,
-    "visionzip": visionzip.visionzip,  # dominant + contextual tokens (arXiv 2412.04467)
-    "vispruner": vispruner.vispruner,  # important + diverse tokens (VisPruner, ICCV 2025)
-    "fastv": fastv.FastV,  # inside the LLM after layer K (arXiv 2403.06764)
-}
-
-from llava.model.pruning.config import ANYRES_MODES, PruningConfig  # noqa: E402
-
-__all__ = ["METHODS", "PruningConfig", "ANYRES_MODES", "Selection", "as_selection", "get_selector", "get_llm_pruner",
-           "LLMPruner", "method_parameters"]
-
-
-def _entry(name: str):
-    if name not in METHODS:
-        raise ValueError(f"unknown pruning method {name!r}; registered methods: {sorted(METHODS)}")
-    return METHODS[name]
-
-
-def get_llm_pruner(name: str) -> type[LLMPruner] | None:
-    """The `LLMPruner` class of an in-LLM method, None for a pre-projector selector."""
-    entry = _entry(name)
-    return entry if isinstance(entry, type) and issubclass(entry, LLMPruner) else None
-
-
-def get_selector(name: str):
-    """The pre-projector selector of a method (`keep_all` for in-LLM methods)."""
-    return keep_all if get_llm_pruner(name) is not None else _entry(name)
-
-
-def method_parameters(pruning: PruningConfig) -> dict:
-    """The settings besides the budget that change what `pruning.method` keeps: FastV's K (`llm_layer`) for in-LLM
-    methods, the seed for selectors that draw at random (`uses_seed`). Answers files record exactly these."""
-    params = {}
-    if get_llm_pruner(pruning.method) is not None:
-        params["llm_layer"] = pruning.llm_layer
-    if getattr(get_selector(pruning.method), "uses_seed", False):
-        params["seed"] = pruning.seed
-    return params
+__all__ = ["METHODS", "PruningConfig", "PruningRequest", "resolve_pruning", "ANYRES_MODES", "Selection",
+           "as_selection", "get_selector", "get_llm_pruner", "LLMPruner", "method_parameters"]
