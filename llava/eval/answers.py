@@ -99,6 +99,26 @@ class RunIdentity:
         return asdict(self)
 
 
+def run_identity(args, pruning, *, model_id: str, anyres: bool, checkpoint: str | None,
+                 prompt_options: dict | None = None) -> RunIdentity:
+    """The one builder of a run's identity, so no setting can be missed.
+
+    pruning:  the run's `PruningConfig` (budget, method, anyres mode, `method_parameters()`); before the model
+              loads, its `PruningRequest` (``visual_token_num`` None while "all tokens" is unresolved);
+    args:     the entry point's generation flags: ``conv_mode``, ``temperature``, ``top_p`` (recorded only when
+              sampling: greedy decoding ignores it), ``num_beams``, ``max_new_tokens``;
+    model_id: ``get_model_name_from_path(--model-path)``; anyres: whether the checkpoint tiles (LLaVA-1.6), the only
+              case where ``anyres_mode`` changes an answer; checkpoint: the checkpoint's fingerprint;
+    prompt_options: the entry point's prompt flags."""
+    temperature = float(args.temperature)
+    params = {name: int(value) for name, value in pruning.method_parameters().items()}
+    return RunIdentity(model_id, pruning.visual_token_num, pruning.method, pruning.anyres_mode if anyres else None,
+                       method_params=params, conv_mode=args.conv_mode, temperature=temperature,
+                       top_p=args.top_p if temperature > 0 else None, num_beams=args.num_beams,
+                       max_new_tokens=args.max_new_tokens, prompt_options=dict(prompt_options or {}),
+                       checkpoint=checkpoint)
+
+
 # The fields of a line that say which run wrote it: all of RunIdentity's, in its order.
 IDENTITY_FIELDS = tuple(f.name for f in dataclass_fields(RunIdentity))
 
