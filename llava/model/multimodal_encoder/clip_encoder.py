@@ -3,8 +3,8 @@
 The public FasterVLM asked CLIP for every layer's attention maps (`output_attentions=True`), which forces eager
 attention and stores 24 x heads x 577 x 577 maps to use one row of one layer. Here the layers run with whatever
 attention backend the tower was built with (eager, sdpa, flash_attention_2); at the selected layer the query and
-key projections are captured with forward hooks and only the [CLS] query row is scored; the layers after the
-selected one are never run.
+key projections are captured with forward hooks and only the [CLS] query row is scored (`llava.model.attention_rows`);
+the layers after the selected one are never run.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
+
+from llava.model.attention_rows import QKCapture, cls_attention_from_qk
 
 
 @dataclass
@@ -27,20 +29,6 @@ def head_mean(x: torch.Tensor, num_heads: int) -> torch.Tensor:
     """(N, T, C) projections -> (N, T, C / num_heads), averaged over the heads (VisionZip's token descriptor)."""
     n, t, c = x.shape
     return x.view(n, t, num_heads, c // num_heads).mean(dim=2)
-
-
-def cls_attention_from_qk(q: torch.Tensor, k: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
-    """Head-averaged attention of token 0 ([CLS]) over all keys.
-
-    q, k: (N, T, C) projections of one layer. Returns (N, T) in float32; each row sums to 1.
-    Computed in float32 because softmax over 577 keys in fp16 loses the small weights the ranking needs.
-    """
-    n, t, c = k.shape
-    head_dim = c // num_heads
-    q_cls = q[:, :1].float().view(n, 1, num_heads, head_dim).transpose(1, 2)  # (N, H, 1, D)
-    keys = k.float().view(n, t, num_heads, head_dim).transpose(1, 2)  # (N, H, T, D)
-    scores = (q_cls @ keys.transpose(-1, -2)) * scale  # (N, H, 1, T)
-    return scores.softmax(dim=-1).mean(dim=1).squeeze(1)  # (N, T)
 
 
 class ClsAttentionTower(nn.Module):
@@ -116,19 +104,11 @@ class ClsAttentionTower(nn.Module):
         for layer in layers[: self.attn_layer]:
             hidden = self.run_layer(layer, hidden)
 
-        captured: dict[str, torch.Tensor] = {}
         q_mod, k_mod, num_heads, scale = self.qk_modules(layers[self.attn_layer])
-        handles = [
-            q_mod.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o)),
-            k_mod.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o)),
-        ]
-        try:
+        with QKCapture(q_mod, k_mod) as captured:
             hidden = self.run_layer(layers[self.attn_layer], hidden)
-        finally:
-            for h in handles:
-                h.remove()
-        cls_attn = cls_attention_from_qk(captured["q"], captured["k"], num_heads, scale)[:, 1:]  # (N, P)
-        keys = head_mean(captured["k"][:, 1:], num_heads)  # (N, P, C / heads)
+        cls_attn = cls_attention_from_qk(captured.q, captured.k, num_heads, scale)[:, 1:]  # (N, P)
+        keys = head_mean(captured.k[:, 1:], num_heads)  # (N, P, C / heads)
         return TowerOutput(features=hidden[:, 1:], cls_attn=cls_attn, keys=keys, cls_token=hidden[:, 0])
 
 

@@ -34,8 +34,9 @@ logits with an oracle of its inplace forward on a transformers Llama; cache-less
 - scores in float32 (the public code averages eager attention probabilities in the model's dtype).
 
 Only the scores FastV needs are computed: the layer-K query of the last token against all keys (q_proj / k_proj
-outputs captured by hooks, RoPE applied here), so the decoder keeps running with SDPA (or eager). Memory-efficient
-kernels never materialise the attention map FastV's public code reads (it needs eager attention + output_attentions).
+outputs captured by hooks, RoPE applied here: `llava.model.attention_rows`), so the decoder keeps running with SDPA
+(or eager). Memory-efficient kernels never materialise the attention map FastV's public code reads (it needs eager
+attention + output_attentions).
 
 Mechanics (transformers 5.x): `LlamaModel.forward` builds one causal mask and one (cos, sin) pair for the full
 sequence from layer 0's cache length, and hands them to every layer; each `DynamicCache` layer is separate. So the
@@ -51,8 +52,8 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 from transformers.cache_utils import DynamicCache
-from transformers.models.llama.modeling_llama import rotate_half
 
+from llava.model.attention_rows import QKCapture, last_query_attention
 from llava.model.pruning.llm import LLMPruner
 
 SUPPORTED_ATTENTION = ("sdpa", "eager")
@@ -67,33 +68,6 @@ def _take(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     expanded = list(x.shape)
     expanded[dim] = index.shape[1]
     return x.gather(dim, index.view(shape).expand(expanded))
-
-
-def _allowed(mask: torch.Tensor) -> torch.Tensor:
-    """Boolean view of a 4-D attention mask: SDPA's masks are bool, eager's are additive (0 or the dtype's min)."""
-    return mask if mask.dtype == torch.bool else mask > torch.finfo(mask.dtype).min / 2
-
-
-def last_token_attention(q_last: torch.Tensor, keys: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor,
-                         num_heads: int, num_kv_heads: int, scaling: float,
-                         mask: torch.Tensor | None = None) -> torch.Tensor:
-    """Head-mean softmax attention of the last query over all keys, as eager attention would compute it.
-
-    q_last (B, 1, H*D) and keys (B, L, KV*D): q_proj / k_proj outputs before RoPE; cos, sin (b, L, D); mask: the
-    layer's 4-D mask (b, 1, Lq, L) or None (causal: the last query sees every key). Returns (B, L) float32.
-    """
-    batch, length = keys.shape[:2]
-    head_dim = keys.shape[-1] // num_kv_heads
-    q = q_last.view(batch, 1, num_heads, head_dim).transpose(1, 2)  # (B, H, 1, D)
-    k = keys.view(batch, length, num_kv_heads, head_dim).transpose(1, 2)  # (B, KV, L, D)
-    cos_q, sin_q = cos[:, -1:].unsqueeze(1), sin[:, -1:].unsqueeze(1)
-    q = q * cos_q + rotate_half(q) * sin_q
-    k = k * cos.unsqueeze(1) + rotate_half(k) * sin.unsqueeze(1)
-    k = k.repeat_interleave(num_heads // num_kv_heads, dim=1)  # GQA: each query head reads its KV head
-    scores = (q.float() @ k.float().transpose(-1, -2)) * scaling  # (B, H, 1, L)
-    if mask is not None:
-        scores = scores.masked_fill(~_allowed(mask[:, :, -1:, :]), float("-inf"))
-    return scores.softmax(dim=-1).mean(dim=1).squeeze(1)  # (B, L)
 
 
 def choose_kept(attention: torch.Tensor, visual_mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
@@ -141,14 +115,14 @@ class FastV(LLMPruner):
         self._prefill_len = 0
         self._prefill = False
         self._scoring: tuple | None = None  # (request, position_embeddings, mask) while layer K runs
-        self._captured: dict[str, torch.Tensor] = {}
+        self._qk = QKCapture(attn.q_proj, attn.k_proj)  # active only while a pruned prefill runs layer K
+        self._qk.active = False
         self._step: dict | None = None  # arguments of layers > K for the current forward
         self._handles = [
             layers[k - 1].register_forward_pre_hook(self._before_scoring_layer, with_kwargs=True),
-            attn.q_proj.register_forward_hook(self._capture("q")),
-            attn.k_proj.register_forward_hook(self._capture("k")),
             layers[k].register_forward_pre_hook(self._before_first_pruned_layer, with_kwargs=True),
             *[layer.register_forward_pre_hook(self._before_later_layer, with_kwargs=True) for layer in layers[k + 1:]],
+            self._qk,  # `remove()` takes its hooks off with the others
         ]
 
     def arm(self, visual_mask: torch.Tensor, budgets: list[int]) -> list[int]:
@@ -163,18 +137,13 @@ class FastV(LLMPruner):
         return keep
 
     # -- hooks ---------------------------------------------------------------------------------------------------
-    def _capture(self, name: str):
-        def hook(module, args, output):
-            if self._scoring is not None:
-                self._captured[name] = output[:, -1:] if name == "q" else output
-        return hook
-
     def _before_scoring_layer(self, module, args, kwargs):
         cache = kwargs.get("cache", kwargs.get("past_key_values"))
         if cache is not None and not isinstance(cache, DynamicCache):
             raise NotImplementedError(f"FastV needs a DynamicCache (per-layer lengths), got {type(cache).__name__}")
         self._prefill = cache is None or cache.get_seq_length(self.layer) == 0
         self._step, self._scoring = None, None
+        self._qk.active = False
         if not self._prefill:
             return None
         self.kept = None
@@ -185,6 +154,7 @@ class FastV(LLMPruner):
         if cache is not None:
             self._armed = None  # consumed: decode steps reuse `kept`; without a cache every forward re-ranks
         self._scoring = (request, kwargs["position_embeddings"], kwargs.get("attention_mask"))
+        self._qk.active = True
         return None
 
     def _before_first_pruned_layer(self, module, args, kwargs):
@@ -208,7 +178,9 @@ class FastV(LLMPruner):
     def _prune_prefill(self, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         request, (cos, sin), mask = self._scoring
         self._scoring = None
-        q, k = self._captured.pop("q"), self._captured.pop("k")
+        q, k = self._qk.q[:, -1:], self._qk.k
+        self._qk.active = False
+        self._qk.clear()
         visual, keep = request.visual_mask.to(hidden.device), request.keep
         if visual.shape[0] != hidden.shape[0]:  # generate() expanded the batch (beams): rows repeat per sample
             repeat = hidden.shape[0] // visual.shape[0]
@@ -216,7 +188,7 @@ class FastV(LLMPruner):
         length = hidden.shape[1]
         if visual.shape[1] < length:  # cache-less generation: tokens generated after the prompt are text
             visual = torch.nn.functional.pad(visual, (0, length - visual.shape[1]))
-        attention = last_token_attention(q, k, cos, sin, self.num_heads, self.num_kv_heads, self.scaling, mask)
+        attention = last_query_attention(q, k, cos, sin, self.num_heads, self.num_kv_heads, self.scaling, mask)
         kept = choose_kept(attention, visual, keep)
         self.kept, self.last_attention, self._prefill_len = kept, attention, length
 
