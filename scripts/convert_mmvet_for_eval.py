@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from llava.eval.scoring import mmvet  # noqa: E402
-from llava.eval.scoring.common import emit, exit_code  # noqa: E402
+from llava.eval.scoring.report import emit, exit_code  # noqa: E402
 
 
 def main(argv=None) -> dict:

@@ -18,7 +18,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from llava.eval.scoring.common import emit, exit_code, load_answers, write_json  # noqa: E402
+from llava.eval.scoring.common import load_answers, write_json  # noqa: E402
+from llava.eval.scoring.report import emit, exit_code  # noqa: E402
 from llava.eval.scoring.vqav2 import read_split, submission  # noqa: E402
 
 

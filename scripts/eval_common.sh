@@ -4,11 +4,11 @@
 # and everything else happens in one Python runner, llava.eval.run_benchmark (see EVAL.md).
 #
 # TOKEN: visual tokens kept per crop (576 = no pruning; 144 / 58 / 29 = 75 / 90 / 95% reduction).
-# Environment (all optional):
-#   CKPT        checkpoint name in output paths  (llava-v1.5-7b | llava-v1.6-vicuna-7b)
-#   MODEL_PATH  checkpoint dir or hub name        (liuhaotian/$CKPT, from the local HF cache)
-#   DATA_ROOT   benchmark data root               (./playground/data/eval)
-#   METHOD      pruning method                    (fastervlm)
+# Environment (all optional), each turned into the runner flag beside it here; options after TOKEN win over them:
+#   CKPT        --ckpt            checkpoint name in output paths  (llava-v1.5-7b | llava-v1.6-vicuna-7b)
+#   MODEL_PATH  --model-path      checkpoint dir or hub name       (liuhaotian/$CKPT, from the local HF cache)
+#   DATA_ROOT   --data-root       benchmark data root              (./playground/data/eval)
+#   METHOD      --pruning-method  pruning method                   (fastervlm)
 #   CUDA_VISIBLE_DEVICES  one answering process per listed GPU, then merge
 #   PYTHON      interpreter                       (python)
 set -euo pipefail
@@ -23,7 +23,14 @@ fi
 token=$1
 shift
 
+# An unset or empty variable adds no flag, so the runner's default (by --family for the checkpoint) applies.
+settings=()
+[[ -n "${CKPT:-}" ]] && settings+=(--ckpt "${CKPT}")
+[[ -n "${MODEL_PATH:-}" ]] && settings+=(--model-path "${MODEL_PATH}")
+[[ -n "${DATA_ROOT:-}" ]] && settings+=(--data-root "${DATA_ROOT}")
+[[ -n "${METHOD:-}" ]] && settings+=(--pruning-method "${METHOD}")
+
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
 exec "${PYTHON:-python}" -W ignore -m llava.eval.run_benchmark \
-    --family "${family}" --benchmark "${bench}" --visual-token-num "${token}" "$@"
+    --family "${family}" --benchmark "${bench}" --visual-token-num "${token}" ${settings[@]+"${settings[@]}"} "$@"

@@ -2,7 +2,7 @@
 
 Every expected number is hand-computed from the case written in the test (e.g. two right answers of two
 questions = 100%). Repeats: the eval runner numbers the 2nd asking of an id ``metadata.repeat = 1``
-(llava/eval/model_vqa_loader.py ``number_repeats``); each scorer must score it as its own question.
+(llava/eval/questions.py ``number_repeats``); each scorer must score it as its own question.
 """
 
 import json
@@ -15,7 +15,7 @@ import pytest
 from llava.atomic import atomic_path, atomic_write
 from llava.cli import run_cli
 from llava.eval import run_benchmark
-from llava.eval.scoring import common, easyvqa, gqa, mme, mmbench, mmvet, pope, sqa, vizwiz, vqav2
+from llava.eval.scoring import common, easyvqa, gqa, mme, mmbench, mmvet, pope, report, sqa, vizwiz, vqav2
 from tests.helpers_io import write_jsonl
 
 
@@ -215,7 +215,7 @@ def test_pope_average_names_a_category_without_answers(tmp_path):
     assert metrics["average"]["f1"] == 50.0
     assert metrics["average"]["missing_categories"] == ["adversarial"]
     assert metrics["partial"] is True
-    status = common.headline_status(metrics, missing_as_wrong=False)
+    status = report.headline_status(metrics, missing_as_wrong=False)
     assert status["partial"] and "adversarial" in status["note"]
 
 

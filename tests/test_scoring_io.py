@@ -1,13 +1,12 @@
-"""Bad input to the scorers: malformed lines, missing files, incomplete records; the registry."""
+"""Bad input to the scorers: malformed lines, missing files, incomplete records."""
 
-import importlib
 import json
 
 import pytest
 
-from llava.eval.scoring import SCORERS, gqa, pope, textvqa
-from llava.eval.scoring.common import (MatchReport, coverage_line, emit, exit_code, load_answers, match_by_id,
-                                      read_jsonl)
+from llava.eval.scoring import gqa, pope, textvqa
+from llava.eval.scoring.common import MatchReport, load_answers, match_by_id, read_jsonl
+from llava.eval.scoring.report import coverage_line, emit, exit_code, warning_lines
 
 
 def test_malformed_jsonl_line_names_file_and_line(tmp_path):
@@ -58,7 +57,7 @@ def test_match_report_lists_first_ids_and_counts_all():
     assert [k for k, _ in pairs] == ["1"]
     assert listed["n_unknown"] == 25 and len(listed["unknown_ids"]) == 10
     assert listed["missing_ids"] == ["2", "3"]
-    unknown_line = [w for w in report.warnings() if "result ids not in the annotations" in w]
+    unknown_line = [w for w in warning_lines(report.to_dict()) if "result ids not in the annotations" in w]
     assert unknown_line == ["WARNING: 25 result ids not in the annotations (ignored): "
                             + ", ".join(str(i) for i in range(100, 110)) + ", ... (15 more)"]
 
@@ -70,13 +69,13 @@ def test_report_coverage_fields():
     assert (listed["n_expected"], listed["n_answered"]) == (3, 1)
     assert listed["coverage"] == pytest.approx(100 / 3)
     assert coverage_line(listed) == "coverage: 1/3 (33.3%)"
-    assert report.warnings()[0] == "WARNING: incomplete answers: 1 of 3 questions answered (33.3% coverage)"
+    assert warning_lines(report.to_dict())[0] == "WARNING: incomplete answers: 1 of 3 questions answered (33.3% coverage)"
 
 
 def test_full_coverage_has_no_warning():
     _, report = match_by_id([{"question_id": 2, "text": ""}, {"question_id": 1, "text": ""}], [1, 2])
     assert report.to_dict()["coverage"] == 100.0
-    assert report.warnings() == []
+    assert warning_lines(report.to_dict()) == []
 
 
 def test_emit_prints_a_coverage_line_per_report(capsys):
@@ -103,19 +102,6 @@ def test_exit_code_when_nothing_was_scored(reports, code, capsys):
                for i, (e, a) in enumerate(reports)}
     assert exit_code(metrics) == code
     assert ("ERROR: nothing was scored" in capsys.readouterr().err) == bool(code)
-
-
-def test_registry_entries_resolve():
-    assert {"textvqa", "vqav2", "gqa", "vizwiz", "sqa", "pope", "mme", "mmbench", "mmbench_cn", "mmvet"} <= set(SCORERS)
-    for name, spec in SCORERS.items():
-        module = importlib.import_module(f"llava.eval.scoring.{spec.module}")
-        assert callable(spec.evaluate) and callable(module.main), name
-        assert spec.server_scored == (spec.headline is None), name
-
-
-def test_headline_value_follows_the_path():
-    assert SCORERS["pope"].headline_value({"average": {"f1": 85.0}}) == 85.0
-    assert SCORERS["mmbench"].headline_value({"note": "not scored"}) is None
 
 
 def test_cli_output_json(tmp_path):

@@ -34,7 +34,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from llava.eval.scoring import pope  # noqa: E402
-from llava.eval.scoring.common import exit_code, report_lines  # noqa: E402
+from llava.eval.scoring.report import exit_code, report_lines  # noqa: E402
 
 SEPARATOR = "=" * 36
 

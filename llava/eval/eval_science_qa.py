@@ -35,7 +35,8 @@ if __package__ in (None, ""):
 
 from llava.atomic import atomic_write  # noqa: E402
 from llava.eval.scoring import sqa  # noqa: E402
-from llava.eval.scoring.common import exit_code, load_answers, report_lines  # noqa: E402
+from llava.eval.scoring.common import load_answers  # noqa: E402
+from llava.eval.scoring.report import exit_code, report_lines  # noqa: E402
 
 UNKNOWN_PROMPT = "Unknown"  # what LLaVA records as the question of an unanswered problem
 

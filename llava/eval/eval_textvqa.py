@@ -24,7 +24,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 from llava.eval.scoring import textvqa  # noqa: E402
-from llava.eval.scoring.common import exit_code, report_lines  # noqa: E402
+from llava.eval.scoring.report import exit_code, report_lines  # noqa: E402
 
 
 def eval_single(annotation_file: str, result_file: str) -> dict:

@@ -3,13 +3,14 @@
     python -m llava.eval.run_benchmark --benchmark textvqa --visual-token-num 144
     CUDA_VISIBLE_DEVICES=0,1,2,3 python -m llava.eval.run_benchmark --benchmark vqav2 --visual-token-num 58
 
-What runs comes from the declaration in :mod:`llava.eval.tasks`; which model, where the data
-is and which pruning method from flags, else environment variables, else defaults:
+What runs (entry point and its flags, scorer, headline metric) comes from the benchmark's declaration in
+:mod:`llava.eval.tasks`; which model, where the data is and which pruning method from flags (the scripts under
+``scripts/<family>/eval/`` turn the environment variables beside them into these flags, ``scripts/eval_common.sh``):
 
-    --ckpt        CKPT        checkpoint name used in output paths (llava-v1.5-7b; --family v1_6: llava-v1.6-vicuna-7b)
-    --model-path  MODEL_PATH  checkpoint directory or hub name (liuhaotian/<ckpt>, from the local HF cache)
-    --data-root   DATA_ROOT   ./playground/data/eval
-    --method      METHOD      fastervlm (--pruning-method, and the output folder)
+    --ckpt            CKPT        name in output paths (llava-v1.5-7b; --family v1_6: llava-v1.6-vicuna-7b)
+    --model-path      MODEL_PATH  checkpoint directory or hub name (liuhaotian/<ckpt>, from the local HF cache)
+    --data-root       DATA_ROOT   ./playground/data/eval
+    --pruning-method  METHOD      fastervlm (alias --method): given to the entry point as is; the output folder
 
 Answers: ``<data root>/<bench folder>/answers/<ckpt>/<method>/n_<tokens>.jsonl``, where ``<method>``
 also names non-default method parameters (``fastv_k3`` for ``--fastv-layer 3``; see
@@ -31,7 +32,6 @@ import argparse
 import ctypes
 import ctypes.util
 import importlib
-import importlib.util
 import os
 import shlex
 import signal
@@ -41,16 +41,15 @@ from dataclasses import dataclass
 
 from llava.cli import EXPECTED_ERRORS, WATCH_PARENT_ENV, check_conv_mode, run_cli
 from llava.eval.answers import hold_lock, merge_answers, skipped_path
-from llava.eval.scoring import SCORERS
-from llava.eval.scoring.common import NothingScoredError, coverage_line, headline_status, nothing_scored, write_json
+from llava.eval.scoring.common import write_json
+from llava.eval.scoring.report import NothingScoredError, coverage_line, headline_status, nothing_scored
 from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, METHOD_PARAMETERS,
                               Benchmark, method_folder)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
 
-# Flags the runner sets itself; passing them through would desynchronise paths and identity.
-RUNNER_FLAGS = ("--model-path", "--question-file", "--image-folder", "--answers-file", "--num-chunks",
-                "--chunk-idx", "--visual-token-num", "--pruning-method")
+# Entry-point flags the runner sets itself (from its own flags and the paths of the declaration).
+RUNNER_FLAGS = ("--question-file", "--image-folder", "--answers-file", "--num-chunks", "--chunk-idx")
 
 
 @dataclass
@@ -66,13 +65,13 @@ class Plan:
     chunks: int
     gpus: list[str]
     passthrough: list[str]
+    method_dir: str  # the method's folder in paths (tasks.method_folder)
     dry_run: bool = False
     no_score: bool = False
-    method_dir: str = ""  # the method's folder in paths (tasks.method_folder); the method itself when empty
 
     @property
     def run(self) -> str:
-        return f"{self.ckpt}/{self.method_dir or self.method}/n_{self.tokens}"
+        return f"{self.ckpt}/{self.method_dir}/n_{self.tokens}"
 
     def path(self, relative: str) -> str:
         return os.path.normpath(os.path.join(self.folder, relative.format(run=self.run)))
@@ -127,10 +126,11 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
     parser.add_argument("--visual-token-num", type=int, required=True, help="visual tokens kept per crop")
     parser.add_argument("--family", default="v1_5", choices=sorted(FAMILY_CKPT), help="picks the default --ckpt")
-    parser.add_argument("--ckpt", default=None, help="checkpoint name in output paths (env CKPT)")
-    parser.add_argument("--model-path", default=None, help="checkpoint dir or hub name (env MODEL_PATH)")
-    parser.add_argument("--data-root", default=None, help=f"benchmarks root (env DATA_ROOT; {DEFAULT_DATA_ROOT})")
-    parser.add_argument("--method", default=None, help=f"pruning method (env METHOD; {DEFAULT_METHOD})")
+    parser.add_argument("--ckpt", default=None, help="checkpoint name in output paths (default: by --family)")
+    parser.add_argument("--model-path", default=None, help="checkpoint dir or hub name (default: liuhaotian/<ckpt>)")
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help=f"benchmarks root ({DEFAULT_DATA_ROOT})")
+    parser.add_argument("--pruning-method", "--method", dest="method", default=DEFAULT_METHOD,
+                        help=f"pruning method, given to the entry point as is ({DEFAULT_METHOD})")
     parser.add_argument("--num-chunks", type=int, default=None,
                         help="processes to split the questions over (default: one per GPU in CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--no-score", action="store_true", help="stop after the answers file")
@@ -156,28 +156,24 @@ def make_plan(argv=None) -> Plan:
     # Bad values are ValueErrors (one line and exit 1 from `cli`), checked before anything runs or loads.
     owned = [a for a in passthrough if a.split("=")[0] in RUNNER_FLAGS]
     if owned:
-        raise ValueError(f"{owned[0].split('=')[0]} is set by the runner; use its own flags / environment variables")
+        raise ValueError(f"{owned[0].split('=')[0]} is set by the runner from the benchmark's declaration")
     if args.visual_token_num < 1:
         raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
     conv_mode = _passed_value(passthrough, "--conv-mode")
     if conv_mode is not None:
         check_conv_mode(conv_mode)
     bench = BENCHMARKS[args.benchmark]
-    method = args.method or os.environ.get("METHOD") or DEFAULT_METHOD
-    method_dir = method_folder(method, {flag: _passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
-    ckpt = args.ckpt or os.environ.get("CKPT") or FAMILY_CKPT[args.family]
+    method_dir = method_folder(args.method, {flag: _passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
+    ckpt = args.ckpt or FAMILY_CKPT[args.family]
     gpus = visible_gpus()
     chunks = args.num_chunks or max(len(gpus), 1)
     if chunks < 1:
         raise ValueError(f"--num-chunks {chunks}: must be at least 1")
-    plan = Plan(
-        bench=bench, tokens=args.visual_token_num, ckpt=ckpt,
-        model_path=args.model_path or os.environ.get("MODEL_PATH") or f"liuhaotian/{ckpt}",
-        method=method, method_dir=method_dir,
-        folder=os.path.join(args.data_root or os.environ.get("DATA_ROOT") or DEFAULT_DATA_ROOT, bench.folder),
+    return Plan(
+        bench=bench, tokens=args.visual_token_num, ckpt=ckpt, model_path=args.model_path or f"liuhaotian/{ckpt}",
+        method=args.method, method_dir=method_dir, folder=os.path.join(args.data_root, bench.folder),
         chunks=chunks, gpus=gpus, passthrough=passthrough, dry_run=args.dry_run, no_score=args.no_score,
     )
-    return plan
 
 
 def check_inputs(plan: Plan) -> None:
@@ -195,7 +191,7 @@ def _die_with_parent() -> None:
     """preexec_fn of a chunk process (runs in the child before exec): its own process group, so a terminal's
     Ctrl-C reaches the runner alone, which then stops the group; and, on Linux, SIGKILL when the runner dies
     (prctl PR_SET_PDEATHSIG), so a ``kill -9`` of the runner leaves no orphan answering on. Elsewhere the child
-    polls its parent instead (``FASTERVLM_WATCH_PARENT``, :func:`llava.eval.model_vqa_loader.watch_parent`)."""
+    polls its parent instead (``FASTERVLM_WATCH_PARENT``, :func:`llava.eval.answering.watch_parent`)."""
     os.setpgid(0, 0)
     libc_name = ctypes.util.find_library("c")
     if libc_name and sys.platform.startswith("linux"):
@@ -280,15 +276,9 @@ def _report_skipped(plan: Plan) -> None:
 def score(plan: Plan) -> dict | None:
     """Run the declared scorer on the answers file (in this process) and print its headline metric."""
     bench = plan.bench
-    if bench.scorer is None:
-        return None
     module = f"llava.eval.scoring.{bench.scorer}"
     argv = plan.scorer_argv()
-    command = module_command(module, argv)
-    if importlib.util.find_spec(module) is None:
-        print(f"[{bench.name}] scorer {module} is not installed; it would run: {command}", flush=True)
-        return None
-    print(f"[{bench.name}] {command}", flush=True)
+    print(f"[{bench.name}] {module_command(module, argv)}", flush=True)
     if plan.dry_run:
         return None
     metrics = importlib.import_module(module).main(argv)
@@ -301,10 +291,10 @@ def score(plan: Plan) -> dict | None:
 def _report_headline(plan: Plan, metrics: dict) -> None:
     """Print the headline with its coverage (``accuracy: 100.00 (partial: 10/60 answered)``), record both in
     ``metrics.json`` under ``headline``, and raise NothingScoredError when nothing was scored."""
-    name = plan.bench.name
-    spec = SCORERS.get(name)
-    status = headline_status(metrics, spec.missing_as_wrong if spec is not None else True)
-    headline = _headline(name, metrics)
+    bench, name = plan.bench, plan.bench.name
+    status = headline_status(metrics, bench.missing_as_wrong)
+    value = bench.headline_value(metrics)
+    headline = None if value is None else (bench.headline, value)
     run = f"({plan.ckpt}, {plan.method}, {plan.tokens} tokens per crop)"
     if headline is not None:
         note = f" ({status['note']})" if status["partial"] else ""
@@ -319,13 +309,6 @@ def _report_headline(plan: Plan, metrics: dict) -> None:
     if reason is not None:
         raise NothingScoredError(f"{name}: nothing was scored: {reason} (answers {plan.answers}, "
                                  f"metrics {plan.metrics})")
-
-
-def _headline(name: str, metrics: dict):
-    """(metric name, value) as declared by the scorer package, or None (upload-only benchmarks)."""
-    spec = SCORERS.get(name)
-    value = spec.headline_value(metrics) if spec is not None else None
-    return (spec.headline, value) if isinstance(value, (int, float)) else None
 
 
 def main(argv=None) -> dict:

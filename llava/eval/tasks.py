@@ -1,4 +1,9 @@
-"""The benchmarks, declared once: files, prompt, entry point and scorer.
+"""The benchmarks, declared once: files, question format, entry point, scorer and headline metric.
+
+One :class:`Benchmark` entry per benchmark in :data:`BENCHMARKS` (as lmms-eval declares a task in one YAML file):
+the runner (:mod:`llava.eval.run_benchmark`) reads from it what to answer, with which entry point and flags, how to
+score and which metric to print as the headline. The scorers themselves (:mod:`llava.eval.scoring`) are plain
+modules with their own command lines and know nothing of this table.
 
 Paths are relative to the benchmark's folder ``<data root>/<folder>`` (data root default
 ``./playground/data/eval``, upstream LLaVA's layout of its ``eval.zip``). In scorer arguments
@@ -33,12 +38,17 @@ class Benchmark:
     entry:           module under ``llava.eval`` that answers the questions.
     prompt:          how a question is put to the model (documentation; LLaVA's question files
                      already carry their answer-format instruction, ``entry_args`` add the rest).
+    scorer:          module under ``llava.eval.scoring`` (scorer or submission converter).
+    headline:        "/"-separated path of the headline metric in the scorer's metrics; None where the number
+                     comes from an evaluation server or grader (the scorer writes the upload file).
     entry_args:      fixed flags of the entry point.
     conv_mode:       conversation template.
-    scorer:          module under ``llava.eval.scoring`` (scorer or submission converter).
     scorer_args:     (flag, path) pairs; paths relative to the folder, ``{run}`` expanded.
     optional_args:   (flag, path) pairs passed only when the path exists.
     outputs:         (path, what it is for): files the scorer writes besides the metrics.
+    missing_as_wrong: whether the headline counts an unanswered question as wrong (as the official scorer does,
+                     or would for an incomplete run); False where it is left out of the mean (TextVQA, POPE), so
+                     the number is over the answered questions only and the runner marks it partial.
     """
 
     name: str
@@ -47,12 +57,31 @@ class Benchmark:
     image_folder: str | None
     entry: str
     prompt: str
+    scorer: str
+    headline: str | None
     entry_args: tuple[str, ...] = ()
     conv_mode: str = "vicuna_v1"
-    scorer: str | None = None
     scorer_args: tuple[tuple[str, str], ...] = ()
     optional_args: tuple[tuple[str, str], ...] = ()
     outputs: tuple[tuple[str, str], ...] = ()
+    missing_as_wrong: bool = True
+
+    @property
+    def server_scored(self) -> bool:
+        """Whether the real number comes from an evaluation server or grader, not from the scorer."""
+        return self.headline is None
+
+    def headline_value(self, metrics: dict) -> float | None:
+        """The headline number in the scorer's metrics; None for upload-only benchmarks and where the metrics
+        hold no score (e.g. an MMBench test split, which has no answers to score against)."""
+        if self.headline is None:
+            return None
+        value = metrics
+        for part in self.headline.split("/"):
+            if not isinstance(value, dict) or part not in value:
+                return None
+            value = value[part]
+        return value if isinstance(value, (int, float)) else None
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
@@ -60,7 +89,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         name="vqav2", folder="vqav2",
         question_file="llava_vqav2_mscoco_test-dev2015.jsonl", image_folder="test2015",
         entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
-        scorer="vqav2",
+        scorer="vqav2", headline=None,
         scorer_args=(("--test-split", "llava_vqav2_mscoco_test2015.jsonl"),
                      ("--question-file", "llava_vqav2_mscoco_test-dev2015.jsonl"),
                      ("--upload-file", "answers_upload/{run}.json")),
@@ -70,7 +99,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         name="gqa", folder="gqa",
         question_file="llava_gqa_testdev_balanced.jsonl", image_folder="data/images",
         entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
-        scorer="gqa",
+        scorer="gqa", headline="accuracy",
         scorer_args=(("--question-file", "data/testdev_balanced_questions.json"),
                      ("--predictions-file", "data/{run}/testdev_balanced_predictions.json")),
         outputs=(("data/{run}/testdev_balanced_predictions.json", "for GQA's own eval.py"),),
@@ -79,8 +108,9 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         name="vizwiz", folder="vizwiz",
         question_file="llava_test.jsonl", image_folder="test",
         entry="model_vqa_loader",
-        prompt=f"<question>\\nWhen the provided information is insufficient, respond with 'Unanswerable'.\\n{SHORT_ANSWER}",
-        scorer="vizwiz",
+        prompt=("<question>\\nWhen the provided information is insufficient, respond with 'Unanswerable'.\\n"
+                f"{SHORT_ANSWER}"),
+        scorer="vizwiz", headline=None,
         scorer_args=(("--test-split", "llava_test.jsonl"), ("--upload-file", "answers_upload/{run}.json")),
         outputs=(("answers_upload/{run}.json", "upload to the EvalAI VizWiz-VQA test phase"),),
     ),
@@ -89,25 +119,27 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         question_file="llava_test_CQM-A.json", image_folder="images/test",
         entry="model_vqa_science", prompt=f"<context, question, options (A) ..>\\n{LETTER_ANSWER}",
         entry_args=("--single-pred-prompt",),
-        scorer="sqa", scorer_args=(("--base-dir", "."),),
+        scorer="sqa", headline="img_accuracy", scorer_args=(("--base-dir", "."),),
     ),
     Benchmark(
         name="textvqa", folder="textvqa",
         question_file="llava_textvqa_val_v051_ocr.jsonl", image_folder="train_images",
         entry="model_vqa_loader", prompt=f"<question>\\nReference OCR token: <tokens>\\n{SHORT_ANSWER}",
-        scorer="textvqa", scorer_args=(("--annotation-file", "TextVQA_0.5.1_val.json"),),
+        scorer="textvqa", headline="accuracy", missing_as_wrong=False,
+        scorer_args=(("--annotation-file", "TextVQA_0.5.1_val.json"),),
     ),
     Benchmark(
         name="pope", folder="pope",
         question_file="llava_pope_test.jsonl", image_folder="val2014",
         entry="model_vqa_loader", prompt=f"<question>\\n{SHORT_ANSWER}",
-        scorer="pope", scorer_args=(("--annotation-dir", "coco"), ("--question-file", "llava_pope_test.jsonl")),
+        scorer="pope", headline="average/f1", missing_as_wrong=False,
+        scorer_args=(("--annotation-dir", "coco"), ("--question-file", "llava_pope_test.jsonl")),
     ),
     Benchmark(
         name="mme", folder="MME",
         question_file="llava_mme.jsonl", image_folder="MME_Benchmark_release_version",
         entry="model_vqa_loader", prompt=f"<question> Please answer yes or no.\\n{SHORT_ANSWER}",
-        scorer="mme",
+        scorer="mme", headline="perception/total",
         scorer_args=(("--mme-dir", "MME_Benchmark_release_version"), ("--question-file", "llava_mme.jsonl"),
                      ("--eval-tool-dir", "eval_tool/answers/{run}")),
         outputs=(("eval_tool/answers/{run}/<subtask>.txt", "the layout of MME's eval_tool/calculation.py"),),
@@ -117,7 +149,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         question_file="mmbench_dev_20230712.tsv", image_folder=None,
         entry="model_vqa_mmbench", prompt=f"<hint>\\n<question>\\nA. ..\\nB. ..\\n{LETTER_ANSWER}",
         entry_args=("--single-pred-prompt",),
-        scorer="mmbench",
+        scorer="mmbench", headline="accuracy",
         scorer_args=(("--annotation-file", "mmbench_dev_20230712.tsv"),
                      ("--upload-file", "answers_upload/{run}.xlsx")),
         outputs=(("answers_upload/{run}.xlsx", "upload to the OpenCompass MMBench server"),),
@@ -127,7 +159,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         question_file="mmbench_dev_cn_20231003.tsv", image_folder=None,
         entry="model_vqa_mmbench", prompt="<hint>\\n<question>\\nA. ..\\nB. ..\\n请直接回答选项字母。",
         entry_args=("--lang", "cn", "--single-pred-prompt"),
-        scorer="mmbench",
+        scorer="mmbench", headline="accuracy",
         scorer_args=(("--annotation-file", "mmbench_dev_cn_20231003.tsv"),
                      ("--upload-file", "answers_upload/{run}.xlsx")),
         outputs=(("answers_upload/{run}.xlsx", "upload to the OpenCompass MMBench server"),),
@@ -136,7 +168,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         name="mmvet", folder="mm-vet",
         question_file="llava-mm-vet.jsonl", image_folder="images",
         entry="model_vqa", prompt="<question> (free-form answer, no instruction)",
-        scorer="mmvet", scorer_args=(("--upload-file", "results/{run}.json"),),
+        scorer="mmvet", headline=None, scorer_args=(("--upload-file", "results/{run}.json"),),
         optional_args=(("--annotation-file", "mm-vet.json"),),
         outputs=(("results/{run}.json", "grade with MM-Vet's GPT-4 grader"),),
     ),
@@ -147,7 +179,7 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         question_file=f"llava_{name}_test.jsonl", image_folder="../easyvqa/images",
         entry="model_vqa_loader", prompt="<question> (the conversation's system prompt asks for a single word)",
         entry_args=("--max_new_tokens", "8"), conv_mode="smollm2_short",
-        scorer="easyvqa", scorer_args=(("--question-file", f"llava_{name}_test.jsonl"),),
+        scorer="easyvqa", headline="accuracy", scorer_args=(("--question-file", f"llava_{name}_test.jsonl"),),
     ) for name in ("easyvqa", "easyvqa_500")),
 )}
 

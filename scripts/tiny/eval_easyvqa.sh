@@ -37,4 +37,5 @@ if [[ ! -f "${data_root}/${set_name}/llava_${set_name}_test.jsonl" ]]; then  # o
 fi
 model_path="${MODEL_PATH:-$("${py}" -W ignore -m llava.model.tiny_real)}"
 exec "${py}" -W ignore -m llava.eval.run_benchmark --benchmark "${set_name}" --visual-token-num "${token}" \
-    --ckpt tiny-llava-dinov2-smollm2 --model-path "${model_path}" --data-root "${data_root}" "$@"
+    --ckpt tiny-llava-dinov2-smollm2 --model-path "${model_path}" --data-root "${data_root}" \
+    --pruning-method "${METHOD:-fastervlm}" "$@"

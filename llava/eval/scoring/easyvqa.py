@@ -25,8 +25,8 @@ import string
 import sys
 from collections import Counter
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, numbered_keys, percent,
-                     read_jsonl, require_fields)
+from .common import MatchReport, index_by_id, load_answers, numbered_keys, percent, read_jsonl, require_fields
+from .report import base_parser, emit, exit_code
 
 COLORS = ("red", "green", "blue", "black", "gray", "teal", "brown", "yellow")
 SHAPES = ("circle", "rectangle", "triangle")

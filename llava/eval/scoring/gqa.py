@@ -29,8 +29,9 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_id, base_parser, emit, exit_code, expand_repeats, index_by_id, load_answers,
-                     percent, qid_key, read_json, write_json)
+from .common import (MatchReport, base_id, expand_repeats, index_by_id, load_answers, percent, qid_key, read_json,
+                     write_json)
+from .report import base_parser, emit, exit_code
 
 
 def normalize_prediction(text: str) -> str:

@@ -46,7 +46,8 @@ import re
 import sys
 
 from ...atomic import atomic_path
-from .common import MatchReport, base_parser, emit, exit_code, load_answers, percent, qid_key, require_file
+from .common import MatchReport, load_answers, percent, qid_key, require_file
+from .report import base_parser, emit, exit_code
 
 LETTERS = "ABCD"
 CIRCULAR_OFFSET = 1_000_000

@@ -46,8 +46,8 @@ import sys
 from dataclasses import dataclass
 
 from ...atomic import atomic_write
-from .common import (MatchReport, emit, exit_code, load_answers, percent, qid_key, read_jsonl, require_dir,
-                     require_fields)
+from .common import MatchReport, load_answers, percent, qid_key, read_jsonl, require_dir, require_fields
+from .report import emit, exit_code
 
 PERCEPTION = ("existence", "count", "position", "color", "posters", "celebrity", "scene",
               "landmark", "artwork", "OCR")

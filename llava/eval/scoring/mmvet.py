@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_id, base_parser, emit, exit_code, index_by_id, load_answers, qid_key,
-                     read_json, write_json)
+from .common import MatchReport, base_id, index_by_id, load_answers, qid_key, read_json, write_json
+from .report import base_parser, emit, exit_code
 
 ID_PREFIX = "v1_"
 

@@ -40,8 +40,9 @@ from __future__ import annotations
 import os
 import sys
 
-from .common import (MatchReport, base_parser, emit, exit_code, index_by_id, load_answers, numbered_keys, percent,
-                     read_jsonl, require_dir, require_fields)
+from .common import (MatchReport, index_by_id, load_answers, numbered_keys, percent, read_jsonl, require_dir,
+                     require_fields)
+from .report import base_parser, emit, exit_code
 
 CATEGORIES = ("adversarial", "popular", "random")
 _PREFIX, _SUFFIX = "coco_pope_", ".json"

@@ -41,8 +41,8 @@ import re
 import sys
 from dataclasses import dataclass
 
-from .common import (MatchReport, base_id, base_parser, emit, exit_code, expand_repeats, index_by_id, load_answers,
-                     percent, qid_key, read_json)
+from .common import MatchReport, base_id, expand_repeats, index_by_id, load_answers, percent, qid_key, read_json
+from .report import base_parser, emit, exit_code
 
 OPTION_LETTERS = ("A", "B", "C", "D", "E")  # LLaVA's --options default
 FAILED = "FAILED"  # LLaVA's parse result (and stand-in answer text) for "no letter"

@@ -40,8 +40,8 @@ import re
 import sys
 
 from ..answers import record_key
-from .common import (MatchReport, base_parser, emit, exit_code, load_answers, percent, qid_key, read_json,
-                     require_fields)
+from .common import MatchReport, load_answers, percent, qid_key, read_json, require_fields
+from .report import base_parser, emit, exit_code
 from .vqa_normalize import evalai_normalize, vqa_accuracy
 
 _OCR_PREFIX_QUESTION = re.compile(r"Question: (.*?) Short answer:", re.DOTALL)

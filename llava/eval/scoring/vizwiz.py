@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import sys
 
-from .common import (base_parser, emit, exit_code, load_answers, match_by_id, numbered_keys, read_jsonl,
-                     require_fields, write_json)
+from .common import load_answers, match_by_id, numbered_keys, read_jsonl, require_fields, write_json
+from .report import base_parser, emit, exit_code
 from .vqa_normalize import evalai_normalize
 
 

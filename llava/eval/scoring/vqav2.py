@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import sys
 
-from .common import (MatchReport, base_id, base_parser, emit, exit_code, expand_repeats, index_by_id, load_answers,
-                     numbered_keys, percent, qid_key, read_json, read_jsonl, require_fields, write_json)
+from .common import (MatchReport, base_id, expand_repeats, index_by_id, load_answers, numbered_keys, percent, qid_key,
+                     read_json, read_jsonl, require_fields, write_json)
+from .report import base_parser, emit, exit_code
 from .vqa_normalize import evalai_normalize, vqa_accuracy
 
 
