@@ -129,9 +129,10 @@ def check_device(device: str | None) -> None:
                          "use --device cpu")
 
 
-def add_model_args(parser: argparse.ArgumentParser) -> None:
-    """Flags shared by every entry point that loads a model."""
-    parser.add_argument("--model-path", required=True)
+def add_model_args(parser: argparse.ArgumentParser, model_path_required: bool = True) -> None:
+    """Flags shared by every entry point that loads a model (`model_path_required=False`: a command that can also
+    run without a model, e.g. the analyses' --replot, checks --model-path itself)."""
+    parser.add_argument("--model-path", required=model_path_required)
     parser.add_argument("--model-base", default=None)
     parser.add_argument("--conv-mode", default="vicuna_v1")
     parser.add_argument("--visual-token-num", type=int, default=None,
