@@ -11,7 +11,7 @@ import sys
 import pytest
 
 from llava.eval.scoring import sqa
-from llava.eval.scoring.sqa import FAILED, extract_letter, letter_index, predicted_index
+from llava.eval.scoring.sqa import FAILED, extract_letter, letter_index
 from tests.helpers_io import write_jsonl
 
 
@@ -63,9 +63,9 @@ def test_letter_index_within_the_choices(letter, n_choices, index):
     assert letter_index(letter, n_choices) == index
 
 
-def test_predicted_index_parses_then_checks_choices():
-    assert predicted_index("The answer is D.", 3) == -1
-    assert predicted_index("B. yes", 2) == 1
+def test_parsed_letter_is_checked_against_the_choices():
+    assert letter_index(extract_letter("The answer is D."), 3) == -1
+    assert letter_index(extract_letter("B. yes"), 2) == 1
 
 
 PROBLEMS = {

@@ -66,11 +66,6 @@ class Benchmark:
     outputs: tuple[tuple[str, str], ...] = ()
     missing_as_wrong: bool = True
 
-    @property
-    def server_scored(self) -> bool:
-        """Whether the real number comes from an evaluation server or grader, not from the scorer."""
-        return self.headline is None
-
     def headline_value(self, metrics: dict) -> float | None:
         """The headline number in the scorer's metrics; None for upload-only benchmarks and where the metrics
         hold no score (e.g. an MMBench test split, which has no answers to score against)."""

@@ -245,7 +245,7 @@ def write_submission_xlsx(annotation_file: str, rows: list[dict], answers: list[
     Cells hold the tsv's text (the index as an integer); an empty tsv cell or a missing prediction is an
     empty cell. The original goes through pandas, which also turns all-number option columns into numbers.
     """
-    try:
+    try:  # openpyxl is the optional `eval` extra: only the MMBench upload file needs it
         from openpyxl import Workbook
         from openpyxl.cell.cell import ILLEGAL_CHARACTERS_RE
     except ImportError as err:

@@ -40,6 +40,7 @@ folder (as calculation.py would) instead of an answers file.
 
 from __future__ import annotations
 
+import argparse
 import os
 import re
 import sys
@@ -263,8 +264,6 @@ def evaluate(result_file: str, mme_dir: str | None = None, question_file: str | 
 
 
 def main(argv=None) -> dict:
-    import argparse
-
     parser = argparse.ArgumentParser(description="MME perception / cognition scores (acc + acc+ per subtask).")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--result-file", help="answers jsonl written by the eval runner")

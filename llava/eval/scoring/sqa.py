@@ -69,11 +69,6 @@ def letter_index(letter: str, n_choices: int) -> int:
     return options.index(letter) if letter in options else -1
 
 
-def predicted_index(text: str, n_choices: int) -> int:
-    """0-based choice index read from an answer text, or -1 (scored wrong)."""
-    return letter_index(extract_letter(text), n_choices)
-
-
 def problem_groups(problem: dict) -> list[str]:
     groups = []
     subject = SUBJECTS.get(problem.get("subject"))
