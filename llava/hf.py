@@ -73,7 +73,7 @@ class _Stages(LlavaMetaForCausalLM):
         self.parts = SimpleNamespace(vision_tower=tower, mm_projector=base.multi_modal_projector,
                                      embed_tokens=model.get_input_embeddings(),
                                      image_newline=getattr(base, "image_newline", None))
-        self.config = SimpleNamespace(image_aspect_ratio="anyres" if anyres else None, anyres_mode="upstream",
+        self.config = SimpleNamespace(image_aspect_ratio="anyres" if anyres else None, is_anyres=anyres, anyres_mode="upstream",
                                       image_grid_pinpoints=getattr(model.config, "image_grid_pinpoints", None))
         self.vision_size = model.config.vision_config.image_size
         self.pruning = pruning

@@ -207,10 +207,10 @@ class LlavaMetaModel:
 
     def init_multimodal_modules(self, config) -> None:
         self.vision_tower = None
-        if getattr(config, "mm_hidden_size", None) is None:
+        if not config.is_multimodal:
             return
         self.mm_projector = build_vision_projector(config)
-        if getattr(config, "image_aspect_ratio", None) == "anyres":
+        if config.is_anyres:
             self.image_newline = nn.Parameter(torch.zeros(config.hidden_size))
 
     def get_vision_tower(self):
@@ -302,7 +302,7 @@ class LlavaMetaForCausalLM:
         `merge_grid_upstream`), then every grid crop's prefix tokens, then every grid crop's suffix tokens (VisionZip's
         order for its [CLS] and contextual tokens).
         """
-        if getattr(self.config, "image_aspect_ratio", None) != "anyres":
+        if not self.config.is_anyres:
             return embeds.reshape(-1, embeds.shape[-1])
         m = keep.shape[1]
         base, grid, grid_keep = embeds[0], embeds[1:, n_prefix:n_prefix + m], keep[1:]
@@ -363,7 +363,7 @@ class LlavaMetaForCausalLM:
 
     def _check_budget(self, embeds: list[torch.Tensor], crops: list[int]) -> None:
         """Where the count is known up front (no unpadding), kept tokens must equal budget x crops."""
-        if self.pruning.anyres_mode == "upstream" and getattr(self.config, "image_aspect_ratio", None) == "anyres":
+        if self.pruning.anyres_mode == "upstream" and self.config.is_anyres:
             return  # unpadding removes a data-dependent number of tokens and adds one newline per row
         per_crop = self.pruning.pre_projector_budget
         for i, (e, n) in enumerate(zip(embeds, crops)):
@@ -437,7 +437,7 @@ def _check_image_sizes(model, per_image: list[torch.Tensor], image_sizes) -> Non
     `resize_and_pad_image`); when the bands that the given size predicts are not uniform but those of the swapped
     size are, the size was given the wrong way round. Transposed pinpoints give the same crop count, so the count
     alone cannot tell."""
-    if image_sizes is None or getattr(model.config, "image_aspect_ratio", None) != "anyres":
+    if image_sizes is None or not model.config.is_anyres:
         return
     sizes = image_sizes.tolist() if isinstance(image_sizes, torch.Tensor) else list(image_sizes)
     if len(sizes) != len(per_image):

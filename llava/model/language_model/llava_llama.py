@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
 
@@ -26,14 +28,107 @@ def check_input_ids(input_ids, name: str = "input_ids") -> None:
         raise ValueError(f"{name} must be (batch, length), got shape {tuple(input_ids.shape)}")
 
 
+ASPECT_RATIOS = ("square", "pad", "anyres")  # what LLaVA's process_images does with an image (see mm_utils)
+SELECT_FEATURES = ("patch", "cls_patch")
+PADDING_SIDES = ("left", "right")
+_PROJECTOR_TYPE = re.compile(r"linear|identity|mlp[1-9]\d*x_gelu")
+
+
 class LlavaConfig(LlamaConfig):
-    """Llama config plus LLaVA's `mm_*` fields, which are kept as plain attributes.
+    """Llama config plus LLaVA's `mm_*` fields, declared and checked here (the fields of haotian-liu/LLaVA's
+    config.json, llava/train/train.py `ModelArguments`/`DataArguments`, that this package reads).
+
+    mm_vision_tower:          the vision tower's name or path (the loader resolves it to a local directory)
+    mm_hidden_size:           the tower's feature width, the projector's input; None: no multimodal modules
+    mm_projector_type:        linear, identity or mlp<N>x_gelu (LLaVA-1.5/1.6: mlp2x_gelu)
+    mm_vision_select_layer:   the tower layer whose output LLaVA uses (-2: the penultimate)
+    mm_vision_select_feature: "patch" (drop [CLS]) or "cls_patch"
+    mm_patch_merge_type:      "flat" (LLaVA-1.5) or "spatial_unpad" (LLaVA-1.6), informational: the pruning
+                              config's `anyres_mode` decides the anyres merge
+    image_aspect_ratio:       "pad" (LLaVA-1.5), "anyres" (LLaVA-1.6), "square" or None (processor resize + crop)
+    image_grid_pinpoints:     anyres only: [width, height] canvases in pixels (the loader parses the string form)
+    mm_use_im_start_end, mm_use_im_patch_token: extra image tokens in the tokenizer (the loader adds them)
+    tokenizer_padding_side, tokenizer_model_max_length: the tokenizer settings the checkpoint was trained with
+    Other training-time keys (tune_mm_mlp_adapter, mm_vision_tower_lr, ...) are kept as plain attributes.
 
     The liuhaotian checkpoints say `model_type: "llava"`, which transformers registers for its own
     `LlavaConfig`; the loader therefore builds this class from config.json directly instead of via AutoConfig.
+    transformers 5 configs are dataclasses: the fields below are dataclass fields, checked in `__post_init__`.
     """
 
     model_type = "llava_llama"
+
+    mm_vision_tower: str | None = None
+    mm_hidden_size: int | None = None
+    mm_projector_type: str = "linear"
+    mm_vision_select_layer: int = -2
+    mm_vision_select_feature: str = "patch"
+    mm_patch_merge_type: str = "flat"
+    image_aspect_ratio: str | None = None
+    image_grid_pinpoints: list | None = None
+    mm_use_im_start_end: bool = False
+    mm_use_im_patch_token: bool = False
+    tokenizer_padding_side: str = "right"
+    tokenizer_model_max_length: int | None = None
+
+    def __post_init__(self, **kwargs):
+        super().__post_init__(**kwargs)
+        self.validate_multimodal()
+
+    @property
+    def is_anyres(self) -> bool:
+        """LLaVA-1.6's any-resolution tiling: a base crop plus a grid of crops per image."""
+        return self.image_aspect_ratio == "anyres"
+
+    @property
+    def is_multimodal(self) -> bool:
+        """Whether the checkpoint has a projector (and so takes images)."""
+        return self.mm_hidden_size is not None
+
+    def validate_multimodal(self) -> None:
+        """Types and values of the `mm_*` fields; a wrong one is named with what is accepted."""
+        _check_type("mm_vision_tower", self.mm_vision_tower, str, optional=True)
+        _check_type("mm_hidden_size", self.mm_hidden_size, int, optional=True)
+        _check_type("mm_vision_select_layer", self.mm_vision_select_layer, int)
+        _check_type("tokenizer_model_max_length", self.tokenizer_model_max_length, int, optional=True)
+        for name in ("mm_use_im_start_end", "mm_use_im_patch_token"):
+            _check_type(name, getattr(self, name), bool)
+        if self.mm_hidden_size is not None and self.mm_hidden_size < 1:
+            raise ValueError(f"LlavaConfig: mm_hidden_size must be positive, got {self.mm_hidden_size}")
+        if not isinstance(self.mm_projector_type, str) or not _PROJECTOR_TYPE.fullmatch(self.mm_projector_type):
+            raise ValueError(f"LlavaConfig: unknown mm_projector_type {self.mm_projector_type!r}; supported: linear, "
+                             f"identity, mlp<N>x_gelu (e.g. mlp2x_gelu)")
+        _check_choice("mm_vision_select_feature", self.mm_vision_select_feature, SELECT_FEATURES)
+        _check_choice("image_aspect_ratio", self.image_aspect_ratio, (None, *ASPECT_RATIOS))
+        _check_choice("tokenizer_padding_side", self.tokenizer_padding_side, PADDING_SIDES)
+        _check_type("mm_patch_merge_type", self.mm_patch_merge_type, str)
+        if self.is_anyres:
+            _check_pinpoints(self.image_grid_pinpoints)
+
+
+def _check_type(name: str, value, kind: type, optional: bool = False) -> None:
+    if value is None and optional:
+        return
+    # bool is an int subclass: True is no layer index and no width
+    if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+        raise TypeError(f"LlavaConfig: {name} must be {kind.__name__}{' or None' if optional else ''}, got "
+                        f"{value!r}")
+
+
+def _check_choice(name: str, value, choices: tuple) -> None:
+    if value not in choices:
+        raise ValueError(f"LlavaConfig: unknown {name} {value!r}; expected one of {choices}")
+
+
+def _check_pinpoints(pinpoints) -> None:
+    """anyres needs a non-empty list of [width, height] pairs of positive ints (LLaVA-1.6's canvases)."""
+    def is_pair(p) -> bool:
+        return (isinstance(p, (list, tuple)) and len(p) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p))
+
+    if not isinstance(pinpoints, (list, tuple)) or not pinpoints or not all(is_pair(p) for p in pinpoints):
+        raise ValueError(f"LlavaConfig: image_aspect_ratio is anyres, so image_grid_pinpoints must be a non-empty "
+                         f"list of [width, height] pairs of positive pixel counts, got {pinpoints!r}")
 
 
 class LlavaLlamaModel(LlavaMetaModel, LlamaModel):

@@ -8,11 +8,13 @@ import torch.nn as nn
 
 
 def build_vision_projector(config) -> nn.Module:
-    """`linear`, `identity`, or `mlp{N}x_gelu` (N Linear layers with GELU between; LLaVA-1.5/1.6 use mlp2x_gelu).
+    """config: a `LlavaConfig` (mm_projector_type, mm_hidden_size, hidden_size).
+
+    `linear`, `identity`, or `mlp{N}x_gelu` (N Linear layers with GELU between; LLaVA-1.5/1.6 use mlp2x_gelu).
 
     The layout (a Sequential of Linear, GELU, Linear, ...) matches the `model.mm_projector.{0,2}` weight names.
     """
-    kind = getattr(config, "mm_projector_type", "linear")
+    kind = config.mm_projector_type
     mm_hidden, hidden = config.mm_hidden_size, config.hidden_size
     if kind == "linear":
         return nn.Linear(mm_hidden, hidden)
