@@ -10,7 +10,7 @@ import sys
 from llava.conversation import conv_templates
 
 # Set by the multi-chunk runner (llava.eval.run_benchmark) in its chunk workers' environment to its own PID: a worker
-# whose parent changes (the runner died) exits (llava.eval.model_vqa_loader.watch_parent). The fallback for systems
+# whose parent changes (the runner died) exits (llava.eval.answering.watch_parent). The fallback for systems
 # without prctl(PR_SET_PDEATHSIG), which the runner also sets.
 WATCH_PARENT_ENV = "FASTERVLM_WATCH_PARENT"
 

@@ -14,27 +14,28 @@ from __future__ import annotations
 import os
 import sys
 import time
+from importlib import import_module
 from pathlib import Path
+
+import torch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from llava.eval import model_vqa_loader as loop  # noqa: E402
-from llava.inference import generation_kwargs, load_from_args  # noqa: E402
+from llava.eval.answering import QuestionDataset, build_parser, parse_args  # noqa: E402
+from llava.eval.questions import jsonl_questions  # noqa: E402
+from llava.inference import generate_batch, generation_kwargs, load_from_args  # noqa: E402
+from llava.model.tiny_real import ensure_tiny_llava  # noqa: E402
 
 
 def default_inputs(argv: list[str]) -> list[str]:
     """Point at the tiny real model and the easy-vqa subset when the user named neither."""
     if "--model-path" not in argv:
-        from llava.model.tiny_real import ensure_tiny_llava
-
         argv += ["--model-path", str(ensure_tiny_llava()), "--conv-mode", "smollm2_short"]
     if "--question-file" not in argv:
         root = REPO / "playground" / "data" / "eval"
         qfile = root / "easyvqa_500" / "llava_easyvqa_500_test.jsonl"
         if not qfile.is_file():
-            from importlib import import_module
-
             sys.path.insert(0, str(REPO / "scripts" / "tiny"))
             import_module("export_easyvqa").export(root)
         argv += ["--question-file", str(qfile), "--image-folder", str(root / "easyvqa" / "images")]
@@ -45,28 +46,26 @@ def timed_answers(model, tokenizer, dataset, batch_size: int, gen_kwargs: dict) 
     samples = [dataset[i] for i in range(len(dataset))]  # preprocessing is not what batching speeds up
     texts, start = [], time.perf_counter()
     for i in range(0, len(samples), batch_size):
-        texts += [t for t, _ in loop.generate_batch(model, tokenizer, samples[i:i + batch_size], gen_kwargs)]
+        texts += [t for t, _ in generate_batch(model, tokenizer, samples[i:i + batch_size], gen_kwargs)]
     return texts, time.perf_counter() - start
 
 
 def main(argv=None) -> list[dict]:
-    import torch
-
-    parser = loop.build_parser(__doc__)
+    parser = build_parser(__doc__)
     parser.add_argument("--batch-sizes", default="1,8")
     parser.add_argument("--limit", type=int, default=64, help="questions answered at each batch size")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     argv = default_inputs(list(sys.argv[1:] if argv is None else argv) + ["--answers-file", os.devnull])
-    args = loop.parse_args(parser, argv)
+    args = parse_args(parser, argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     args.device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     if args.temperature > 0:
         args.temperature = 0.0  # identical answers across batch sizes need greedy decoding
-    questions, _ = loop.loader_questions(args)
+    questions, _ = jsonl_questions(args.question_file, args.image_folder)
     questions = questions[: args.limit]
     tokenizer, model, image_processor, _ = load_from_args(args)
-    dataset = loop.QuestionDataset(questions, tokenizer, image_processor, model.config, args.conv_mode)
+    dataset = QuestionDataset(questions, tokenizer, image_processor, model.config, args.conv_mode)
     gen_kwargs = generation_kwargs(args)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     timed_answers(model, tokenizer, dataset, max(sizes), gen_kwargs)  # warm-up

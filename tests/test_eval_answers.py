@@ -7,7 +7,7 @@ import pytest
 from llava.eval.answers import (IDENTITY_FIELDS, AnswersFile, AnswersMismatchError, RunIdentity, merge_answers,
                                 read_answers, record_key, skipped_path)
 from llava.eval import model_vqa_loader
-from llava.eval.model_vqa_loader import get_chunk, split_list
+from llava.eval.questions import get_chunk, split_list
 
 RUN = RunIdentity("llava-v1.5-7b", 144, "fastervlm", None, {"llm_layer": 2, "seed": 0}, "vicuna_v1", 0.0, None, 1, 128,
                   {"single_pred_prompt": True}, "sha256:0123456789abcdef")

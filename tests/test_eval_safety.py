@@ -259,7 +259,7 @@ time.sleep(60)
 
 WATCHED = """
 import os, sys, time
-from llava.eval.model_vqa_loader import watch_parent
+from llava.eval.answering import watch_parent
 watch_parent(os.getppid(), interval=0.1)
 print("watching", flush=True)
 time.sleep(60)

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from llava.eval.model_vqa_loader import ImageRef
+from llava.eval.questions import ImageRef
 from llava.mm_utils import load_image, load_image_processor, process_images
 from tests.conftest import pil_image
 

@@ -117,8 +117,10 @@ def test_shipped_weights_answer_easyvqa_questions(loaded):
     left-padded batch, which answers as batch 1 does)."""
     import easy_vqa
 
-    from llava.eval.model_vqa_loader import ImageRef, Question, QuestionDataset, generate_batch
+    from llava.eval.answering import QuestionDataset
+    from llava.eval.questions import ImageRef, Question
     from llava.eval.scoring.easyvqa import normalize
+    from llava.inference import generate_batch
 
     tokenizer, model, image_processor, _ = loaded
     questions, answers, image_ids = easy_vqa.get_test_questions()

@@ -25,9 +25,10 @@ import os
 import sys
 
 from llava.cli import run_cli
-from llava.eval import model_vqa_loader
-from llava.eval.model_vqa_loader import ImageRef, Question
+from llava.eval.answering import build_parser, parse_args, run
+from llava.eval.questions import ImageRef, Question
 from llava.eval.scoring.mmbench import LETTERS, is_blank, row_options  # the scorer reads the tsv the same way
+
 INSTRUCTIONS = {
     "en": "Answer with the option's letter from the given choices directly.",
     "cn": "请直接回答选项字母。",
@@ -89,15 +90,15 @@ def mmbench_questions(args) -> tuple[list[Question], int]:
 
 
 def main(argv=None) -> str:
-    parser = model_vqa_loader.build_parser(__doc__, max_new_tokens=1024)
+    parser = build_parser(__doc__, max_new_tokens=1024)
     parser.add_argument("--all-rounds", action="store_true", help="ask every rotation of the options (circular eval)")
     parser.add_argument("--single-pred-prompt", action="store_true", help="ask for the option letter only")
     parser.add_argument("--lang", default="en", choices=sorted(INSTRUCTIONS), help="language of that instruction")
-    args = model_vqa_loader.parse_args(parser, argv)
+    args = parse_args(parser, argv)
     questions, n_records = mmbench_questions(args)
     options = {"all_rounds": bool(args.all_rounds), "single_pred_prompt": bool(args.single_pred_prompt),
                "lang": args.lang}
-    return model_vqa_loader.run(args, questions, n_records, prompt_options=options)
+    return run(args, questions, n_records, prompt_options=options)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,7 @@ choices directly." (what the published numbers use)::
         --image-folder images/test --answers-file answers.jsonl --single-pred-prompt \\
         --visual-token-num 144 --temperature 0
 
-Flags, answers file and resuming as :mod:`llava.eval.model_vqa_loader`.
+Flags, answers file and resuming as :mod:`llava.eval.model_vqa_loader` (the loop: :mod:`llava.eval.answering`).
 """
 
 from __future__ import annotations
@@ -20,15 +20,14 @@ import sys
 
 from llava.cli import run_cli
 from llava.constants import DEFAULT_IMAGE_TOKEN
-from llava.eval import model_vqa_loader
-from llava.eval.model_vqa_loader import ImageRef, Question
+from llava.eval.answering import build_parser, parse_args, run
+from llava.eval.questions import ImageRef, Question, require_image_folder
+from llava.eval.scoring.common import read_json
 
 SINGLE_PRED_PROMPT = "Answer with the option's letter from the given choices directly."
 
 
 def read_problems(path: str) -> list[dict]:
-    from llava.eval.scoring.common import read_json
-
     path = os.path.expanduser(path)
     problems = read_json(path, role="question file")
     if not isinstance(problems, list):
@@ -43,7 +42,7 @@ def science_questions(args) -> tuple[list[Question], int]:
     problems = read_problems(args.question_file)
     folder = None
     if any("image" in p for p in problems):
-        folder = model_vqa_loader.require_image_folder(args.image_folder)
+        folder = require_image_folder(args.image_folder)
     questions = []
     for i, problem in enumerate(problems):
         query = problem["conversations"][0]["value"].replace(DEFAULT_IMAGE_TOKEN, "").strip()
@@ -60,13 +59,12 @@ def science_questions(args) -> tuple[list[Question], int]:
 
 
 def main(argv=None) -> str:
-    parser = model_vqa_loader.build_parser(__doc__, max_new_tokens=1024)
+    parser = build_parser(__doc__, max_new_tokens=1024)
     parser.add_argument("--single-pred-prompt", action="store_true",
                         help=f"append {SINGLE_PRED_PROMPT!r} to every question")
-    args = model_vqa_loader.parse_args(parser, argv)
+    args = parse_args(parser, argv)
     questions, n_records = science_questions(args)
-    return model_vqa_loader.run(args, questions, n_records,
-                                prompt_options={"single_pred_prompt": bool(args.single_pred_prompt)})
+    return run(args, questions, n_records, prompt_options={"single_pred_prompt": bool(args.single_pred_prompt)})
 
 
 if __name__ == "__main__":

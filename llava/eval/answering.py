@@ -1,0 +1,257 @@
+"""Answer a list of :class:`~llava.eval.questions.Question` into an answers file: the loop every eval entry point
+(``model_vqa_loader``, ``model_vqa``, ``model_vqa_science``, ``model_vqa_mmbench``) shares, and their common flags.
+
+:func:`run` numbers repeated ids, takes this chunk, resumes what ``--answers-file`` already holds (refusing another
+run's file before the model loads, :mod:`llava.eval.run_identity`), checks the images, loads the model, and answers
+the rest in batches (:func:`llava.inference.generate_batch`), one fsynced line per answer (:mod:`llava.eval.answers`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from llava.cli import WATCH_PARENT_ENV, check_conv_mode
+from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, hold_lock
+from llava.eval.questions import Question, check_images, chunk_questions, number_repeats
+from llava.eval.run_identity import answer_record, model_identity, requested_identity, skipped_record
+from llava.inference import (
+    add_model_args,
+    build_prompt,
+    default_device,
+    generate_batch,
+    generation_kwargs,
+    load_from_args,
+)
+from llava.mm_utils import process_images, tokenizer_image_token
+
+# What LLaVA's model_vqa_loader generates at most; the other entry points use 1024, as upstream.
+DEFAULT_MAX_NEW_TOKENS = 128
+
+
+# --------------------------------------------------------------------------- prompts and pixels
+
+
+@dataclass
+class Sample:
+    index: int  # into the questions being answered
+    input_ids: Any  # (L,) LongTensor with IMAGE_TOKEN_INDEX
+    pixels: Any  # (3, S, S) or (crops, 3, S, S) tensor, None without an image
+    image_size: tuple[int, int] | None  # (width, height)
+    error: str | None = None  # --skip-bad-images: why the image could not be loaded (then nothing else is set)
+
+
+class QuestionDataset:
+    """Prompt ids and pixels of each question; runs in DataLoader workers."""
+
+    def __init__(self, questions: list[Question], tokenizer, image_processor, model_config, conv_mode: str,
+                 skip_bad_images: bool = False):
+        self.questions = questions
+        self.tokenizer = tokenizer
+        self.image_processor = image_processor
+        self.model_config = model_config
+        self.conv_mode = conv_mode
+        self.skip_bad_images = skip_bad_images
+
+    def __len__(self) -> int:
+        return len(self.questions)
+
+    def __getitem__(self, index: int) -> Sample:
+        q = self.questions[index]
+        try:
+            image = q.image.load(q.question_id) if q.image is not None else None
+        except (OSError, ValueError) as err:  # passed the header check, fails to decode (e.g. truncated data)
+            if not self.skip_bad_images:
+                raise
+            return Sample(index, None, None, None, error=f"cannot read image ({err})")
+        prompt = build_prompt(q.query, 0 if image is None else 1, self.conv_mode)
+        ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
+        if image is None:
+            return Sample(index, ids, None, None)
+        pixels = process_images([image], self.image_processor, self.model_config)[0]
+        return Sample(index, ids, pixels, image.size)
+
+
+def _collate(samples: list[Sample]) -> list[Sample]:
+    return samples
+
+
+def _num_workers(args) -> int:
+    if args.num_workers is not None:
+        return args.num_workers
+    return 4 if (args.device or "cuda").startswith("cuda") and default_device() == "cuda" else 0
+
+
+# --------------------------------------------------------------------------- chunk workers
+
+
+def watch_parent(parent_pid: int, interval: float = 1.0) -> threading.Thread:
+    """Exit this process (status 1) as soon as its parent is no longer ``parent_pid`` (the parent died and the
+    process was re-parented). A daemon thread polling ``os.getppid()``: the portable fallback of the runner's
+    parent-death signal."""
+    def poll():
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        print(f"[answers] parent process {parent_pid} is gone; stopping this chunk worker", file=sys.stderr,
+              flush=True)
+        os._exit(1)
+
+    thread = threading.Thread(target=poll, name="watch-parent", daemon=True)
+    thread.start()
+    return thread
+
+
+def _watch_parent_from_env() -> None:
+    value = os.environ.get(WATCH_PARENT_ENV)
+    if value and value.isdigit():
+        watch_parent(int(value))
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def run(args, questions: list[Question], n_records: int, prompt_options: dict | None = None) -> str:
+    """Answer this chunk's questions that ``--answers-file`` does not hold yet; returns its path.
+
+    ``questions`` covers the whole question file (``n_records`` records); chunking, resuming,
+    batching, writing and the progress bar happen here, under the answers file's lock. The model
+    is loaded only if something is left to answer, or to resolve the budget of a finished file.
+    ``prompt_options``: the entry point's prompt flags, part of the run identity.
+    """
+    _watch_parent_from_env()
+    number_repeats(questions)
+    with hold_lock(args.answers_file):
+        return _run_locked(args, questions, n_records, prompt_options)
+
+
+def _chunk_label(args) -> str:
+    return f" chunk {args.chunk_idx + 1}/{args.num_chunks}" if args.num_chunks > 1 else ""
+
+
+def _refuse_other_runs(args, answers: AnswersFile, questions: list[Question], prompt_options) -> tuple[str, ...]:
+    """Before the model loads: refuse a file another run wrote. Returns the identity fields compared so far."""
+    if not (answers.records or answers.skipped):
+        return IDENTITY_FIELDS
+    identity, fields = requested_identity(args, prompt_options)
+    answers.check(identity, fields)
+    answers.check_prompts({q.key: q.prompt for q in questions})
+    return fields
+
+
+def _say_resumed(answers: AnswersFile, mine: list[Question], resumed: int, chunk: str) -> None:
+    stray = len(answers.done - {q.key for q in mine})
+    if stray:
+        print(f"[answers] {answers.path}: {stray} answer(s) for questions outside this question file / chunk "
+              "(kept as they are)", file=sys.stderr)
+    if resumed:
+        print(f"[answers] resuming {answers.path}: {resumed} of {len(mine)} already answered", file=sys.stderr)
+
+
+def _finish_answered(answers: AnswersFile, n_mine: int, chunk: str) -> str:
+    answers.finish()  # an empty chunk still leaves its (empty) file for the merge
+    print(f"[answers] {answers.path}: all {n_mine} questions{chunk} answered", file=sys.stderr)
+    return answers.path
+
+
+def _run_locked(args, questions: list[Question], n_records: int, prompt_options: dict | None) -> str:
+    mine = chunk_questions(questions, n_records, args.num_chunks, args.chunk_idx)
+    answers = AnswersFile(args.answers_file, overwrite=args.overwrite)
+    fields = _refuse_other_runs(args, answers, questions, prompt_options)
+    pending = [q for q in mine if q.key not in answers.done]
+    resumed = len(mine) - len(pending)
+    chunk = _chunk_label(args)
+    _say_resumed(answers, mine, resumed, chunk)
+    if not pending and "visual_token_num" in fields:
+        return _finish_answered(answers, len(mine), chunk)
+    bad = check_images(pending, skip_bad=args.skip_bad_images)
+    tokenizer, model, image_processor, _ = load_from_args(args)
+    identity = model_identity(args, model, prompt_options)
+    answers.check(identity)
+    if not pending:
+        return _finish_answered(answers, len(mine), chunk)
+    for q in pending:
+        if q.key in bad:
+            answers.append_skipped(skipped_record(q, bad[q.key], identity))
+            print(f"[answers] skipped question {q.question_id!r}: {bad[q.key]}: {q.image.describe()}",
+                  file=sys.stderr)
+    todo = [q for q in pending if q.key not in bad]
+    dataset = QuestionDataset(todo, tokenizer, image_processor, model.config, args.conv_mode,
+                              skip_bad_images=args.skip_bad_images)
+    bar = tqdm_bar(len(mine), resumed + len(bad), os.path.basename(args.question_file) + chunk)
+    _answer_all(args, answers, dataset, (model, tokenizer), identity, bar)
+    answers.finish()
+    if answers.skipped or bad:
+        print(f"[answers] questions with unreadable images were skipped (unanswered): {answers.skipped_path}",
+              file=sys.stderr)
+    return answers.path
+
+
+def _answer_all(args, answers: AnswersFile, dataset: QuestionDataset, model_and_tokenizer, identity, bar) -> None:
+    """Answer every question of `dataset` in batches of --batch-size, appending each answer (or skip) as it comes."""
+    model, tokenizer = model_and_tokenizer
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=_num_workers(args),
+                        collate_fn=_collate)
+    gen_kwargs = generation_kwargs(args)
+    todo = dataset.questions
+    with answers, bar:
+        for samples in loader:
+            for sample in samples:
+                if sample.error is not None:
+                    answers.append_skipped(skipped_record(todo[sample.index], sample.error, identity))
+            good = [s for s in samples if s.error is None]
+            if good:
+                for sample, (text, v_tokens) in zip(good, generate_batch(model, tokenizer, good, gen_kwargs)):
+                    answers.append(answer_record(todo[sample.index], text, v_tokens, identity))
+            bar.update(len(samples))
+
+
+def tqdm_bar(total: int, initial: int, name: str) -> tqdm:
+    bar = tqdm(total=total, initial=initial, desc=name, unit="q", dynamic_ncols=True)
+    if initial:
+        bar.set_postfix_str(f"resumed {initial}")
+    return bar
+
+
+# --------------------------------------------------------------------------- flags
+
+
+def build_parser(description: str, max_new_tokens: int = DEFAULT_MAX_NEW_TOKENS) -> argparse.ArgumentParser:
+    """Flags of every entry point: the model flags (:func:`llava.inference.add_model_args`) plus files, chunks and
+    batching."""
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_model_args(parser)
+    parser.add_argument("--question-file", required=True)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    parser.add_argument("--image-folder", default="")
+    parser.add_argument("--answers-file", required=True, help="jsonl; resumed if it exists (see --overwrite)")
+    parser.add_argument("--num-chunks", type=int, default=1, help="split the questions into this many chunks")
+    parser.add_argument("--chunk-idx", type=int, default=0, help="answer only this chunk (0-based)")
+    parser.add_argument("--batch-size", type=int, default=1, help="prompts per generate call (left-padded)")
+    parser.add_argument("--num-workers", type=int, default=None,
+                        help="DataLoader workers for image preprocessing (default: 4 on GPU, 0 on CPU)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="answer everything afresh instead of resuming; the old --answers-file is replaced only "
+                             "when the new run completes")
+    parser.add_argument("--skip-bad-images", action="store_true",
+                        help="leave questions with unreadable images unanswered (listed in <answers>.skipped.jsonl) "
+                             "instead of stopping")
+    parser.set_defaults(max_new_tokens=max_new_tokens)
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv=None):
+    args = parser.parse_args(argv)
+    if args.batch_size < 1:
+        parser.error("--batch-size must be at least 1")
+    if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
+        parser.error(f"--chunk-idx must be in [0, --num-chunks); got {args.chunk_idx} of {args.num_chunks}")
+    check_conv_mode(args.conv_mode)  # before anything is read, loaded or written
+    return args

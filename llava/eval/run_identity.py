@@ -1,0 +1,93 @@
+"""Which run wrote an answers file: the :class:`llava.eval.answers.RunIdentity` of a command line before the model
+loads (to refuse another run's file early) and of the loaded model (the resolved budget), and the answer lines that
+carry it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import shortuuid
+
+from llava.eval.answers import IDENTITY_FIELDS, RunIdentity
+from llava.eval.questions import Question
+from llava.mm_utils import get_model_name_from_path
+from llava.model.checkpoint import read_llava_config, resolve_local_dir
+from llava.model.pruning import PruningConfig, method_parameters
+
+WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth")
+
+
+def checkpoint_fingerprint(model_path: str, model_base: str | None = None) -> str:
+    """``sha256:<16 hex>`` of each checkpoint directory's config.json bytes and its weight files' names and sizes.
+
+    Cheap (no weights are read) yet it tells apart two checkpoints that share a directory name, a re-trained
+    checkpoint written over the old one, and a projector-only checkpoint on another base. Hub names resolve in the
+    local HF cache as the loader does; a path that is no checkpoint fails here with the loader's message.
+    """
+    digest = hashlib.sha256()
+    for path in (model_path, model_base):
+        if not path:
+            continue
+        directory = resolve_local_dir(path)
+        config = directory / "config.json"
+        digest.update(b"config.json\0" + (config.read_bytes() if config.is_file() else b"<none>") + b"\0")
+        for entry in sorted(directory.iterdir()):
+            if entry.is_file() and entry.name.endswith(WEIGHT_SUFFIXES):
+                digest.update(f"{entry.name}\0{entry.stat().st_size}\0".encode())
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def checkpoint_is_anyres(model_path: str) -> bool:
+    """Whether the checkpoint's config asks for anyres (LLaVA-1.6), read from config.json without loading."""
+    return getattr(read_llava_config(resolve_local_dir(model_path)), "image_aspect_ratio", None) == "anyres"
+
+
+def method_params(pruning: PruningConfig) -> dict:
+    """The pruning method's parameters besides its budget, only those the method reads (`method_parameters`)."""
+    return {name: int(value) for name, value in method_parameters(pruning).items()}
+
+
+def _run_identity(args, visual_token_num, anyres_mode, params: dict, prompt_options: dict | None) -> RunIdentity:
+    temperature = float(args.temperature)
+    return RunIdentity(
+        get_model_name_from_path(args.model_path), visual_token_num, args.pruning_method, anyres_mode,
+        method_params=params, conv_mode=args.conv_mode, temperature=temperature,
+        top_p=args.top_p if temperature > 0 else None,  # greedy decoding ignores top_p (generation_kwargs)
+        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, prompt_options=dict(prompt_options or {}),
+        checkpoint=checkpoint_fingerprint(args.model_path, args.model_base))
+
+
+def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIdentity, tuple[str, ...]]:
+    """The identity known before the model loads, and which of its fields are meaningful yet.
+
+    Everything but the budget when ``--visual-token-num`` is not given: "all tokens" is resolved from the vision
+    tower, so a file of a pruned run is compared against the resolved budget once the model is loaded."""
+    anyres = checkpoint_is_anyres(args.model_path)
+    requested = PruningConfig(method=args.pruning_method, llm_layer=args.fastv_layer)  # validated: a clear error
+    identity = _run_identity(args, args.visual_token_num, args.anyres_mode if anyres else None,
+                             method_params(requested), prompt_options)
+    fields = tuple(f for f in IDENTITY_FIELDS if f != "visual_token_num" or args.visual_token_num is not None)
+    return identity, fields
+
+
+def model_identity(args, model, prompt_options: dict | None = None) -> RunIdentity:
+    """The identity of the loaded model: resolved budget, method and its parameters, (anyres checkpoints) mode."""
+    anyres = getattr(model.config, "image_aspect_ratio", None) == "anyres"
+    pruning = model.pruning
+    return _run_identity(args, pruning.visual_token_num, pruning.anyres_mode if anyres else None,
+                         method_params(pruning), prompt_options)
+
+
+def answer_record(q: Question, text: str, v_token_num: int, identity: RunIdentity) -> dict:
+    """An answers-file line in LLaVA's layout plus the identity (layout in :mod:`llava.eval.answers`)."""
+    return {"question_id": q.question_id, **q.extra, "prompt": q.prompt, "text": text,
+            "answer_id": shortuuid.uuid(), **identity.as_fields(), "v_token_num": v_token_num,
+            "metadata": q.metadata}
+
+
+def skipped_record(q: Question, reason: str, identity: RunIdentity) -> dict:
+    """A line of the skipped-questions side file: the question's key fields, why, and the run identity."""
+    image = q.image.describe() if q.image is not None else None
+    return {"question_id": q.question_id, **q.extra, "prompt": q.prompt, "skipped": reason, "image": image,
+            **identity.as_fields(), "metadata": q.metadata}
