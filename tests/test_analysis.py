@@ -12,17 +12,9 @@ import pytest
 import torch
 from PIL import Image
 
+from llava.analysis.capture import FROM_IMAGE, LAST, ImageSpan, capture_image_attention
+from llava.analysis.statistics import cumulative_shares, shift_statistics, tail_share, top_share
 from llava.eval import analyze_attn_dispersion, analyze_attn_shift
-from llava.eval.analyze_attn_dispersion import cumulative_shares
-from llava.eval.attention_stats import (
-    FROM_IMAGE,
-    LAST,
-    ImageSpan,
-    capture_image_attention,
-    shift_statistics,
-    tail_share,
-    top_share,
-)
 from llava.inference import build_prompt
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from tests.conftest import pil_image

@@ -9,7 +9,7 @@ For each sample (first human turn as the prompt, image first, every visual token
 image tokens are compared: the vision encoder's [CLS] attention and the attention of the prompt's last token at
 LLM layer `--layer` (1-based, default 2 as in the paper; head mean). Only that row of that layer is computed,
 from q and k while the model runs with SDPA, and the LLM stops after that layer
-(`attention_stats.capture_image_attention`). Generation settings (`--temperature` etc.) are accepted for the
+(`llava.analysis.capture`). Generation settings (`--temperature` etc.) are accepted for the
 original command line; the prefill does not depend on them.
 
 Figures (attn_dispersion.png):
@@ -25,163 +25,8 @@ attn_dispersion.png, attn_dispersion_summary.json (the share held by the top 10%
 
 from __future__ import annotations
 
-import os
-
-import numpy as np
-import torch
-
-from llava.atomic import atomic_path
-from llava.eval.attention_stats import (
-    LAST,
-    AnalysisSpec,
-    build_parser,
-    parse_args,
-    run_analysis,
-    sorted_shares,
-    top_count,
-    top_share,
-)
-
-NAME = "attn_dispersion"
-KINDS = ("cls", "last")
-HIST_BINS = 100
-# The histograms share an x axis that ends a little past this quantile of both kinds' normalised scores, so a few
-# attention-sink outliers (normalised score 1) do not squeeze the bulk into one bin; the share cut off is printed.
-HIST_QUANTILE = 0.99
-
-
-class DispersionAccumulator:
-    """Per-sample [CLS] and last-token attention rows, kept as they are (n x P floats)."""
-
-    def __init__(self, layer: int):
-        self.layer = layer  # 0-based
-        self.rows: dict[str, list[torch.Tensor]] = {k: [] for k in KINDS}
-        self.ids: list = []
-
-    def add(self, sample_id, cls_attn: torch.Tensor, blocks: dict[int, torch.Tensor]) -> None:
-        self.rows["cls"].append(cls_attn.float().cpu())
-        self.rows["last"].append(blocks[self.layer][-1].float().cpu())
-        self.ids.append(sample_id)
-
-    def stats(self) -> dict:
-        out = {k: torch.stack(v) for k, v in self.rows.items()}
-        out.update(layer=self.layer + 1, num_samples=len(self.ids), sample_ids=list(self.ids))
-        return out
-
-
-def merge(parts: list[dict]) -> dict:
-    layers = {p["layer"] for p in parts}
-    if len(layers) != 1:
-        raise ValueError(f"cannot merge chunks analysed at different LLM layers: {sorted(layers)}")
-    out = {k: torch.cat([p[k] for p in parts]) for k in KINDS}
-    out.update(layer=parts[0]["layer"], num_samples=sum(p["num_samples"] for p in parts),
-               sample_ids=[i for p in parts for i in p["sample_ids"]])
-    return out
-
-
-def cumulative_shares(scores: torch.Tensor) -> np.ndarray:
-    """(n, P) -> (P + 1,): mean over samples of the share held by the top 0, 1, ..., P tokens."""
-    cum = sorted_shares(scores).cumsum(dim=-1).mean(dim=0)
-    return np.concatenate([[0.0], cum.numpy()])
-
-
-def normalised_scores(scores: torch.Tensor) -> np.ndarray:
-    """All scores of one kind divided by the largest of them."""
-    flat = scores.double().flatten().numpy()
-    return flat / flat.max()
-
-
-# --------------------------------------------------------------------------- figure
-
-
-def plot(stats: dict, folder: str, args) -> list[str]:
-    from matplotlib.figure import Figure
-
-    num_samples, num_image = stats["cls"].shape
-    layer, k = stats["layer"], top_count(num_image, args.top_fraction)
-    labels = {"cls": "[CLS] attn", "last": f"last attn (LLM layer {layer})"}
-    fig = Figure(figsize=(19, 5.8))
-    cdf, *hists = fig.subplots(1, 3)
-
-    x = np.arange(num_image + 1) / num_image * 100
-    for kind in KINDS:
-        cdf.plot(x, cumulative_shares(stats[kind]) * 100, label=labels[kind], linewidth=2)
-    cdf.plot([0, 100], [0, 100], color="grey", linestyle=":", label="uniform")
-    cdf.axvline(100 * k / num_image, color="black", linewidth=0.8, linestyle="--")
-    cdf.set_title("Cumulative Distribution", fontsize=17)
-    cdf.set_xlabel("Token Proportion (%)", fontsize=14)
-    cdf.set_ylabel("Cumulative Attention (%)", fontsize=14)
-    cdf.grid(alpha=0.4)
-    cdf.legend(fontsize=12, loc="lower right")
-
-    values = {kind: normalised_scores(stats[kind]) for kind in KINDS}
-    x_max = min(1.0, 1.1 * max(float(np.quantile(v, HIST_QUANTILE)) for v in values.values()))
-    edges = np.linspace(0, x_max, HIST_BINS + 1)
-    proportions = {kind: np.histogram(v, bins=edges)[0] / v.size for kind, v in values.items()}
-    floor = min(p[p > 0].min() for p in proportions.values()) / 2
-    for ax, kind in zip(hists, KINDS):
-        ax.stairs(proportions[kind], edges, fill=True, color="#4472b4", baseline=floor)
-        ax.set_yscale("log")
-        ax.set_ylim(floor, 1)
-        ax.set_xlim(-0.01 * x_max, x_max)
-        beyond = float((values[kind] > x_max).mean())
-        if beyond:
-            ax.text(0.98, 0.96, f"{beyond:.2%} of scores > {x_max:.2f} (not shown)", ha="right", va="top",
-                    transform=ax.transAxes, fontsize=11)
-        title = "[CLS] Attention Distribution" if kind == "cls" else f"Last Attention Distribution (layer {layer})"
-        ax.set_title(title, fontsize=17)
-        ax.set_xlabel("Attention Score (normalized to the max)", fontsize=14)
-        ax.set_ylabel("Proportion", fontsize=14)
-    fig.suptitle(f"Attention dispersion over {num_image} image tokens ({stats['model']}, {num_samples} samples; "
-                 f"dashed: the top {k} tokens, {args.top_fraction:.0%})", fontsize=15)
-    fig.tight_layout(rect=(0, 0, 1, 0.94))
-    path = os.path.join(folder, f"{NAME}.png")
-    os.makedirs(folder, exist_ok=True)
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=100)
-    return [path]
-
-
-# --------------------------------------------------------------------------- summary
-
-
-def summarize(stats: dict, args) -> tuple[dict, str]:
-    """The share of attention held by the top `--top-fraction` of image tokens, for [CLS] and the last token."""
-    num_samples, num_image = stats["cls"].shape
-    fraction = args.top_fraction
-    k = top_count(num_image, fraction)
-    shares = {kind: top_share(stats[kind], fraction) for kind in KINDS}
-    summary = {
-        "analysis": "attention dispersion",
-        "num_samples": num_samples,
-        "image_tokens": num_image,
-        "llm_layer": stats["layer"],
-        "top_fraction": fraction,
-        "top_tokens": k,
-        "uniform_top_share": round(k / num_image, 6),
-        "cls_top_share": round(shares["cls"], 6),
-        "last_top_share": round(shares["last"], 6),
-        "top_share_at": {f"{p}%": {kind: round(top_share(stats[kind], p / 100), 6) for kind in KINDS}
-                         for p in (1, 5, 10, 20, 50)},
-    }
-    headline = (f"[attn_dispersion] {num_samples} samples: the top {fraction:.0%} of image tokens ({k} of "
-                f"{num_image}) hold {shares['cls']:.1%} of [CLS] attention vs {shares['last']:.1%} of the last "
-                f"token's attention at LLM layer {stats['layer']} (uniform: {k / num_image:.1%})")
-    return summary, headline
-
-
-def _layers(args, num_layers: int) -> list[int]:
-    if not 1 <= args.layer <= num_layers:
-        raise ValueError(f"--layer {args.layer} is out of range: the model has {num_layers} LLM layers (1-based)")
-    return [args.layer - 1]
-
-
-def _accumulator(args, model) -> DispersionAccumulator:
-    return DispersionAccumulator(args.layer - 1)
-
-
-SPEC = AnalysisSpec(name=NAME, queries=LAST, layers=_layers, accumulator=_accumulator, merge=merge, plot=plot,
-                    summarize=summarize)
+from llava.analysis import dispersion
+from llava.analysis.driver import build_parser, parse_args, run_analysis
 
 
 def main(argv=None) -> dict:
@@ -193,7 +38,7 @@ def main(argv=None) -> dict:
     args = parse_args(parser, argv)
     if not 0 < args.top_fraction <= 1:
         parser.error("--top-fraction must be in (0, 1]")
-    return run_analysis(args, SPEC)
+    return run_analysis(args, dispersion.SPEC)
 
 
 if __name__ == "__main__":

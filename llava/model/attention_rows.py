@@ -59,7 +59,8 @@ class QKCapture:
     def _keep_call(self, module, args, kwargs):
         if self.active:
             # Llama-style attention takes (hidden_states, position_embeddings, attention_mask, ...)
-            self.position_embeddings = kwargs["position_embeddings"] if "position_embeddings" in kwargs else args[1]
+            positional = args[1] if len(args) > 1 else None
+            self.position_embeddings = kwargs.get("position_embeddings", positional)
             self.attention_mask = kwargs.get("attention_mask")
 
     def clear(self) -> None:
