@@ -66,7 +66,7 @@ def test_declared_modules_and_scorer_flags_exist():
     ("mme", {"perception": {"total": 1500.5}, "cognition": {"total": 300.0}}, 1500.5),
     ("sqa", {"accuracy": 70.0, "img_accuracy": 68.5}, 68.5),
     ("mmbench", {"note": "test split: upload only"}, None),  # no score in the metrics
-    ("pope", {"average": "n/a"}, None),  # a path ending in a non-number
+    ("pope", {"average": {"f1": "n/a"}}, None),  # a path ending in a non-number
     ("vqav2", {"accuracy": 80.0}, None),  # server-scored: never a local headline
 ])
 def test_headline_value_follows_the_declared_path(name, metrics, value):
