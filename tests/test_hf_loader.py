@@ -86,7 +86,7 @@ def test_llava_hf_directory_equals_transformers_own_loading(request, load, versi
 def test_config_reading_follows_the_layout(hf15_dir, hf16_dir):
     """read_llava_config serves llava-hf directories too, so the analyses refuse LLaVA-1.6 before loading."""
     from llava.analysis.samples import refuse_unsupported_checkpoint
-    from llava.model.builder import read_llava_config
+    from llava.model.checkpoint import read_llava_config
 
     assert read_llava_config(hf15_dir).image_aspect_ratio == "pad"
     assert read_llava_config(hf16_dir).image_aspect_ratio == "anyres"

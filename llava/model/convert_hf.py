@@ -11,10 +11,11 @@ Both hold the same weights under other names:
     the CLIP tower (CLIPVisionModel)  model.vision_tower.*                  vision_tower.vision_model.*
 
 and config.json has `text_config` / `vision_config` with `model_type` "llava" or "llava_next" instead of Llama
-fields plus `mm_*` fields. `load_llava_hf` converts at load time (names only, through transformers' `key_mapping`,
-so device maps and 8/4-bit loading work as for the liuhaotian layout); afterwards the model is our own and every
-pruning method, both anyres modes, batching and every eval entry point work unchanged. The checkpoint's tower
-weights are used (llava-hf checkpoints carry the tower; no `mm_vision_tower` lookup).
+fields plus `mm_*` fields. `llava.model.checkpoint.plan_load` reads such a directory into the same load plan as a
+liuhaotian one, with `HF_TO_LLAVA_KEYS` as the plan's weight-name conversion (names only, through transformers'
+`key_mapping`, so device maps and 8/4-bit loading work as for the liuhaotian layout); afterwards the model is our own
+and every pruning method, both anyres modes, batching and every eval entry point work unchanged. The checkpoint's
+tower weights are used (llava-hf checkpoints carry the tower; no `mm_vision_tower` lookup).
 
 Settings the converted config takes from LLaVA rather than from the llava-hf processor:
 - LLaVA-1.5 pads images to a square (`image_aspect_ratio="pad"`, as the liuhaotian checkpoints say); llava-hf's
@@ -28,12 +29,15 @@ Settings the converted config takes from LLaVA rather than from the llava-hf pro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import torch
+from transformers import LlavaConfig as HFLlavaConfig
+from transformers import LlavaNextConfig
 
-from llava.model.tokenizer import load_tokenizer
+from llava.mm_utils import _PROCESSOR_SETTINGS
+from llava.model.language_model.llava_llama import LlavaConfig
+from llava.utils import read_json_file
 
 LIUHAOTIAN, LLAVA_HF = "liuhaotian", "llava-hf"
 # transformers model_type -> LLaVA's image_aspect_ratio
@@ -45,13 +49,12 @@ HF_TO_LLAVA_KEYS = {
     r"^language_model\.lm_head\.": "lm_head.",
     r"^language_model\.model\.": "model.language_model.",
     r"^multi_modal_projector\.": "model.multi_modal_projector.",
-    r"^vision_tower\.": "model.vision_tower.",  # not loaded by from_pretrained: see `hf_tower_state`
+    r"^vision_tower\.": "model.vision_tower.",  # not loaded by from_pretrained: the tower is built on its own
     r"^image_newline$": "model.image_newline",
     r"^model\.language_model\.": "model.",
     r"^model\.multi_modal_projector\.linear_1\.": "model.mm_projector.0.",
     r"^model\.multi_modal_projector\.linear_2\.": "model.mm_projector.2.",
 }
-HF_TOWER_PREFIXES = ("model.vision_tower.", "vision_tower.")
 
 
 def checkpoint_layout(raw: dict) -> str:
@@ -75,9 +78,7 @@ def checkpoint_layout(raw: dict) -> str:
 
 def hf_config(raw: dict):
     """transformers' own LlavaConfig / LlavaNextConfig of a llava-hf config.json (defaults filled in)."""
-    from transformers import LlavaConfig, LlavaNextConfig
-
-    cls = LlavaNextConfig if raw["model_type"] == "llava_next" else LlavaConfig
+    cls = LlavaNextConfig if raw["model_type"] == "llava_next" else HFLlavaConfig
     return cls.from_dict({k: v for k, v in raw.items() if k != "transformers_version"})
 
 
@@ -103,8 +104,6 @@ def check_supported(config, what: str) -> None:
 
 def llava_config_from_hf(raw: dict, name: str = "llava-hf checkpoint"):
     """Our `LlavaConfig` (Llama fields + LLaVA's `mm_*` fields) for a llava-hf config.json."""
-    from llava.model.language_model.llava_llama import LlavaConfig
-
     hf = hf_config(raw)
     check_supported(hf, name)
     text, vision = hf.text_config, hf.vision_config
@@ -132,87 +131,20 @@ def llava_config_from_hf(raw: dict, name: str = "llava-hf checkpoint"):
     return LlavaConfig(**fields)
 
 
-def hf_tower_state(model_dir: Path) -> dict[str, torch.Tensor]:
-    """The checkpoint's vision tower weights, named as transformers 5.x's `CLIPVisionModel` (no `vision_model.`)."""
-    from llava.utils import load_state_dict
-
-    for prefix in HF_TOWER_PREFIXES:
-        state = load_state_dict(model_dir, prefix=prefix)
-        if state:
-            state = {k.removeprefix("vision_model."): v for k, v in state.items()}
-            return {k: v for k, v in state.items() if not k.endswith("position_ids")}
-    raise ValueError(f"{model_dir}: no vision tower weights (expected keys under {' or '.join(HF_TOWER_PREFIXES)})")
-
-
-def build_hf_tower(vision_config, state: dict[str, torch.Tensor], select_layer: int, attn_implementation: str,
-                   dtype: torch.dtype, source: str):
-    """Our `CLIPVisionTower` around a `CLIPVisionModel` holding the checkpoint's tower weights. `post_layernorm`
-    may be absent: LLaVA never uses it (features come from a hidden layer)."""
-    from transformers import CLIPVisionModel
-
-    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-
-    model = CLIPVisionModel._from_config(vision_config, attn_implementation=attn_implementation)
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.startswith("post_layernorm.") and not k.endswith("position_ids")]
-    if missing or unexpected:
-        raise ValueError(f"vision tower weights of {source} do not match its vision_config: missing {missing[:5]}, "
-                         f"unexpected {unexpected[:5]}")
-    model.to(dtype).eval().requires_grad_(False)
-    return CLIPVisionTower(model, select_layer=select_layer, select_feature="patch")
-
-
-def hf_image_processor(model_dir: Path):
-    """The llava-hf directory's image-processor settings as a PIL-backend CLIP processor (the pixels LLaVA was trained
-    on); `process_images` then pads or tiles as the converted config says. Read from preprocessor_config.json, or
-    from the `image_processor` entry of processor_config.json (newer saves)."""
-    from llava.mm_utils import _PROCESSOR_SETTINGS, load_image_processor
-
+def hf_processor_settings(model_dir: Path) -> dict:
+    """The llava-hf directory's image-processor settings, for `llava.mm_utils.load_image_processor` (a PIL-backend
+    CLIP processor: the pixels LLaVA was trained on); `process_images` then pads or tiles as the converted config
+    says. Read from preprocessor_config.json, or from the `image_processor` entry of processor_config.json (newer
+    saves)."""
     settings = None
     if (model_dir / "preprocessor_config.json").is_file():
-        settings = json.loads((model_dir / "preprocessor_config.json").read_text())
+        settings = read_json_file(model_dir / "preprocessor_config.json", "the image processor's settings")
     elif (model_dir / "processor_config.json").is_file():
-        settings = json.loads((model_dir / "processor_config.json").read_text()).get("image_processor")
+        settings = read_json_file(model_dir / "processor_config.json", "the processor's settings").get(
+            "image_processor")
     if not settings:
         raise FileNotFoundError(f"{model_dir}: no image processor settings (preprocessor_config.json)")
-    return load_image_processor({k: settings[k] for k in _PROCESSOR_SETTINGS if k in settings})
-
-
-def load_llava_hf(model_dir: Path, *, model_base, vision_tower_path, visual_token_num: int | None,
-                  pruning_method: str, anyres_mode: str, load_kwargs: dict, dtype: torch.dtype, attn: str,
-                  llm_layer: int = 2):
-    """`load_pretrained_model` for a llava-hf directory: returns (tokenizer, model, image_processor, context_len)
-    with our `LlavaLlamaForCausalLM`; `load_kwargs` are the from_pretrained arguments the builder assembled."""
-    from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
-    from llava.model.pruning import PruningConfig
-
-    if model_base is not None:
-        raise ValueError(f"{model_dir} is a complete llava-hf checkpoint; model_base is for projector-only "
-                         f"liuhaotian checkpoints")
-    if vision_tower_path is not None:
-        raise ValueError(f"{model_dir} is a llava-hf checkpoint: it carries its own vision tower, so "
-                         f"vision_tower_path / --vision-tower-path does not apply")
-    raw = json.loads((model_dir / "config.json").read_text())
-    config = llava_config_from_hf(raw, str(model_dir))
-    hf = hf_config(raw)
-    per_crop = (hf.vision_config.image_size // hf.vision_config.patch_size) ** 2
-    pruning = PruningConfig(method=pruning_method, visual_token_num=per_crop if visual_token_num is None else
-                            visual_token_num, tokens_per_crop=per_crop, anyres_mode=anyres_mode,
-                            llm_layer=llm_layer)
-
-    model, info = LlavaLlamaForCausalLM.from_pretrained(model_dir, config=config, key_mapping=HF_TO_LLAVA_KEYS,
-                                                        output_loading_info=True, **load_kwargs)
-    missing = [k for k in info["missing_keys"] if "rotary" not in k]
-    if missing or info["mismatched_keys"]:  # a name the mapping missed would otherwise stay randomly initialised
-        raise ValueError(f"{model_dir}: weights the llava-hf name mapping did not fill: missing {sorted(missing)[:5]}, "
-                         f"mismatched {sorted(info['mismatched_keys'])[:5]}")
-    tokenizer = load_tokenizer(model_dir)  # SentencePiece-exact when the directory has Llama's tokenizer.model
-    tower = build_hf_tower(hf.vision_config, hf_tower_state(model_dir), hf.vision_feature_layer, attn, dtype,
-                           str(model_dir))
-    tower.to(device=model.device)
-    model.attach_vision_tower(tower, pruning)
-    model.eval()
-    return tokenizer, model, hf_image_processor(model_dir), getattr(config, "max_sequence_length", None) or 2048
+    return {k: settings[k] for k in _PROCESSOR_SETTINGS if k in settings}
 
 
 def llava_to_hf_state(state: dict[str, torch.Tensor], tower: dict[str, torch.Tensor],

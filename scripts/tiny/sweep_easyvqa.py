@@ -115,7 +115,7 @@ def main(argv=None) -> list[dict]:
 
         export(args.data_root)
     from llava.model.multimodal_encoder.builder import tokens_per_crop
-    from llava.model.builder import read_llava_config
+    from llava.model.checkpoint import read_llava_config
 
     per_crop = tokens_per_crop(Path(read_llava_config(Path(model_path)).mm_vision_tower))
     budgets = [budget(r, per_crop) for r in REDUCTIONS]

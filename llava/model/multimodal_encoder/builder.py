@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import snapshot_download
+from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModel, Dinov2Model
 
 from llava.model.multimodal_encoder.clip_encoder import ClsAttentionTower, CLIPVisionTower
 from llava.model.multimodal_encoder.dinov2_encoder import Dinov2VisionTower
@@ -49,10 +51,8 @@ def resolve_vision_tower_path(name: str, override: str | os.PathLike | None = No
     if named.is_dir():
         raise FileNotFoundError(f"vision tower directory {named} (mm_vision_tower) has no config.json")
     try:
-        from huggingface_hub import snapshot_download
-
         return Path(snapshot_download(repo_id=name, local_files_only=True))
-    except Exception:
+    except Exception:  # hub errors have many types; every one means "not in the cache"
         pass
     raise FileNotFoundError(
         f"cannot find the vision tower {name!r} (mm_vision_tower) locally. Point at a local copy with "
@@ -103,13 +103,12 @@ def tokens_per_crop(tower_dir: Path) -> int:
     if tower_model_type(tower_dir) in DINOV2_TYPES:
         patch = read_json_file(Path(tower_dir) / "config.json").get("patch_size", 14)
         return (dinov2_input_size(tower_dir) // patch) ** 2
-    vc = _clip_vision_config(tower_dir)
+    vc = clip_vision_config(tower_dir)
     return (vc.image_size // vc.patch_size) ** 2
 
 
-def _clip_vision_config(tower_dir: Path):
-    from transformers import CLIPConfig, CLIPVisionConfig
-
+def clip_vision_config(tower_dir: Path) -> CLIPVisionConfig:
+    """transformers' CLIPVisionConfig of a CLIP (or CLIP vision) tower directory."""
     cfg = read_json_file(Path(tower_dir) / "config.json", "the vision tower's config")
     kind = cfg.get("model_type")
     if kind == "clip":
@@ -128,6 +127,12 @@ def clip_vision_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
     return {k: v for k, v in state.items() if not k.endswith("position_ids")}
 
 
+def _select(config) -> dict:
+    """Which layer and tokens the tower returns, from the checkpoint's `mm_vision_select_*` fields."""
+    return dict(select_layer=getattr(config, "mm_vision_select_layer", -2),
+                select_feature=getattr(config, "mm_vision_select_feature", "patch"))
+
+
 def build_vision_tower(
     config,
     tower_dir: Path,
@@ -135,23 +140,24 @@ def build_vision_tower(
     dtype: torch.dtype = torch.float32,
 ) -> ClsAttentionTower:
     """The tower of a local CLIP or DINOv2 directory, wrapped to return features + [CLS] attention."""
-    select = dict(select_layer=getattr(config, "mm_vision_select_layer", -2),
-                  select_feature=getattr(config, "mm_vision_select_feature", "patch"))
     if tower_model_type(tower_dir) in DINOV2_TYPES:
-        return _build_dinov2(tower_dir, attn_implementation, dtype, select)
-    from transformers import CLIPVisionModel
+        return _build_dinov2(tower_dir, attn_implementation, dtype, _select(config))
+    return build_clip_tower(clip_vision_config(tower_dir), load_state_dict(tower_dir), config, attn_implementation,
+                            dtype, source=str(tower_dir))
 
-    vision_config = _clip_vision_config(tower_dir)
+
+def build_clip_tower(vision_config: CLIPVisionConfig, state: dict[str, torch.Tensor], config,
+                     attn_implementation: str, dtype: torch.dtype, source: str) -> CLIPVisionTower:
+    """Our `CLIPVisionTower` around a `CLIPVisionModel` of `vision_config` holding `state` (CLIP checkpoint names,
+    see `clip_vision_state_dict`; `source` names where it was read), cast to `dtype`, selecting as `config` says."""
     model = CLIPVisionModel._from_config(vision_config, attn_implementation=attn_implementation)
-    load_tower_weights(model, clip_vision_state_dict(load_state_dict(tower_dir)), source=str(tower_dir))
+    load_tower_weights(model, clip_vision_state_dict(state), source=source)
     model.to(dtype).eval().requires_grad_(False)
-    return CLIPVisionTower(model, **select)
+    return CLIPVisionTower(model, **_select(config))
 
 
 def _build_dinov2(tower_dir: Path, attn_implementation: str, dtype: torch.dtype, select: dict) -> Dinov2VisionTower:
     """transformers' `Dinov2Model` from a local directory (hub or current weight names both load)."""
-    from transformers import Dinov2Model
-
     model, info = Dinov2Model.from_pretrained(str(tower_dir), attn_implementation=attn_implementation, dtype=dtype,
                                               output_loading_info=True)
     missing = [k for k in info["missing_keys"] if "mask_token" not in k]  # mask_token: pretraining only
@@ -164,9 +170,10 @@ def _build_dinov2(tower_dir: Path, attn_implementation: str, dtype: torch.dtype,
 
 
 def load_tower_weights(model: torch.nn.Module, state: dict[str, torch.Tensor], source: str) -> None:
-    """Strict load with an error that names the source and the mismatching keys."""
+    """Strict load with an error that names the source and the mismatching keys. `post_layernorm` may be absent
+    (some llava-hf saves drop it): it only feeds CLIP's pooled output, and LLaVA reads a hidden layer."""
     missing, unexpected = model.load_state_dict(state, strict=False)
-    missing = [k for k in missing if not k.endswith("position_ids")]
+    missing = [k for k in missing if not k.endswith("position_ids") and not k.startswith("post_layernorm.")]
     if missing or unexpected:
         raise ValueError(
             f"vision tower weights from {source} do not match the tower config: "
@@ -201,7 +208,7 @@ def tower_geometry(tower_dir: Path) -> TowerGeometry:
     if tower_model_type(tower_dir) in DINOV2_TYPES:
         cfg = read_json_file(tower_dir / "config.json")
         return TowerGeometry(dinov2_input_size(tower_dir), cfg.get("patch_size", 14), cfg.get("hidden_size"), source)
-    vc = _clip_vision_config(tower_dir)
+    vc = clip_vision_config(tower_dir)
     return TowerGeometry(vc.image_size, vc.patch_size, vc.hidden_size, source)
 
 
