@@ -56,32 +56,29 @@ def merge(parts: list[dict]) -> dict:
 # --------------------------------------------------------------------------- figure
 
 
-def plot(stats: dict, folder: str, args) -> list[str]:
-    from matplotlib.figure import Figure  # optional extra: only drawing needs matplotlib
-
-    num_samples, num_image = stats["cls"].shape
-    layer, k = stats["layer"], top_count(num_image, args.top_fraction)
-    labels = {"cls": "[CLS] attn", "last": f"last attn (LLM layer {layer})"}
-    fig = Figure(figsize=(19, 5.8))
-    cdf, *hists = fig.subplots(1, 3)
-
+def _draw_cdf(ax, stats: dict, num_image: int, k: int) -> None:
+    """Mean cumulative share held by the top x% of tokens, [CLS] vs the last token; dashed at the top k."""
+    labels = {"cls": "[CLS] attn", "last": f"last attn (LLM layer {stats['layer']})"}
     x = np.arange(num_image + 1) / num_image * 100
     for kind in KINDS:
-        cdf.plot(x, cumulative_shares(stats[kind]) * 100, label=labels[kind], linewidth=2)
-    cdf.plot([0, 100], [0, 100], color="grey", linestyle=":", label="uniform")
-    cdf.axvline(100 * k / num_image, color="black", linewidth=0.8, linestyle="--")
-    cdf.set_title("Cumulative Distribution", fontsize=17)
-    cdf.set_xlabel("Token Proportion (%)", fontsize=14)
-    cdf.set_ylabel("Cumulative Attention (%)", fontsize=14)
-    cdf.grid(alpha=0.4)
-    cdf.legend(fontsize=12, loc="lower right")
+        ax.plot(x, cumulative_shares(stats[kind]) * 100, label=labels[kind], linewidth=2)
+    ax.plot([0, 100], [0, 100], color="grey", linestyle=":", label="uniform")
+    ax.axvline(100 * k / num_image, color="black", linewidth=0.8, linestyle="--")
+    ax.set_title("Cumulative Distribution", fontsize=17)
+    ax.set_xlabel("Token Proportion (%)", fontsize=14)
+    ax.set_ylabel("Cumulative Attention (%)", fontsize=14)
+    ax.grid(alpha=0.4)
+    ax.legend(fontsize=12, loc="lower right")
 
+
+def _draw_histograms(axes, stats: dict) -> None:
+    """Per kind, the share of max-normalised scores per bin (log scale), on one x axis cut near HIST_QUANTILE."""
     values = {kind: normalised_scores(stats[kind]) for kind in KINDS}
     x_max = min(1.0, 1.1 * max(float(np.quantile(v, HIST_QUANTILE)) for v in values.values()))
     edges = np.linspace(0, x_max, HIST_BINS + 1)
     proportions = {kind: np.histogram(v, bins=edges)[0] / v.size for kind, v in values.items()}
     floor = min(p[p > 0].min() for p in proportions.values()) / 2
-    for ax, kind in zip(hists, KINDS):
+    for ax, kind in zip(axes, KINDS):
         ax.stairs(proportions[kind], edges, fill=True, color="#4472b4", baseline=floor)
         ax.set_yscale("log")
         ax.set_ylim(floor, 1)
@@ -90,10 +87,22 @@ def plot(stats: dict, folder: str, args) -> list[str]:
         if beyond:
             ax.text(0.98, 0.96, f"{beyond:.2%} of scores > {x_max:.2f} (not shown)", ha="right", va="top",
                     transform=ax.transAxes, fontsize=11)
+        layer = stats["layer"]
         title = "[CLS] Attention Distribution" if kind == "cls" else f"Last Attention Distribution (layer {layer})"
         ax.set_title(title, fontsize=17)
         ax.set_xlabel("Attention Score (normalized to the max)", fontsize=14)
         ax.set_ylabel("Proportion", fontsize=14)
+
+
+def plot(stats: dict, folder: str, args) -> list[str]:
+    from matplotlib.figure import Figure  # optional extra: only drawing needs matplotlib
+
+    num_samples, num_image = stats["cls"].shape
+    k = top_count(num_image, args.top_fraction)
+    fig = Figure(figsize=(19, 5.8))
+    cdf, *hists = fig.subplots(1, 3)
+    _draw_cdf(cdf, stats, num_image, k)
+    _draw_histograms(hists, stats)
     fig.suptitle(f"Attention dispersion over {num_image} image tokens ({stats['model']}, {num_samples} samples; "
                  f"dashed: the top {k} tokens, {args.top_fraction:.0%})", fontsize=15)
     fig.tight_layout(rect=(0, 0, 1, 0.94))

@@ -110,6 +110,14 @@ def build_parser(description: str) -> argparse.ArgumentParser:
     return parser
 
 
+def fraction(text: str) -> float:
+    """argparse type of the summaries' fractions (`--tail-fraction`, `--top-fraction`): a number in (0, 1]."""
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1], got {text}")
+    return value
+
+
 def parse_args(parser: argparse.ArgumentParser, argv=None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:

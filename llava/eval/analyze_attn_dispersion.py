@@ -26,19 +26,16 @@ attn_dispersion.png, attn_dispersion_summary.json (the share held by the top 10%
 from __future__ import annotations
 
 from llava.analysis import dispersion
-from llava.analysis.driver import build_parser, parse_args, run_analysis
+from llava.analysis.driver import build_parser, fraction, parse_args, run_analysis
 
 
 def main(argv=None) -> dict:
     parser = build_parser(__doc__)
     parser.add_argument("--layer", type=int, default=2,
                         help="LLM layer (1-based) whose last-token attention is compared with [CLS] attention")
-    parser.add_argument("--top-fraction", type=float, default=0.1,
+    parser.add_argument("--top-fraction", type=fraction, default=0.1,
                         help="the summary's share of attention held by this top fraction of image tokens")
-    args = parse_args(parser, argv)
-    if not 0 < args.top_fraction <= 1:
-        parser.error("--top-fraction must be in (0, 1]")
-    return run_analysis(args, dispersion.SPEC)
+    return run_analysis(parse_args(parser, argv), dispersion.SPEC)
 
 
 if __name__ == "__main__":

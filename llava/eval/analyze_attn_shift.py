@@ -29,19 +29,16 @@ Output folder:
 from __future__ import annotations
 
 from llava.analysis import shift
-from llava.analysis.driver import build_parser, parse_args, run_analysis
+from llava.analysis.driver import build_parser, fraction, parse_args, run_analysis
 
 
 def main(argv=None) -> dict:
     parser = build_parser(__doc__)
     parser.add_argument("--figure-layer", type=int, default=2,
                         help="LLM layer (1-based) drawn in attn_shift.png; every layer is in layers/")
-    parser.add_argument("--tail-fraction", type=float, default=0.1,
+    parser.add_argument("--tail-fraction", type=fraction, default=0.1,
                         help="the summary's share of attention on this last fraction of image positions")
-    args = parse_args(parser, argv)
-    if not 0 < args.tail_fraction <= 1:
-        parser.error("--tail-fraction must be in (0, 1]")
-    return run_analysis(args, shift.SPEC)
+    return run_analysis(parse_args(parser, argv), shift.SPEC)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ class LLMPruner:
     def __init__(self, llm: nn.Module, pruning) -> None:
         self.llm = llm
         self.pruning = pruning
-        self._handles: list = []
+        self._handles: list = []  # anything with .remove(): hook handles, an attention_rows.QKCapture
         self._armed: PruneRequest | None = None
 
     def arm(self, visual_mask: torch.Tensor, budgets: list[int]) -> list[int]:
