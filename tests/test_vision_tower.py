@@ -17,9 +17,9 @@ def reference_model(clip_dir):
     """transformers' CLIPVisionModel, eager, with every layer's attention maps (the original approach)."""
     from transformers import CLIPVisionModel
 
-    from llava.model.multimodal_encoder.builder import _clip_vision_config
+    from llava.model.multimodal_encoder.builder import clip_vision_config
 
-    model = CLIPVisionModel._from_config(_clip_vision_config(clip_dir), attn_implementation="eager")
+    model = CLIPVisionModel._from_config(clip_vision_config(clip_dir), attn_implementation="eager")
     model.load_state_dict(clip_vision_state_dict(load_state_dict(clip_dir)), strict=False)
     return model.eval()
 

@@ -55,16 +55,18 @@ def _one(name: str, value, sugar_name: str, sugar):
     return value if value is not None else sugar
 
 
-def _pick_dtype(device: str, dtype) -> torch.dtype:
-    """A torch dtype from a dtype or its name; None / "auto": float32 on CPU, float16 otherwise."""
-    if dtype == "auto":
-        dtype = None
+def _as_dtype(dtype) -> torch.dtype | None:
+    """A torch dtype from a dtype or its name; None / "auto" stay None (the device's default)."""
+    if dtype is None or dtype == "auto":
+        return None
     if isinstance(dtype, str):
         name, dtype = dtype, getattr(torch, dtype, None)
         if not isinstance(dtype, torch.dtype):  # "float17", or an attribute of torch that is no dtype ("nn")
             raise ValueError(f"dtype {name!r} is not a torch dtype; use float16, bfloat16 or float32 (or 'auto')")
-    if dtype is not None:
-        return dtype
+    return dtype
+
+
+def _default_dtype(device) -> torch.dtype:
     return torch.float32 if str(device).startswith("cpu") else torch.float16
 
 
@@ -96,7 +98,7 @@ def load_options(*, device="cuda", device_map="auto", dtype=None, torch_dtype=No
                  extra: dict | None = None) -> LoadOptions:
     """One value per concept: `dtype` (older spelling `torch_dtype`), placement (`device` as LLaVA's shorthand for
     `device_map={"": device}`), `attn_implementation` (`use_flash_attn=True` = "flash_attention_2", default sdpa)."""
-    dtype = _pick_dtype(device, _one("dtype", dtype, "torch_dtype", torch_dtype))
+    dtype = _one("dtype", _as_dtype(dtype), "torch_dtype", _as_dtype(torch_dtype)) or _default_dtype(device)
     attn = _one("attn_implementation", attn_implementation, "use_flash_attn",
                 "flash_attention_2" if use_flash_attn else None) or "sdpa"
     kwargs = {"dtype": dtype, "attn_implementation": attn}
@@ -204,9 +206,9 @@ def build_tower(plan: LoadPlan, options: LoadOptions):
 def _add_image_tokens(model, tokenizer) -> None:
     """Checkpoints trained with `<im_patch>` / `<im_start>`/`<im_end>` tokens need them in the tokenizer."""
     new = []
-    if getattr(model.config, "mm_use_im_patch_token", False):
+    if model.config.mm_use_im_patch_token:
         new.append(DEFAULT_IMAGE_PATCH_TOKEN)
-    if getattr(model.config, "mm_use_im_start_end", False):
+    if model.config.mm_use_im_start_end:
         new += [DEFAULT_IM_START_TOKEN, DEFAULT_IM_END_TOKEN]
     if new:
         tokenizer.add_tokens(new, special_tokens=True)

@@ -129,8 +129,7 @@ def clip_vision_state_dict(state: dict[str, torch.Tensor]) -> dict[str, torch.Te
 
 def _select(config) -> dict:
     """Which layer and tokens the tower returns, from the checkpoint's `mm_vision_select_*` fields."""
-    return dict(select_layer=getattr(config, "mm_vision_select_layer", -2),
-                select_feature=getattr(config, "mm_vision_select_feature", "patch"))
+    return dict(select_layer=config.mm_vision_select_layer, select_feature=config.mm_vision_select_feature)
 
 
 def build_vision_tower(
@@ -234,12 +233,12 @@ def check_tower_fits(config, tower_dir: Path, config_file: Path, expected: Tower
     - anyres pinpoints must be whole multiples of that side (LLaVA cuts each canvas into side x side crops)."""
     tower_dir = Path(tower_dir)
     have = tower_geometry(tower_dir)
-    mm_hidden = getattr(config, "mm_hidden_size", None)
+    mm_hidden = config.mm_hidden_size
     if mm_hidden is not None and have.hidden is not None and mm_hidden != have.hidden:
         raise ValueError(f"the vision tower {have.source} has hidden size {have.hidden}, but the checkpoint's "
                          f"projector takes mm_hidden_size={mm_hidden} ({config_file}): not the tower this checkpoint "
                          f"was trained with")
-    expected = expected or geometry_from_name(getattr(config, "mm_vision_tower", ""), str(config_file))
+    expected = expected or geometry_from_name(config.mm_vision_tower or "", str(config_file))
     if expected is not None and (expected.side, expected.patch) != (have.side, have.patch):
         raise ValueError(f"the vision tower {have.source} is {have.describe()}, but the checkpoint expects "
                          f"{expected.describe()} from {expected.source}: not the tower this checkpoint was trained "
@@ -248,8 +247,8 @@ def check_tower_fits(config, tower_dir: Path, config_file: Path, expected: Tower
     if tower_model_type(tower_dir) in CLIP_TYPES and side is not None and side != have.side:
         raise ValueError(f"{tower_dir / 'preprocessor_config.json'} makes {side} px crops, but the tower "
                          f"{have.source} takes {have.side} px images (image_size)")
-    if "anyres" in str(getattr(config, "image_aspect_ratio", "")):
-        for pair in getattr(config, "image_grid_pinpoints", None) or []:
+    if config.is_anyres:
+        for pair in config.image_grid_pinpoints:
             if any(v % have.side for v in pair):
                 raise ValueError(f"{config_file}: image_grid_pinpoints {list(pair)} is not a multiple of the vision "
                                  f"tower's {have.side} px input ({have.source}); each canvas is cut into "
