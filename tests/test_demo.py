@@ -10,7 +10,10 @@ import pytest
 import torch
 from PIL import Image
 
-from llava import demo
+from llava.demo.budgets import kept_mask
+from llava.demo.cli import main as demo_main
+from llava.demo.model import SPEC_FILE, TOWER_SUBDIR, ensure_tiny_model
+from llava.demo.report import format_table
 from llava.mm_utils import load_image, load_image_processor, process_images
 from llava.model.tiny import CLIP_MEAN
 from llava.model.multimodal_encoder.clip_encoder import TowerOutput
@@ -28,7 +31,7 @@ def run(tmp_path_factory):
     output = tmp / "out" / "demo.png"
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        result = demo.main(["--random-weights", "--model-dir", str(tmp / "model"), "--output", str(output),
+        result = demo_main(["--random-weights", "--model-dir", str(tmp / "model"), "--output", str(output),
                             "--image", str(image),
                             "--budgets", ",".join(map(str, BUDGETS)), "--max-new-tokens", "2", "--device", "cpu"])
     return result, output, printed.getvalue(), image
@@ -58,7 +61,7 @@ def test_drawn_patches_are_the_top_k_of_the_eager_cls_attention(run):
     """The [CLS] attention drawn and the kept patches outlined are those of transformers' eager CLIPVisionModel read
     from the demo's tower directory (layer -2 maps, head mean), top-k per budget."""
     result, _, _, image_path = run
-    tower_dir = result.model_path / demo.TOWER_SUBDIR
+    tower_dir = result.model_path / TOWER_SUBDIR
     pixels = process_images([load_image(image_path)], load_image_processor(tower_dir),
                             SimpleNamespace(image_aspect_ratio="pad"))
     expected, _ = cls_attention_and_features(eager_clip(tower_dir), pixels)
@@ -79,7 +82,7 @@ def test_kept_mask_matches_topk_directly(run):
     out = TowerOutput(features=torch.randn(2, 576, 32, generator=gen), cls_attn=scores)
     for k in (1, 29, 144, 575, 576):
         model.set_pruning(model.pruning.replace(visual_token_num=k))
-        mask = demo.kept_mask(model, out)
+        mask = kept_mask(model, out)
         expected = torch.zeros(576, dtype=torch.bool)
         expected[scores[0].topk(k).indices] = True
         assert torch.equal(mask, expected), k
@@ -87,7 +90,7 @@ def test_kept_mask_matches_topk_directly(run):
 
 def test_printed_table_and_note(run):
     result, output, printed, _ = run
-    lines = demo.format_table(result.rows).splitlines()
+    lines = format_table(result.rows).splitlines()
     assert lines[0].split()[:4] == ["budget", "reduction", "kept", "LLM"]
     assert lines[2].split()[:3] == ["576", "0.0%", "576"] and lines[3].split()[:3] == ["37", "93.6%", "37"]
     assert all(line in printed for line in lines)
@@ -96,21 +99,21 @@ def test_printed_table_and_note(run):
 
 def test_cached_model_is_reused_and_foreign_dirs_are_kept(run, tmp_path):
     result, _, _, _ = run
-    spec = result.model_path / demo.SPEC_FILE
+    spec = result.model_path / SPEC_FILE
     before = spec.stat().st_mtime_ns
-    assert demo.ensure_tiny_model(result.model_path) == result.model_path
+    assert ensure_tiny_model(result.model_path) == result.model_path
     assert spec.stat().st_mtime_ns == before
     (tmp_path / "mine.txt").write_text("not a model")
     with pytest.raises(FileExistsError, match="not a demo model directory"):
-        demo.ensure_tiny_model(tmp_path)
+        ensure_tiny_model(tmp_path)
     assert (tmp_path / "mine.txt").is_file()
 
 
 def test_bad_budgets_fail_before_running(run, tmp_path):
     result, _, _, _ = run
     with pytest.raises(ValueError, match="comma-separated"):
-        demo.main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "576,half"])
+        demo_main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "576,half"])
     with pytest.raises(ValueError, match="out of range"):
-        demo.main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "577",
+        demo_main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "577",
                    "--output", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()

@@ -161,7 +161,7 @@ def test_pad_keeps_the_same_tokens_on_the_tiny_model(v15_dir, load):
         image = pil_image(*size, seed=size[0])
         ours = process_images([image], processor, model.config)
         ref = _llava_pad_pixels(image, processor)[None]
-        keep = [model.select(*(lambda o: (o.features, o.cls_attn))(model.encode(p))).keep for p in (ours, ref)]
+        keep = [model.visual.select(*(lambda o: (o.features, o.cls_attn))(model.visual.encode(p))).keep for p in (ours, ref)]
         assert torch.equal(keep[0], keep[1]), size
 
 
@@ -343,7 +343,7 @@ def test_run_llava_expected_errors_are_one_line(v15_dir, tmp_path, capsys, case)
 
 
 def test_demo_bad_template_image_budget_fail_before_building(tmp_path, capsys):
-    from llava import demo
+    from llava.demo import cli as demo
 
     model_dir = tmp_path / "model"
     base = ["--random-weights", "--model-dir", str(model_dir), "--output", str(tmp_path / "x.png")]
@@ -510,7 +510,8 @@ def test_padding_bands_are_read_from_the_stitched_grid():
     """`_padding_uniform` on grids cut by hand (explicit slices, raster order): a 64x40 image centred on a 64x64
     canvas (2 x 2 crops of 32) leaves rows 0-11 and 52-63 black; a 96x20 image on a 96x32 canvas (3 x 1) rows 0-5
     and 26-31."""
-    from llava.model.llava_arch import GridLayout, _padding_uniform
+    from llava.model.image_checks import _padding_uniform
+    from llava.model.merge import GridLayout
 
     def crops(canvas, rows, cols):
         return torch.stack([canvas[:, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32] for r in range(rows)

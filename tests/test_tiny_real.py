@@ -172,7 +172,8 @@ def test_demo_defaults_to_the_tiny_real_model(tiny_llava, tmp_path):
     import contextlib
     import io
 
-    from llava import demo
+    from llava.demo import cli as demo
+    from llava.demo.images import EASYVQA_ANSWER
 
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
@@ -181,6 +182,6 @@ def test_demo_defaults_to_the_tiny_real_model(tiny_llava, tmp_path):
     assert not result.random_weights and result.image.shape == (112, 112, 3) and result.cls_attn.shape == (64,)
     assert [r.kept for r in result.rows] == [3]  # 95% pruned: the [CLS] attention's top 3 patches
     easy = result.more[0]
-    assert easy.expected == demo.EASYVQA_ANSWER and easy.rows[0].answer.strip(" .").lower() == demo.EASYVQA_ANSWER
+    assert easy.expected == EASYVQA_ANSWER and easy.rows[0].answer.strip(" .").lower() == EASYVQA_ANSWER
     assert (tmp_path / "demo.png").is_file() and (tmp_path / "demo_easyvqa.png").is_file()
     assert "meaningless" not in printed.getvalue()
