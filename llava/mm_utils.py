@@ -1,4 +1,7 @@
-"""Image and prompt preprocessing shared by the model and the eval scripts.
+"""Image and prompt preprocessing shared by the model and the eval scripts: the image processor
+(`load_image_processor`), pixel tensors for a batch of images (`process_images`), prompt ids with image
+placeholders (`tokenizer_image_token`), stopping on keywords. Reading images is `llava.image_io`; the geometry of
+padding and anyres tiling is `llava.image_geometry`.
 
 Conventions used throughout this module:
 
@@ -16,119 +19,26 @@ Pixels must equal those of the PIL-based CLIP image processor (see :func:`load_i
 
 from __future__ import annotations
 
-import ast
-import math
 import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 from transformers import StoppingCriteria
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
+from llava.image_geometry import (
+    RESAMPLE,
+    divide_to_patches,
+    expand2square,
+    expand2square_resized,
+    resize_and_pad_image,
+    select_best_resolution,
+)
+from llava.image_io import load_image, load_images, pad_color, to_rgb  # noqa: F401  (README: llava.mm_utils names)
 
-ANYRES_RULES = ("paper", "upstream")
-# Upstream LLaVA calls ``Image.resize`` without a filter; Pillow's default for RGB images is bicubic.
-_RESAMPLE = Image.Resampling.BICUBIC
-
-
-# --------------------------------------------------------------------------- image loading
-
-
-def load_image(path: str | os.PathLike, background: tuple[int, int, int] | None = None) -> Image.Image:
-    """Open a local image file as an RGB PIL image, converted by :func:`to_rgb`.
-
-    Args:
-        background: the colour transparent pixels are composited on; default: LLaVA's pad colour for the
-            CLIP processor of every LLaVA checkpoint, :data:`CLIP_PAD_COLOR`. Pass ``pad_color(processor)``
-            for another processor, or convert later (:func:`process_images` does it with its processor's
-            colour for images that still have alpha).
-
-    Raises:
-        ValueError: for an http(s) URL (no downloads: everything runs offline), a file that is not a
-            readable image, or one over Pillow's decompression-bomb limit; the message names the path.
-        FileNotFoundError: when the file does not exist.
-    """
-    path = os.fspath(path)
-    if path.startswith(("http://", "https://")):
-        raise ValueError(f"Cannot load {path}: downloading images is not supported (offline); "
-                         "download it first and pass the local path")
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"Image file not found: {path}")
-    try:
-        with Image.open(path) as image:
-            image.load()
-            rgb = to_rgb(image, CLIP_PAD_COLOR if background is None else background)
-            return image.copy() if rgb is image else rgb  # the with-block closes `image`
-    except Image.DecompressionBombError as err:
-        raise ValueError(f"Cannot read image {path}: {err} Pillow refuses images over 2 x "
-                         f"PIL.Image.MAX_IMAGE_PIXELS = {2 * (Image.MAX_IMAGE_PIXELS or 0)} pixels; raise "
-                         "PIL.Image.MAX_IMAGE_PIXELS if you trust the file") from err
-    except (UnidentifiedImageError, OSError, SyntaxError) as err:
-        raise ValueError(f"Cannot read image {path}: {err}") from err
-
-
-def load_images(image_files: Sequence[str | os.PathLike],
-                background: tuple[int, int, int] | None = None) -> list[Image.Image]:
-    """:func:`load_image` on each path, in order."""
-    return [load_image(path, background) for path in image_files]
-
-
-# LLaVA pads with the processor's mean colour as 8 bit; this is CLIP's (every LLaVA-1.5/1.6 checkpoint's).
-CLIP_PAD_COLOR = (122, 116, 104)
-_ALPHA_MODES = ("RGBA", "RGBa", "LA", "La", "PA")
-_HIGH_DEPTH_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I", "F")
-
-
-def pad_color(image_processor) -> tuple[int, ...]:
-    """LLaVA's pad colour: the processor's mean as 8-bit levels, ``int(x * 255)`` (upstream LLaVA's expression)."""
-    return tuple(int(x * 255) for x in image_processor.image_mean)
-
-
-def to_rgb(image: Image.Image, background: tuple[int, int, int] = CLIP_PAD_COLOR) -> Image.Image:
-    """The one conversion of any PIL image to 8-bit RGB; an RGB image without transparency is returned as is.
-
-    ``Image.convert("RGB")`` gets two kinds of image wrong, and they are handled here:
-
-    - high bit depths ("I;16*", "I", "F") are clipped at 255, so a 16-bit grayscale PNG turns white: they are
-      rescaled to 8 bit by :func:`_to_8bit`;
-    - alpha ("RGBA", "LA", "PA", palette or grayscale/RGB with a ``transparency`` key) is dropped, so whatever
-      colour sits under transparent pixels (often black) shows: the image is composited on ``background``
-      (``a/255 * colour + (1 - a/255) * background``), LLaVA's pad colour by default, so transparent areas look
-      like the padding the model saw in training.
-    """
-    if image.mode in _HIGH_DEPTH_MODES:
-        image = _to_8bit(image)
-    if image.mode == "RGB" and "transparency" not in image.info:
-        return image
-    if image.mode in _ALPHA_MODES or "transparency" in image.info:
-        canvas = Image.new("RGBA", image.size, (*background[:3], 255))
-        return Image.alpha_composite(canvas, image.convert("RGBA")).convert("RGB")
-    return image.convert("RGB")
-
-
-def _to_8bit(image: Image.Image) -> Image.Image:
-    """A high-bit-depth grayscale image as "L" (or "LA" when it has a transparent level).
-
-    "I;16*" and "I" images with levels in [0, 65535] are 16-bit data (Pillow opens 16-bit PNGs as one of them):
-    ``round(v / 257)``, so 65535 -> 255. "F" images in [0, 1]: ``round(v * 255)``. Anything else is stretched
-    linearly from its own min..max to 0..255 (its range has no standard meaning).
-    """
-    levels = np.asarray(image).astype(np.float64)
-    low, high = (float(levels.min()), float(levels.max())) if levels.size else (0.0, 0.0)
-    if image.mode == "F" and 0 <= low and high <= 1:
-        scaled = levels * 255
-    elif image.mode != "F" and 0 <= low and high <= 65535:
-        scaled = levels / 257
-    else:
-        scaled = (levels - low) * (255 / (high - low)) if high > low else np.zeros_like(levels)
-    gray = Image.fromarray(np.clip(np.rint(scaled), 0, 255).astype(np.uint8))  # 2-D uint8: mode "L"
-    key = image.info.get("transparency")
-    if isinstance(key, (int, float)):  # a tRNS level: that level is transparent
-        gray.putalpha(Image.fromarray(np.where(levels == key, 0, 255).astype(np.uint8)))
-    return gray
+DEFAULT_ANYRES_MODE = "paper"  # the grid rule of the original FasterVLM, and of `PruningConfig`'s default
 
 
 # --------------------------------------------------------------------------- image processor
@@ -190,88 +100,6 @@ def _pixels(processor, image: Image.Image) -> torch.Tensor:
     return processor.preprocess(image, return_tensors="pt")["pixel_values"][0]
 
 
-# --------------------------------------------------------------------------- geometry
-
-
-def expand2square(pil_img: Image.Image, background_color) -> Image.Image:
-    """Pad to a square of side ``max(w, h)`` filled with ``background_color``.
-
-    The image is centred along the padded axis: pasted at ``((s - w) // 2, 0)`` for a tall
-    image and ``(0, (s - h) // 2)`` for a wide one. A square image is returned unchanged.
-    """
-    width, height = pil_img.size
-    if width == height:
-        return pil_img
-    side = max(width, height)
-    result = Image.new(pil_img.mode, (side, side), background_color)
-    result.paste(pil_img, ((side - width) // 2, (side - height) // 2))
-    return result
-
-
-# Bands up to this many pixels are resampled in Pillow's own pass order (bit-exact), see `expand2square_resized`.
-_EXACT_BAND_PIXELS = 1 << 24
-
-
-def expand2square_resized(pil_img: Image.Image, background_color, side: int,
-                          resample: Image.Resampling = _RESAMPLE) -> Image.Image:
-    """``expand2square(pil_img, background_color).resize((side, side), resample)``, without the full-size square.
-
-    The square canvas of a 30000 x 60 image is 2.7 GB; here the image is resampled along its long axis to
-    ``side`` and only the rows (columns) of the output that a resampling filter centred there can reach from the
-    image are computed, from a band of background around it; the rest is background. Pillow resizes in two
-    passes, horizontal first, rounding to 8 bit in between. A wide image (padded rows) is done in that order, so
-    its pixels equal the full canvas' exactly (up to float rounding of the filter positions). A tall image is
-    padded horizontally first, over its full height, while that band is at most ``_EXACT_BAND_PIXELS``; an
-    extreme one is resized vertically first, which can move pixels by one level.
-    """
-    width, height = pil_img.size
-    if width == height:
-        return pil_img.resize((side, side), resample)
-    long_side = max(width, height)
-    if width > height:  # pad rows: horizontal (long) pass first, as Pillow
-        return _pad_axis(_resize_axis(pil_img, 0, side, resample), 1, long_side, side, background_color, resample)
-    band = (width + 8 * max(long_side / side, 1.0)) * height
-    if band <= _EXACT_BAND_PIXELS:  # pad columns first, as Pillow
-        return _resize_axis(_pad_axis(pil_img, 0, long_side, side, background_color, resample), 1, side, resample)
-    return _pad_axis(_resize_axis(pil_img, 1, side, resample), 0, long_side, side, background_color, resample)
-
-
-def _resize_axis(image: Image.Image, axis: int, length: int, resample, box: tuple[float, float] | None = None):
-    """Resample along one axis only (0: x, 1: y) to ``length``; ``box`` = (start, end) on that axis in source px."""
-    width, height = image.size
-    start, end = box if box is not None else (0, image.size[axis])
-    if axis == 0:
-        return image.resize((length, height), resample, box=(start, 0, end, height))
-    return image.resize((width, length), resample, box=(0, start, width, end))
-
-
-def _pad_axis(image: Image.Image, axis: int, long_side: int, side: int, fill, resample) -> Image.Image:
-    """Centre ``image`` along ``axis`` in a ``long_side`` canvas of ``fill`` (as expand2square) and resample that
-    axis to ``side``; the other axis is kept. Output positions whose filter window misses the image are ``fill``
-    (a constant resamples to itself); the others come from a band of fill around the image, wide enough that no
-    window is clipped by the band (Pillow's widest filter, Lanczos, reaches 3 source px per output px)."""
-    short = image.size[axis]
-    scale = long_side / side  # source px per output px
-    offset = (long_side - short) // 2  # expand2square's paste position
-    margin = 3 * max(scale, 1.0) + 2
-    first = max(0, math.floor((offset - margin) / scale))
-    last = min(side, math.ceil((offset + short + margin) / scale))
-    low = max(0, math.floor(first * scale - margin))
-    high = min(long_side, math.ceil(last * scale + margin))
-    band = Image.new(image.mode, _along(image.size, axis, high - low), fill)
-    band.paste(image, _along((0, 0), axis, offset - low))
-    # positions as first * long_side / side: exact at the canvas end (Pillow rejects a box past the image)
-    box = (first * long_side / side - low, last * long_side / side - low)
-    out = Image.new(image.mode, _along(image.size, axis, side), fill)
-    out.paste(_resize_axis(band, axis, last - first, resample, box), _along((0, 0), axis, first))
-    return out
-
-
-def _along(size: tuple[int, int], axis: int, value: int) -> tuple[int, int]:
-    """``size`` with its ``axis`` entry replaced by ``value``."""
-    return (value, size[1]) if axis == 0 else (size[0], value)
-
-
 def _pad_side(processor) -> int | None:
     """The side the processor resizes a square to, or None when it does not resize squares to a square."""
     if not getattr(processor, "do_resize", True):
@@ -305,109 +133,6 @@ def _check_image_list(images) -> None:
             raise TypeError(f"process_images: images[{i}] is a {type(image).__name__}, not a PIL image{hint}")
 
 
-def _parse_pinpoints(grid_pinpoints) -> list[tuple[int, int]]:
-    """Pinpoints as a list of (width, height); accepts a list or its string form."""
-    if isinstance(grid_pinpoints, str):
-        try:
-            grid_pinpoints = ast.literal_eval(grid_pinpoints)
-        except (ValueError, SyntaxError) as err:
-            raise ValueError(f"Cannot parse image_grid_pinpoints {grid_pinpoints!r}: expected a "
-                             "list of [width, height] pairs") from err
-    pinpoints = [tuple(int(v) for v in pair) for pair in grid_pinpoints]
-    if not pinpoints or any(len(pair) != 2 for pair in pinpoints):
-        raise ValueError(f"image_grid_pinpoints must be a non-empty list of [width, height], got {grid_pinpoints!r}")
-    return pinpoints
-
-
-def _fitted_size(original_size: tuple[int, int], canvas: tuple[int, int]) -> tuple[int, int]:
-    """(width, height) of the image scaled to fit inside ``canvas``, aspect kept, truncated."""
-    (ow, oh), (w, h) = original_size, canvas
-    scale = min(w / ow, h / oh)
-    return int(ow * scale), int(oh * scale)
-
-
-def _best_upstream(original_size, resolutions):
-    """Upstream LLaVA-1.6: most effective pixels (capped at the original's), then least waste."""
-    ow, oh = original_size
-    best, best_key = None, None
-    for w, h in resolutions:
-        fw, fh = _fitted_size(original_size, (w, h))
-        effective = min(fw * fh, ow * oh)
-        key = (effective, -(w * h - effective))
-        if best_key is None or key > best_key:
-            best, best_key = (w, h), key
-    return best
-
-
-def _best_paper(original_size, resolutions):
-    """Original FasterVLM fork: the canvas the fitted image fills best; first wins ties."""
-    best, best_fill = None, -1.0
-    for w, h in resolutions:
-        fw, fh = _fitted_size(original_size, (w, h))
-        fill = (fw * fh) / (w * h)
-        if fill > best_fill:
-            best, best_fill = (w, h), fill
-    return best
-
-
-def select_best_resolution(original_size: tuple[int, int], possible_resolutions,
-                           rule: str = "paper") -> tuple[int, int]:
-    """Pick the anyres canvas for an image.
-
-    Args:
-        original_size: (width, height) of the image.
-        possible_resolutions: [width, height] candidates (list, or its string form).
-        rule: "paper" — the original FasterVLM's rule, max fitted area / canvas area, first
-            candidate wins ties (a square image always gets 672×672 among the LLaVA-1.6
-            pinpoints); "upstream" — upstream LLaVA-1.6's rule, max effective resolution
-            ``min(fitted area, original area)``, ties broken by least wasted canvas area
-            (a square image of side ≤ 336 gets 336×672).
-
-    Returns:
-        (width, height) of the chosen canvas.
-    """
-    resolutions = _parse_pinpoints(possible_resolutions)
-    if rule == "paper":
-        return _best_paper(original_size, resolutions)
-    if rule == "upstream":
-        return _best_upstream(original_size, resolutions)
-    raise ValueError(f"Unknown anyres rule {rule!r}; expected one of {ANYRES_RULES}")
-
-
-def resize_and_pad_image(image: Image.Image, target_resolution: tuple[int, int]) -> Image.Image:
-    """Fit ``image`` inside a (width, height) canvas, aspect kept, centred on black.
-
-    The constrained side becomes exactly the target; the other is ``ceil(side * scale)``
-    (capped at the target), as upstream LLaVA. Resampling is bicubic.
-    """
-    ow, oh = image.size
-    tw, th = target_resolution
-    scale_w, scale_h = tw / ow, th / oh
-    if scale_w < scale_h:
-        new_w, new_h = tw, min(math.ceil(oh * scale_w), th)
-    else:
-        new_w, new_h = min(math.ceil(ow * scale_h), tw), th
-    resized = image.resize((new_w, new_h), _RESAMPLE)
-    canvas = Image.new("RGB", (tw, th), (0, 0, 0))
-    canvas.paste(resized, ((tw - new_w) // 2, (th - new_h) // 2))
-    return canvas
-
-
-def divide_to_patches(image: Image.Image, patch_size: int) -> list[Image.Image]:
-    """Square crops of side ``patch_size`` in raster order: top row left to right, then the next row."""
-    width, height = image.size
-    return [image.crop((left, top, left + patch_size, top + patch_size))
-            for top in range(0, height, patch_size)
-            for left in range(0, width, patch_size)]
-
-
-def get_anyres_image_grid_shape(image_size: tuple[int, int], grid_pinpoints, patch_size: int,
-                                rule: str = "paper") -> tuple[int, int]:
-    """(crops across, crops down) of the anyres grid for an image of (width, height) ``image_size``."""
-    width, height = select_best_resolution(image_size, grid_pinpoints, rule)
-    return width // patch_size, height // patch_size
-
-
 def process_anyres_image(image: Image.Image, processor, grid_pinpoints, rule: str = "paper") -> torch.Tensor:
     """Base crop + grid crops of one image → ``[1 + cols * rows, 3, S, S]``.
 
@@ -417,16 +142,11 @@ def process_anyres_image(image: Image.Image, processor, grid_pinpoints, rule: st
     canvas = select_best_resolution(image.size, grid_pinpoints, rule)
     crops = divide_to_patches(resize_and_pad_image(image, canvas), _crop_size(processor))
     side = _base_size(processor)
-    base = image.resize((side, side), _RESAMPLE)
+    base = image.resize((side, side), RESAMPLE)
     return torch.stack([_pixels(processor, crop) for crop in [base, *crops]], dim=0)
 
 
-def _anyres_rule(model_cfg) -> str:
-    """The grid rule the model config asks for (``anyres_mode``; default: paper-compatible)."""
-    return getattr(model_cfg, "anyres_mode", None) or "paper"
-
-
-def process_images(images: Sequence[Image.Image], image_processor, model_cfg):
+def process_images(images: Sequence[Image.Image], image_processor, model_cfg, anyres_mode: str | None = None):
     """Pixel tensors for a batch of images, following ``model_cfg.image_aspect_ratio``.
 
     Images are first made RGB by :func:`to_rgb`, transparency composited on the processor's mean colour.
@@ -434,8 +154,9 @@ def process_images(images: Sequence[Image.Image], image_processor, model_cfg):
     - "pad": pad to square with the processor's mean colour, then process → ``[B, 3, S, S]`` (resized before
       padding, see :func:`expand2square_resized`).
     - "anyres": :func:`process_anyres_image` per image with ``model_cfg.image_grid_pinpoints``
-      and the grid rule ``model_cfg.anyres_mode`` ("paper" default, or "upstream")
-      → ``[B, 1 + crops, 3, S, S]``.
+      and the grid rule ``anyres_mode`` → ``[B, 1 + crops, 3, S, S]``. It must be the model's own:
+      ``anyres_mode=model.pruning.anyres_mode``; None means "paper" (the default mode of a loaded model). The
+      model refuses crops made with the other rule when it can tell (a different crop count or grid).
     - anything else: the processor on the raw images (resize + centre crop) → ``[B, 3, S, S]``.
 
     Returns a stacked tensor when all images give the same shape, else a list of tensors
@@ -443,11 +164,11 @@ def process_images(images: Sequence[Image.Image], image_processor, model_cfg):
     """
     _check_image_list(images)
     images = [to_rgb(image, pad_color(image_processor)) for image in images]
-    aspect = getattr(model_cfg, "image_aspect_ratio", None)
+    aspect = model_cfg.image_aspect_ratio
     if aspect == "pad":
         tensors = [_pixels(image_processor, _pad_to_square(image, image_processor)) for image in images]
     elif aspect == "anyres":
-        pinpoints, rule = model_cfg.image_grid_pinpoints, _anyres_rule(model_cfg)
+        pinpoints, rule = model_cfg.image_grid_pinpoints, anyres_mode or DEFAULT_ANYRES_MODE
         tensors = [process_anyres_image(image, image_processor, pinpoints, rule) for image in images]
     else:
         return image_processor(list(images), return_tensors="pt")["pixel_values"]

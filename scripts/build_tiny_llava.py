@@ -38,7 +38,7 @@ from llava.constants import IGNORE_INDEX  # noqa: E402
 from llava.conversation import get_conv_template  # noqa: E402
 from llava.mm_utils import tokenizer_image_token  # noqa: E402
 from llava.model import tiny_real  # noqa: E402
-from llava.model.llava_arch import splice, splice_labels  # noqa: E402
+from llava.model.placeholders import splice, splice_labels  # noqa: E402
 
 DEFAULT_OUT = tiny_real.PROJECTOR_ASSET.parent
 DEFAULT_WORK = Path("~/.cache/fastervlm/tiny-llava-train")
@@ -117,7 +117,7 @@ def image_features(model, image_processor, image_ids: list[int], cache: Path, ba
         for k in tqdm(range(0, len(todo), batch), desc="tower features", unit="batch", file=sys.stderr):
             ids = todo[k:k + batch]
             pixels = process_images([load_image(paths[i]) for i in ids], image_processor, model.config)
-            out = model.encode(pixels)
+            out = model.visual.encode(pixels)
             feats.update({i: f.clone() for i, f in zip(ids, out.features)})
         cache.parent.mkdir(parents=True, exist_ok=True)
         torch.save(feats, cache)

@@ -132,7 +132,7 @@ class Kept:
 def tower_kept(model, pixels: torch.Tensor, budgets, upcast: bool = False) -> tuple[dict, torch.Tensor]:
     """Kept sets of the tower-side methods at each budget, and the [CLS] attention (N, P) they ranked by. With
     `upcast` the selectors get the tower's outputs converted to float32 (the same values, float32 arithmetic)."""
-    out = model.encode(pixels.to(device=model.device, dtype=model.dtype))
+    out = model.visual.encode(pixels.to(device=model.device, dtype=model.dtype))
     signals = {"features": out.features, "cls_attn": out.cls_attn, "keys": out.keys, "cls_token": out.cls_token}
     if upcast:
         signals = {name: value.float() for name, value in signals.items()}
@@ -140,7 +140,7 @@ def tower_kept(model, pixels: torch.Tensor, budgets, upcast: bool = False) -> tu
     for method in TOWER_METHODS:
         for budget in budgets:
             model.set_pruning(model.pruning.replace(method=method, visual_token_num=budget))
-            selection = model.select(**signals)
+            selection = model.visual.select(**signals)
             scores = out.cls_attn.float().cpu() if method == "fastervlm" else None
             result[(method, budget)] = Kept(selection.keep.sort(dim=-1).values.cpu(), scores)
     return result, out.cls_attn.float().cpu()

@@ -29,14 +29,14 @@ def test_unknown_method_and_anyres_mode():
 def test_prompt_without_image_placeholder(v15_dir, load):
     tok, model, proc, _ = load(v15_dir)
     ids = tok("USER: hello ASSISTANT:", return_tensors="pt").input_ids
-    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     with pytest.raises(ValueError, match=r"hold 0 <image> placeholder\(s\).*but 1 image\(s\) were given"):
         model.generate(ids, images=pixels, max_new_tokens=2)
 
 
 def test_more_placeholders_than_images(v15_dir, load):
     tok, model, proc, _ = load(v15_dir)
-    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     with pytest.raises(ValueError, match=r"hold 2 <image> placeholder\(s\).*but 1 image\(s\)"):
         model.generate(prompt_ids(tok, n_images=2), images=pixels, max_new_tokens=2)
     with pytest.raises(ValueError, match="no images were given"):
@@ -48,7 +48,7 @@ def test_two_images_two_placeholders_equal_the_oracle(v15_dir, clip_dir, load):
     placeholder order) and the greedy answer equal FasterVLM run in transformers' eager Llava (tests/oracle_llava.py);
     a swapped image order or a wrong kept set would change the logits."""
     tok, model, proc, _ = load(v15_dir, visual_token_num=3)
-    pixels = process_images([pil_image(40, 24, seed=1), pil_image(30, 50, seed=2)], proc, model.config)
+    pixels = process_images([pil_image(40, 24, seed=1), pil_image(30, 50, seed=2)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok, n_images=2)
     out, n, cls_attn = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
     logits = model(ids, images=pixels).logits

@@ -89,10 +89,11 @@ def test_pruned_prefill_equals_rerunning_later_layers_on_kept_tokens(models, att
     model, ref = models[f"{attn}-{k}"], models["reference"]
     ids, px = prompt(), pixels(seed=k)
     with torch.no_grad():
-        logits = model(ids, images=px).logits
+        out = model(ids, images=px)
+    logits = out.logits
     mm = ref.prepare_multimodal_inputs(ids, None, px)
     expected, kept = reference_logits(ref, mm.inputs_embeds, mm.visual_mask[0], BUDGET, k)
-    assert model.last_visual[0] == [BUDGET]
+    assert out.v_token_num == [BUDGET]
     assert model.llm_pruner.kept[0].tolist() == kept
     assert logits.shape == (1, ids.shape[1] - 1 + BUDGET, ref.config.vocab_size)
     torch.testing.assert_close(logits, expected, atol=1e-4, rtol=1e-4)

@@ -40,7 +40,7 @@ def processors(tok_dir, clip_dir):
 
 def hf_inputs(ids, image, kind, handle, image_token_id, pixels):
     """transformers' inputs for our prompt ids (one IMAGE_TOKEN_INDEX) and pixels."""
-    inputs = {"input_ids": expand_image_tokens(ids, handle.stages.full_tokens(image.size if kind != "llava" else None),
+    inputs = {"input_ids": expand_image_tokens(ids, handle.adapter.pipeline.full_tokens(image.size if kind != "llava" else None),
                                                image_token_id), "pixel_values": pixels}
     if kind == "llava_next":
         inputs["image_sizes"] = torch.tensor([[image.size[1], image.size[0]]])  # transformers: (height, width)
@@ -79,7 +79,7 @@ def test_pruned_outputs_equal_our_model_tree(models, load, request, kind, method
     with apply_pruning(model, method=method, visual_token_num=3, llm_layer=1) as handle:
         for size in [(40, 24), (80, 30)]:  # grids 2x1 and 3x1: no tie, so both grid rules agree
             image = pil_image(*size, seed=4)
-            pixels = process_images([image], proc, ours.config)
+            pixels = process_images([image], proc, ours.config, anyres_mode=ours.pruning.anyres_mode)
             ids = prompt_ids(tok)
             expected = ours(ids, images=pixels, image_sizes=[image.size]).logits
             new, v_token_num, cls_attn = ours.generate(ids, images=pixels, image_sizes=[image.size],
@@ -103,7 +103,7 @@ def test_pruned_llava_equals_the_oracle(models, v15_dir, clip_dir, load, size):
     tok, ours, proc, _ = load(v15_dir)
     oracle, vocab = eager_llava(v15_dir, clip_dir)
     image = pil_image(*size, seed=7)
-    pixels = process_images([image], proc, ours.config)
+    pixels = process_images([image], proc, ours.config, anyres_mode=ours.pruning.anyres_mode)
     ids = prompt_ids(tok)
     embeds = pruned_embeds(oracle, ids, pixels, 3)
     expected_cls, _ = cls_attention_and_features(oracle.model.vision_tower, pixels)
@@ -123,7 +123,7 @@ def test_labels_are_pruned_with_the_prompt(models, v15_dir, load):
     model, image_token_id = models("llava")
     tok, ours, proc, _ = load(v15_dir, visual_token_num=4)
     image = pil_image(32, 32, seed=6)
-    pixels = process_images([image], proc, ours.config)
+    pixels = process_images([image], proc, ours.config, anyres_mode=ours.pruning.anyres_mode)
     ids = prompt_ids(tok)
     spot = int((ids[0] == IMAGE_TOKEN_INDEX).nonzero())
     expected_labels = torch.cat([ids[0, :spot], torch.full((4,), IGNORE_INDEX), ids[0, spot + 1:]])

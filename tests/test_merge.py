@@ -2,7 +2,7 @@
 
 import torch
 
-from llava.model.llava_arch import GridLayout, merge_grid_paper, merge_grid_upstream, unpad_window
+from llava.model.merge import GridLayout, merge_grid_paper, merge_grid_upstream, unpad_window
 
 
 def labelled(keep):

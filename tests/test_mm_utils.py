@@ -11,19 +11,20 @@ from transformers import AutoTokenizer
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.conversation import get_conv_template
-from llava.mm_utils import (
-    KeywordsStoppingCriteria,
+from llava.image_geometry import (
     divide_to_patches,
     expand2square,
     get_anyres_image_grid_shape,
-    get_model_name_from_path,
-    load_image,
-    load_image_processor,
-    load_images,
-    process_anyres_image,
-    process_images,
     resize_and_pad_image,
     select_best_resolution,
+)
+from llava.image_io import load_image, load_images
+from llava.mm_utils import (
+    KeywordsStoppingCriteria,
+    get_model_name_from_path,
+    load_image_processor,
+    process_anyres_image,
+    process_images,
     tokenizer_image_token,
 )
 from tests.helpers_tokenizer import make_llama_tokenizer_dir
@@ -243,21 +244,21 @@ def test_process_images_anyres_square_uses_paper_rule_by_default():
     expected = _manual_anyres(image, processor, (64, 64), (64, 64))
     torch.testing.assert_close(process_images([image], processor, cfg)[0], expected, rtol=0, atol=1e-6)
     # Upstream → 32x64 canvas (least waste): 32x32 fitted, 16 black rows above and below; 1x2 grid, 1 + 2 crops.
-    cfg.anyres_mode = "upstream"
     expected = _manual_anyres(image, processor, (32, 64), (32, 32))
-    torch.testing.assert_close(process_images([image], processor, cfg)[0], expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(process_images([image], processor, cfg, anyres_mode="upstream")[0], expected, rtol=0,
+                               atol=1e-6)
 
 
 def test_process_images_anyres_real_size_with_string_pinpoints(tmp_path):
     (tmp_path / "preprocessor_config.json").write_text(json.dumps(CLIP_336_CONFIG))
     processor = load_image_processor(tmp_path)
-    cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=str(PINPOINTS), anyres_mode="paper")
+    cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=str(PINPOINTS))
     assert process_images([_random_image(500, 500)], processor, cfg).shape == (1, 5, 3, 336, 336)
 
 
 def test_process_images_anyres_mixed_grids_give_a_list():
     processor = _processor(32)
-    cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=SMALL_PINPOINTS, anyres_mode="paper")
+    cfg = SimpleNamespace(image_aspect_ratio="anyres", image_grid_pinpoints=SMALL_PINPOINTS)
     images = [_random_image(64, 64), _random_image(100, 50)]
     out = process_images(images, processor, cfg)
     assert isinstance(out, list) and len(out) == 2

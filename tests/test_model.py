@@ -28,7 +28,7 @@ def prompt_ids(tokenizer, question="what is in this image?", n_images=1):
 def test_full_budget_v15_matches_transformers_llava(v15_dir, clip_dir, load):
     tok, model, proc, _ = load(v15_dir)
     image = pil_image(40, 24)  # non-square: exercises the pad-to-square path
-    pixels = process_images([image], proc, model.config)
+    pixels = process_images([image], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok)
     ours = model(ids, images=pixels).logits
     ref_model, vocab = hf_model("llava", v15_dir, clip_dir)
@@ -42,10 +42,10 @@ def test_full_budget_v15_matches_transformers_llava(v15_dir, clip_dir, load):
 def test_full_budget_v16_upstream_matches_transformers_llava_next(v16_dir, clip_dir, load, size):
     tok, model, proc, _ = load(v16_dir, anyres_mode="upstream")
     image = pil_image(*size, seed=1)
-    pixels = process_images([image], proc, model.config)  # (1, 1 + crops, 3, 32, 32)
+    pixels = process_images([image], proc, model.config, anyres_mode=model.pruning.anyres_mode)  # (1, 1 + crops, 3, 32, 32)
     ids = prompt_ids(tok)
-    ours = model(ids, images=pixels, image_sizes=[image.size]).logits
-    n_visual = model.last_visual[0][0]
+    out = model(ids, images=pixels, image_sizes=[image.size])
+    ours, n_visual = out.logits, out.v_token_num[0]
     ref_model, vocab = hf_model("llava_next", v16_dir, clip_dir)
     w, h = image.size
     with torch.no_grad():
@@ -59,7 +59,7 @@ def test_full_budget_v16_upstream_matches_transformers_llava_next(v16_dir, clip_
 def test_v15_v_token_num_and_cls_attn(v15_dir, clip_dir, load):
     """cls_attn: transformers' own eager attention map of the selected layer, head mean of the [CLS] row."""
     tok, model, proc, _ = load(v15_dir, visual_token_num=5)
-    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     out, v_token_num, cls_attn = model.generate(prompt_ids(tok), images=pixels, max_new_tokens=3, do_sample=False)
     assert v_token_num == 5 and isinstance(v_token_num, int)
     expected, _ = eager_cls_attention(hf_model("llava", v15_dir, clip_dir)[0].model.vision_tower, pixels)
@@ -68,11 +68,11 @@ def test_v15_v_token_num_and_cls_attn(v15_dir, clip_dir, load):
 
 @pytest.mark.parametrize("size,grid", [((40, 40), (2, 2)), ((80, 30), (3, 1)), ((30, 70), (1, 2))])
 def test_v16_paper_mode_keeps_budget_per_crop(v16_dir, load, size, grid):
-    from llava.mm_utils import get_anyres_image_grid_shape
+    from llava.image_geometry import get_anyres_image_grid_shape
 
     assert get_anyres_image_grid_shape(size, PINPOINTS, 32, "paper") == grid
     tok, model, proc, _ = load(v16_dir, visual_token_num=3)
-    pixels = process_images([pil_image(*size)], proc, model.config)
+    pixels = process_images([pil_image(*size)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     crops = 1 + grid[0] * grid[1]
     assert pixels.shape[1] == crops
     _, v_token_num, cls_attn = model.generate(prompt_ids(tok), images=pixels, image_sizes=[size], max_new_tokens=2,
@@ -86,15 +86,15 @@ def test_v16_upstream_mode_counts_unpadded_tokens_and_newlines(v16_dir, load):
     size = (80, 30)
     # upstream rule: 96x32 has the largest effective resolution (85x32 fitted, capped at 80*30) -> 3x1 crops.
     # The patch grid is 4 rows x 12 cols; the image spans 80 * 4/30 = 10.67 -> 10 cols, 1 padded col each side.
-    pixels = process_images([pil_image(*size)], proc, model.config)
+    pixels = process_images([pil_image(*size)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     assert pixels.shape[1] == 4
-    model(prompt_ids(tok), images=pixels, image_sizes=[size])
-    assert model.last_visual[0] == [16 + 4 * (10 + 1)]  # base crop + 4 rows x (10 patches + newline)
+    out = model(prompt_ids(tok), images=pixels, image_sizes=[size])
+    assert out.v_token_num == [16 + 4 * (10 + 1)]  # base crop + 4 rows x (10 patches + newline)
 
 
 def test_pruned_generation_is_deterministic_and_prompt_shrinks(v15_dir, load):
     tok, model, proc, _ = load(v15_dir, visual_token_num=4)
-    pixels = process_images([pil_image(32, 32, seed=5)], proc, model.config)
+    pixels = process_images([pil_image(32, 32, seed=5)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok)
     pruned = model.prepare_multimodal_inputs(ids, None, pixels)
     assert pruned.inputs_embeds.shape[1] == ids.shape[1] - 1 + 4 and pruned.v_token_num == [4]
@@ -109,14 +109,14 @@ def test_pruned_generation_is_deterministic_and_prompt_shrinks(v15_dir, load):
 def test_kept_tokens_are_the_top_cls_attention_patches(v15_dir, clip_dir, load):
     """Oracle: transformers' eager CLIP attention map and hidden state, torch.topk, transformers' projector."""
     _, model, proc, _ = load(v15_dir, visual_token_num=4)
-    pixels = process_images([pil_image(32, 32, seed=2)], proc, model.config)
-    out = model.encode(pixels)
-    keep = model.select(out.features, out.cls_attn).keep
+    pixels = process_images([pil_image(32, 32, seed=2)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
+    out = model.visual.encode(pixels)
+    keep = model.visual.select(out.features, out.cls_attn).keep
     ref = hf_model("llava", v15_dir, clip_dir)[0]
     attn, feats = eager_cls_attention(ref.model.vision_tower, pixels)
     expected = sorted(attn[0].topk(4).indices.tolist())
     assert keep[0].tolist() == expected
-    projected = model.project(out.features, keep)
+    projected = model.visual.project(out.features, keep)
     with torch.no_grad():
         torch.testing.assert_close(projected[0], ref.model.multi_modal_projector(feats[0, expected]), atol=1e-5,
                                    rtol=1e-5)
@@ -126,12 +126,12 @@ def test_batched_generation_matches_batch_one(v15_dir, load):
     tok, model, proc, _ = load(v15_dir, visual_token_num=6)
     images = [pil_image(32, 32, seed=s) for s in (7, 8)]
     prompts = [prompt_ids(tok, "what is in this image?")[0], prompt_ids(tok, "describe")[0]]
-    singles = [model.generate(p[None], images=process_images([im], proc, model.config), max_new_tokens=5,
+    singles = [model.generate(p[None], images=process_images([im], proc, model.config, anyres_mode=model.pruning.anyres_mode), max_new_tokens=5,
                               do_sample=False)[0][0] for p, im in zip(prompts, images)]
     longest = max(len(p) for p in prompts)
     ids = torch.stack([torch.cat([torch.zeros(longest - len(p), dtype=torch.long), p]) for p in prompts])
     mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]).long() for p in prompts])
-    out, counts, attn = model.generate(ids, attention_mask=mask, images=process_images(images, proc, model.config),
+    out, counts, attn = model.generate(ids, attention_mask=mask, images=process_images(images, proc, model.config, anyres_mode=model.pruning.anyres_mode),
                                        max_new_tokens=5, do_sample=False)
     assert counts == [6, 6] and len(attn) == 2 and attn[0].shape == (1, PATCHES)
     for row, single in zip(out, singles):
@@ -192,7 +192,7 @@ def test_generate_returns_llm_attentions_for_the_analyses(v15_dir, load):
     """return_dict_in_generate + output_attentions (needs eager attention in the LLM) still gives the triple."""
     tok, model, proc, _ = load(v15_dir, visual_token_num=4, attn_implementation="eager")
     ids = prompt_ids(tok)
-    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     out, v_token_num, cls_attn = model.generate(ids, images=pixels, max_new_tokens=3, do_sample=False,
                                                 return_dict_in_generate=True, output_attentions=True)
     prompt_len = ids.shape[1] - 1 + 4
@@ -209,7 +209,7 @@ def test_half_precision_loading_and_generation(v15_dir, load, dtype):
                                                               else {"torch_dtype": dtype}))
     expected = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     assert model.dtype == expected and model.get_vision_tower().dtype == expected
-    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     out, n, cls_attn = model.generate(prompt_ids(tok), images=pixels, max_new_tokens=2, do_sample=False)
     assert out.shape == (1, 2) and n == 4 and cls_attn.dtype == torch.float32
 
@@ -220,7 +220,7 @@ def test_forward_with_labels_ignores_visual_positions(v15_dir, load):
     tok, model, proc, _ = load(v15_dir, visual_token_num=4)
     ids = prompt_ids(tok)
     labels = ids.clone()
-    pixels = process_images([pil_image(32, 32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     out = model(ids, images=pixels, labels=labels)
     mm = model.prepare_multimodal_inputs(ids, None, pixels, labels=labels)
     spot = (ids[0] == IMAGE_TOKEN_INDEX).nonzero().item()
@@ -235,6 +235,6 @@ def test_forward_with_labels_ignores_visual_positions(v15_dir, load):
 
 def test_anyres_without_image_sizes_is_a_clear_error(v16_dir, load):
     tok, model, proc, _ = load(v16_dir)
-    pixels = process_images([pil_image(40, 40)], proc, model.config)
+    pixels = process_images([pil_image(40, 40)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     with pytest.raises(ValueError, match="need image_sizes"):
         model.generate(prompt_ids(tok), images=pixels, max_new_tokens=1)

@@ -20,7 +20,7 @@ import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
 from llava.mm_utils import process_images
-from llava.model.llava_arch import GridLayout, merge_grid_paper, merge_grid_upstream, unpad_window
+from llava.model.merge import GridLayout, merge_grid_paper, merge_grid_upstream, unpad_window
 from llava.model.pruning import as_selection
 from tests.conftest import pil_image
 from tests.hf_helpers import hf_model, hf_processor
@@ -102,15 +102,15 @@ def hf_next(v16_dir, clip_dir):
 
 
 def spy_selection(model) -> list[torch.Tensor]:
-    """Record the kept indices (N, m) of every `select` call of this model instance."""
-    calls, original = [], model.select
+    """Record the kept indices (N, m) of every `select` call of this model's pipeline (install after set_pruning)."""
+    calls, original = [], model.visual.select
 
     def select(*args, **kwargs):
         result = original(*args, **kwargs)
         calls.append(as_selection(result).keep.clone())
         return result
 
-    model.select = select
+    model.visual.select = select
     return calls
 
 
@@ -147,7 +147,7 @@ def test_paper_mode_visual_tokens_equal_fastervlm_on_transformers_modules(v16_di
     Grids by the paper rule, by hand: 40x40 fills 64x64 best (2x2), 30x70 fills 32x64 (1 across, 2 down), 60x30
     fills 64x32 (2 across, 1 down)."""
     _, model, proc, _ = load(v16_dir, visual_token_num=3)
-    pixels = process_images([pil_image(*size, seed=11)], proc, model.config)[0]  # (crops, 3, S, S)
+    pixels = process_images([pil_image(*size, seed=11)], proc, model.config, anyres_mode=model.pruning.anyres_mode)[0]  # (crops, 3, S, S)
     assert pixels.shape[0] == 1 + cols * rows
     _, mask, projected = oracle_visual_tokens(hf_next, pixels, 3)
     expected = fastervlm_spatial(projected, mask, cols, rows)
@@ -169,7 +169,7 @@ def test_batch_cls_attn_and_kept_indices_per_sample_v15(v15_dir, hf_llava, load)
     tok, model, proc, _ = load(v15_dir, visual_token_num=4)
     images = [pil_image(32, 32, seed=s) for s in (7, 8, 9)]
     prompts = [prompt_ids(tok, q)[0] for q in ("what is in this image?", "describe", "color?")]
-    pixels = process_images(images, proc, model.config)
+    pixels = process_images(images, proc, model.config, anyres_mode=model.pruning.anyres_mode)
     spy = spy_selection(model)
     singles = []
     for p, px in zip(prompts, pixels):
@@ -196,7 +196,7 @@ def test_batch_cls_attn_and_kept_indices_per_sample_v16_paper(v16_dir, hf_next, 
     tok, model, proc, _ = load(v16_dir, visual_token_num=3)
     sizes = [(40, 40), (30, 70)]
     images = [pil_image(*s, seed=20 + i) for i, s in enumerate(sizes)]
-    pixels = process_images(images, proc, model.config)  # a list: 5 and 3 crops
+    pixels = process_images(images, proc, model.config, anyres_mode=model.pruning.anyres_mode)  # a list: 5 and 3 crops
     prompts = [prompt_ids(tok)[0], prompt_ids(tok, "describe")[0]]
     spy = spy_selection(model)
     ids, mask = left_padded(prompts)
@@ -225,7 +225,7 @@ def expand_all_image_tokens(ids: torch.Tensor, n_tokens: int, image_token_id: in
 def test_two_images_in_one_prompt_match_transformers_llava_in_order(v15_dir, hf_llava, load):
     tok, model, proc, _ = load(v15_dir)
     ref_model, vocab = hf_llava
-    pixels = process_images([pil_image(32, 32, seed=31), pil_image(40, 24, seed=32)], proc, model.config)
+    pixels = process_images([pil_image(32, 32, seed=31), pil_image(40, 24, seed=32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok, "compare the two images", n_images=2)
     hf_ids = expand_all_image_tokens(ids, PATCHES, vocab)
     results = {}
@@ -246,7 +246,7 @@ def test_batch_of_multi_image_prompts_gives_each_sample_its_images_in_order(v15_
     tok, model, proc, _ = load(v15_dir)
     ref_model, vocab = hf_llava
     pixels = process_images([pil_image(32, 32, seed=51), pil_image(40, 24, seed=52), pil_image(24, 40, seed=53)],
-                            proc, model.config)
+                            proc, model.config, anyres_mode=model.pruning.anyres_mode)
     prompts = [prompt_ids(tok, "compare", n_images=2)[0], prompt_ids(tok, "what is in this image?")[0]]
     ids, mask = left_padded(prompts)
     mm = model.prepare_multimodal_inputs(ids, mask, pixels)
@@ -308,7 +308,7 @@ def test_upstream_mode_visual_tokens_equal_fastervlm_unpad_with_llava_rounding(v
     transformers' modules (tower, projector, image_newline). Both branches, pruned and full budget; at these sizes
     transformers' rounding would keep one more patch row (column) of padding."""
     _, model, proc, _ = load(v16_dir, visual_token_num=budget, anyres_mode="upstream")
-    pixels = process_images([pil_image(*size, seed=12)], proc, model.config)[0]
+    pixels = process_images([pil_image(*size, seed=12)], proc, model.config, anyres_mode=model.pruning.anyres_mode)[0]
     assert pixels.shape[0] == 1 + cols * rows  # upstream rule by hand: 188x47 fits 96x32 with most pixels
     _, mask, projected = oracle_visual_tokens(hf_next, pixels, budget)
     newline = hf_next.model.image_newline.detach()
@@ -359,7 +359,7 @@ def projector_inputs(model) -> list[torch.Tensor]:
 
 def test_projector_input_is_the_kept_tower_features_v15(v15_dir, hf_llava, load):
     _, model, proc, _ = load(v15_dir, visual_token_num=5)
-    pixels = process_images([pil_image(32, 32, seed=41), pil_image(40, 24, seed=42)], proc, model.config)
+    pixels = process_images([pil_image(32, 32, seed=41), pil_image(40, 24, seed=42)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     seen = projector_inputs(model)
     model.visual_tokens(pixels)
     attn, feats = eager_cls_attention(hf_llava[0].model.vision_tower, pixels)
@@ -371,7 +371,7 @@ def test_projector_input_is_the_kept_tower_features_v15(v15_dir, hf_llava, load)
 
 def test_projector_input_is_the_kept_tower_features_v16(v16_dir, hf_next, load):
     _, model, proc, _ = load(v16_dir, visual_token_num=3)
-    pixels = process_images([pil_image(40, 40, seed=43)], proc, model.config)[0]  # 5 crops
+    pixels = process_images([pil_image(40, 40, seed=43)], proc, model.config, anyres_mode=model.pruning.anyres_mode)[0]  # 5 crops
     seen = projector_inputs(model)
     model.visual_tokens([pixels], image_sizes=[(40, 40)])
     attn, feats = eager_cls_attention(hf_next.model.vision_tower, pixels)
@@ -405,12 +405,11 @@ def test_low_precision_kept_set_equals_float_scoring_of_the_same_qk(v15_dir, loa
     captured = {}
     attn_module.q_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("q", o.detach()))
     attn_module.k_proj.register_forward_hook(lambda m, i, o: captured.__setitem__("k", o.detach()))
-    pixels = process_images([pil_image(32, 32, seed=s) for s in range(40)], proc, model.config)
-    spy = spy_selection(model)
+    pixels = process_images([pil_image(32, 32, seed=s) for s in range(40)], proc, model.config)  # LLaVA-1.5: pad
     guarded, checked = 0, 0
     for budget in range(1, PATCHES):
         model.set_pruning(model.pruning.replace(visual_token_num=budget))
-        model.visual_tokens(pixels)
+        keep = torch.cat(model.visual_tokens(pixels).keep)  # (40, budget): one crop per image
         assert captured["q"].dtype == dtype
         exact = attention_from_qk(captured["q"], captured["k"], attn_module.num_heads, torch.float64)
         naive = attention_from_qk(captured["q"], captured["k"], attn_module.num_heads, dtype)
@@ -419,7 +418,7 @@ def test_low_precision_kept_set_equals_float_scoring_of_the_same_qk(v15_dir, loa
             if ordered[i, budget - 1] - ordered[i, budget] < 1e-6:
                 continue  # a float64 near tie: float32 may legitimately order it either way
             expected = set(exact[i].topk(budget).indices.tolist())
-            assert set(spy[-1][i].tolist()) == expected, (i, budget)
+            assert set(keep[i].tolist()) == expected, (i, budget)
             checked += 1
             guarded += set(naive[i].float().topk(budget).indices.tolist()) != expected
     assert checked > 0.9 * len(pixels) * (PATCHES - 1)

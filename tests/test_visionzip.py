@@ -160,7 +160,7 @@ def test_llava_16_grid_order_equals_visionzip_restore(v16_dir, load):
     crops = pixels[0] if pixels.ndim == 5 else pixels
     hidden, cls_rows, metric = eager_layer(model, crops.reshape(-1, *crops.shape[-3:]))
     per_crop = oracle(hidden, cls_rows, metric, *split_budget(budget))
-    cols, rows = model.grid_layout(size).cols, model.grid_layout(size).rows
+    cols, rows = model.visual.grid_layout(size).cols, model.visual.grid_layout(size).rows
     assert (cols, rows) == (2, 1) and len(per_crop) == 3
     side, d = 4, split_budget(budget)[0]
     placed = {}  # (row, col) on the stitched grid -> token

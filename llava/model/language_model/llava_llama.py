@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM, LlamaModel
+from transformers.modeling_outputs import CausalLMOutputWithPast
 
 from llava.model.llava_arch import LlavaMetaForCausalLM, LlavaMetaModel
 from llava.model.pruning import PruningConfig
@@ -131,6 +133,15 @@ def _check_pinpoints(pinpoints) -> None:
                          f"list of [width, height] pairs of positive pixel counts, got {pinpoints!r}")
 
 
+@dataclass
+class LlavaCausalLMOutput(CausalLMOutputWithPast):
+    """transformers' causal-LM output plus, for a call with images, per sample the visual tokens kept (spliced, or
+    for an in-LLM method kept after its pruning layer) and the [CLS] attention of its crops ((crops, P))."""
+
+    v_token_num: list[int] | None = None
+    cls_attn: list[torch.Tensor] | None = None
+
+
 class LlavaLlamaModel(LlavaMetaModel, LlamaModel):
     config_class = LlavaConfig
 
@@ -165,7 +176,8 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         """Causal LM forward; with `images`, ids holding IMAGE_TOKEN_INDEX are turned into embeddings first.
 
         With images the batch is re-padded on the left (attention_mask is rebuilt) and labels get IGNORE_INDEX at
-        the visual positions. The kept visual-token counts and [CLS] attention of the call are in `self.last_visual`.
+        the visual positions; the output is a `LlavaCausalLMOutput` whose `v_token_num` / `cls_attn` give the kept
+        visual-token counts and [CLS] attention of the call (lists, per sample).
         `logits_to_keep` is named here so that generate() asks for the last position's logits only.
         With an in-LLM method (FastV) the layers after its pruning point, and the logits, cover the kept positions only.
         """
@@ -175,14 +187,14 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
                 f"over labels is not supported"
             )
         check_input_ids(input_ids)
+        mm = None
         if images is not None and inputs_embeds is None:
             mm = self.prepare_multimodal_inputs(input_ids, attention_mask, images, image_sizes, labels)
             self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
             inputs_embeds, attention_mask, labels = mm.inputs_embeds, mm.attention_mask, mm.labels
             kept = self.start_llm_pruning(mm)
-            self.last_visual = (kept or mm.v_token_num, mm.cls_attn)
             input_ids, position_ids = None, None
-        return super().forward(
+        out = super().forward(
             input_ids=input_ids,
             attention_mask=attention_mask,
             position_ids=position_ids,
@@ -191,6 +203,9 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
             logits_to_keep=logits_to_keep,
             **kwargs,
         )
+        if mm is None or not isinstance(out, CausalLMOutputWithPast):
+            return out
+        return LlavaCausalLMOutput(**out, v_token_num=kept or mm.v_token_num, cls_attn=mm.cls_attn)
 
     @torch.no_grad()
     def generate(
@@ -232,7 +247,6 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         mm = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
         self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
         v_counts, cls_attn = self.start_llm_pruning(mm) or mm.v_token_num, mm.cls_attn
-        self.last_visual = (v_counts, cls_attn)
         out = super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
         if len(v_counts) == 1:
             return out, v_counts[0], cls_attn[0]

@@ -1,0 +1,86 @@
+"""Adapters from transformers' Llava model classes to our `VisualTokenPipeline`: each one builds the pipeline over
+the instance's own modules (its CLIP tower wrapped for [CLS] attention, its projector, its input embeddings,
+LLaVA-1.6's `image_newline`) and says how the processor's `pixel_values` / `image_sizes` map to crops per image.
+
+A new family is one adapter class here (or in its own module) and one line in `ADAPTERS`
+(llava/integrations/transformers/__init__.py).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn as nn
+from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
+
+from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
+from llava.model.pipeline import VisualTokenPipeline
+from llava.model.pruning import PruningConfig
+
+
+class LlavaAdapter:
+    """LlavaForConditionalGeneration (LLaVA-1.5): one crop per image, pixel_values (images, 3, S, S)."""
+
+    anyres = False
+
+    def __init__(self, model: nn.Module, pruning: PruningConfig) -> None:
+        self.model = model
+        self.tower = CLIPVisionTower(model.model.vision_tower, select_layer=model.config.vision_feature_layer)
+        self.pipeline = VisualTokenPipeline(self.tower, model.model.multi_modal_projector,
+                                            model.get_input_embeddings(), pruning, **self.pipeline_options())
+
+    def pipeline_options(self) -> dict:
+        return {}
+
+    @staticmethod
+    def check_mode(anyres_mode: str) -> None:
+        """LLaVA-1.5 has no anyres layout: every mode is the same."""
+
+    def image_sizes(self, image_sizes) -> list[tuple[int, int]] | None:
+        """(width, height) per image for the pipeline; None without anyres."""
+        return None
+
+    def crops(self, pixel_values: torch.Tensor, sizes) -> list[torch.Tensor] | torch.Tensor:
+        """The processor's pixel_values as the pipeline's images."""
+        return pixel_values
+
+
+class LlavaNextAdapter(LlavaAdapter):
+    """LlavaNextForConditionalGeneration (LLaVA-1.6): the processor tiled each image with transformers' grid rule and
+    wrote the placeholders of `spatial_unpad` + `image_newline` with transformers' unpad rounding, so the pipeline
+    runs in upstream mode with those rules. pixel_values: (images, crops, 3, S, S) padded, or all crops (N, 3, S, S);
+    image_sizes (images, 2) as (height, width)."""
+
+    anyres = True
+
+    def pipeline_options(self) -> dict:
+        pinpoints, side = self.model.config.image_grid_pinpoints, self.model.config.vision_config.image_size
+
+        def grid(image_size: tuple[int, int]) -> tuple[int, int]:
+            """transformers' own grid rule (its pinpoints are (height, width)), which its processor used."""
+            width, height = image_size
+            rows, cols = get_anyres_image_grid_shape([height, width], pinpoints, side)
+            return cols, rows
+
+        return dict(grid_rule=grid, image_newline=self.model.model.image_newline, unpad_rule="transformers")
+
+    @staticmethod
+    def check_mode(anyres_mode: str) -> None:
+        if anyres_mode != "upstream":
+            raise ValueError(
+                f"anyres_mode={anyres_mode!r}: on a transformers LlavaNext model only 'upstream' is supported, "
+                f"because its processor already tiled each image with transformers' grid rule and wrote the "
+                f"placeholders of the spatial_unpad + image_newline layout. For the paper's layout load the directory "
+                f"with llava.model.builder.load_pretrained_model(path, anyres_mode='paper'), which reads llava-hf "
+                f"checkpoints"
+            )
+
+    def image_sizes(self, image_sizes) -> list[tuple[int, int]]:
+        if image_sizes is None:
+            raise ValueError("LLaVA-1.6 (LlavaNext) needs image_sizes, as its processor returns them")
+        return [(int(w), int(h)) for h, w in torch.as_tensor(image_sizes).tolist()]
+
+    def crops(self, pixel_values: torch.Tensor, sizes) -> list[torch.Tensor]:
+        crops = [self.pipeline.crops(s) for s in sizes]
+        if pixel_values.ndim == 5:  # (images, max crops, 3, S, S), padded with empty crops
+            return [p[:n] for p, n in zip(pixel_values, crops)]
+        return list(pixel_values.split(crops))
