@@ -135,7 +135,11 @@ def add_model_args(parser: argparse.ArgumentParser, model_path_required: bool = 
     parser.add_argument("--model-path", required=model_path_required)
     parser.add_argument("--model-base", default=None)
     parser.add_argument("--conv-mode", default="vicuna_v1")
-    PruningConfig.add_cli_args(parser)  # --visual-token-num, --pruning-method, --anyres-mode, --fastv-layer
+    parser.add_argument("--visual-token-num", type=int, default=None,
+                        help="visual tokens kept per crop (default: all, i.e. no pruning; 576 for CLIP-336)")
+    parser.add_argument("--pruning-method", default="fastervlm")
+    parser.add_argument("--anyres-mode", default="paper", choices=["paper", "upstream"])
+    parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's K: prune after this many LLM layers")
     parser.add_argument("--vision-tower-path", default=None, help="local copy of the config's mm_vision_tower")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--temperature", type=float, default=0.2)  # run_llava: 0 (greedy)
@@ -148,6 +152,7 @@ def load_from_args(args):
     """`load_pretrained_model` with the flags of `add_model_args`: (tokenizer, model, image_processor, context)."""
     return load_pretrained_model(
         args.model_path, args.model_base, get_model_name_from_path(args.model_path),
-        device=args.device or default_device(), vision_tower_path=args.vision_tower_path,
-        pruning=PruningConfig.from_args(args),
+        device=args.device or default_device(), visual_token_num=args.visual_token_num,
+        pruning_method=args.pruning_method, anyres_mode=args.anyres_mode, vision_tower_path=args.vision_tower_path,
+        llm_layer=args.fastv_layer,
     )
