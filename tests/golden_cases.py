@@ -134,7 +134,7 @@ def run_ours(loaded, settings: dict, pixels=None) -> dict:
     tok, model, proc = loaded
     n = settings["batch"]
     images = [pil_image(*size, seed=i) for i, size in enumerate(SIZES[:n])]
-    made = process_images(images, proc, model.config)
+    made = process_images(images, proc, model.config, anyres_mode=model.pruning.anyres_mode)
     pixels = made if pixels is None else pixels
     sizes = [im.size for im in images]
     ids, mask = our_inputs(tok, n)
