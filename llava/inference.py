@@ -19,6 +19,7 @@ from llava.conversation import Conversation, SeparatorStyle, conv_templates
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.placeholders import left_pad
+from llava.model.pruning import PruningConfig
 
 DEFAULT_CONV_MODE = "vicuna_v1"  # when neither --conv-mode nor the checkpoint's config names one (LLaVA-1.5)
 
@@ -85,7 +86,7 @@ def pad_id(tokenizer) -> int:
 def answer(model, tokenizer, image_processor, prompt: str, images, **gen_kwargs):
     """Generate for one prompt about `images` (PIL, in prompt order); returns (text, kept visual tokens, [CLS]
     attention) as `model.generate` gives them."""
-    pixels = process_images(images, image_processor, model.config)
+    pixels = process_images(images, image_processor, model.config, anyres_mode=model.pruning.anyres_mode)
     pixels = pixels.to(model.device) if isinstance(pixels, torch.Tensor) else [p.to(model.device) for p in pixels]
     ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt").unsqueeze(0).to(model.device)
     out, v_token_num, cls_attn = model.generate(ids, images=pixels, image_sizes=[im.size for im in images],
@@ -135,11 +136,7 @@ def add_model_args(parser: argparse.ArgumentParser, model_path_required: bool = 
     parser.add_argument("--model-path", required=model_path_required)
     parser.add_argument("--model-base", default=None)
     parser.add_argument("--conv-mode", default="vicuna_v1")
-    parser.add_argument("--visual-token-num", type=int, default=None,
-                        help="visual tokens kept per crop (default: all, i.e. no pruning; 576 for CLIP-336)")
-    parser.add_argument("--pruning-method", default="fastervlm")
-    parser.add_argument("--anyres-mode", default="paper", choices=["paper", "upstream"])
-    parser.add_argument("--fastv-layer", type=int, default=2, help="FastV's K: prune after this many LLM layers")
+    PruningConfig.add_cli_args(parser)  # --visual-token-num, --pruning-method, --anyres-mode, --fastv-layer
     parser.add_argument("--vision-tower-path", default=None, help="local copy of the config's mm_vision_tower")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--temperature", type=float, default=0.2)  # run_llava: 0 (greedy)
@@ -152,7 +149,6 @@ def load_from_args(args):
     """`load_pretrained_model` with the flags of `add_model_args`: (tokenizer, model, image_processor, context)."""
     return load_pretrained_model(
         args.model_path, args.model_base, get_model_name_from_path(args.model_path),
-        device=args.device or default_device(), visual_token_num=args.visual_token_num,
-        pruning_method=args.pruning_method, anyres_mode=args.anyres_mode, vision_tower_path=args.vision_tower_path,
-        llm_layer=args.fastv_layer,
+        device=args.device or default_device(), vision_tower_path=args.vision_tower_path,
+        pruning=PruningConfig.from_args(args),
     )

@@ -65,7 +65,8 @@ def main(argv=None) -> list[dict]:
     questions, _ = jsonl_questions(args.question_file, args.image_folder)
     questions = questions[: args.limit]
     tokenizer, model, image_processor, _ = load_from_args(args)
-    dataset = QuestionDataset(questions, tokenizer, image_processor, model.config, args.conv_mode)
+    dataset = QuestionDataset(questions, tokenizer, image_processor, model.config, args.conv_mode,
+                              anyres_mode=model.pruning.anyres_mode)
     gen_kwargs = generation_kwargs(args)
     sizes = [int(s) for s in args.batch_sizes.split(",")]
     timed_answers(model, tokenizer, dataset, max(sizes), gen_kwargs)  # warm-up

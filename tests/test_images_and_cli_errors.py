@@ -326,7 +326,7 @@ def test_run_llava_expected_errors_are_one_line(v15_dir, tmp_path, capsys, case)
     elif case == "bad image":
         image, needles = str(bad), ["bad.png", "Cannot read image"]
     elif case == "zero budget":
-        extra, needles = ["--visual-token-num", "0"], ["--visual-token-num 0", "positive"]
+        extra, needles = ["--visual-token-num", "0"], ["visual_token_num=0 is out of range", "at least 1"]
     elif case == "budget too large":
         extra, needles = ["--visual-token-num", "17"], ["visual_token_num=17 is out of range", "between 1 and 16"]
     elif case == "bad model path":

@@ -58,6 +58,15 @@ def parse_budgets(text: str) -> list[int]:
     return budgets
 
 
+def requested_budgets(budgets: str | None, visual_token_num: int | None) -> list[int] | None:
+    """--budgets, else --visual-token-num as the one budget, else None (the defaults, once the model is known)."""
+    if budgets is not None and visual_token_num is not None:
+        raise ValueError(f"--budgets {budgets} and --visual-token-num {visual_token_num}: pass one of them")
+    if budgets is not None:
+        return parse_budgets(budgets)
+    return None if visual_token_num is None else [visual_token_num]
+
+
 def default_budgets(tokens_per_crop: int) -> list[int]:
     """All, 25%, 10% and 5% of a crop's tokens, rounded (576 -> 576, 144, 58, 29; 64 -> 64, 16, 6, 3)."""
     return [max(1, round(tokens_per_crop * share)) for share in DEFAULT_KEEP]
@@ -83,7 +92,7 @@ def crop_as_image(crop: torch.Tensor, image_processor) -> np.ndarray:
 
 def kept_mask(model, tower_out) -> torch.Tensor:
     """Boolean (P,) mask of the patches of crop 0 that the model keeps at its current budget, from the model's own
-    selection stage (`model.select`, the same call `generate` makes)."""
+    selection stage (`model.visual.select`, the same call `generate` makes)."""
     keep = model.visual.select(tower_out.features[:1], tower_out.cls_attn[:1]).keep[0]  # (k,)
     mask = torch.zeros(tower_out.cls_attn.shape[-1], dtype=torch.bool)
     mask[keep.cpu()] = True
@@ -92,7 +101,7 @@ def kept_mask(model, tower_out) -> torch.Tensor:
 
 def image_note(label: str, size: tuple[int, int], config) -> str:
     """How the input became what the tower saw, for the caption under it."""
-    aspect = getattr(config, "image_aspect_ratio", None)
+    aspect = config.image_aspect_ratio
     if aspect == "pad":
         how = "resized" if size[0] == size[1] else "padded to square, resized"
     else:
@@ -107,7 +116,7 @@ def run_image(model, tokenizer, image_processor, item: DemoImage, configs, conv_
     prompt = build_prompt(item.query, 1, conv_mode)
     ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt")
     text_tokens = int((ids != IMAGE_TOKEN_INDEX).sum())
-    pixels = process_images([item.image], image_processor, model.config)
+    pixels = process_images([item.image], image_processor, model.config, anyres_mode=model.pruning.anyres_mode)
     crops = pixels[0] if isinstance(pixels, list) else pixels.flatten(0, pixels.ndim - 4)
     with torch.no_grad():
         tower_out = model.visual.encode(crops.to(model.device))

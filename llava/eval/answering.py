@@ -32,6 +32,7 @@ from llava.inference import (
     load_from_args,
 )
 from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model.pruning import PruningConfig
 
 # What LLaVA's model_vqa_loader generates at most; the other entry points use 1024, as upstream.
 DEFAULT_MAX_NEW_TOKENS = 128
@@ -50,14 +51,16 @@ class Sample:
 
 
 class QuestionDataset:
-    """Prompt ids and pixels of each question; runs in DataLoader workers."""
+    """Prompt ids and pixels of each question; runs in DataLoader workers. `anyres_mode`: the model's own
+    (`model.pruning.anyres_mode`), which decides an anyres image's crop grid."""
 
     def __init__(self, questions: list[Question], tokenizer, image_processor, model_config, conv_mode: str,
-                 skip_bad_images: bool = False):
+                 skip_bad_images: bool = False, anyres_mode: str | None = None):
         self.questions = questions
         self.tokenizer = tokenizer
         self.image_processor = image_processor
         self.model_config = model_config
+        self.anyres_mode = anyres_mode
         self.conv_mode = conv_mode
         self.skip_bad_images = skip_bad_images
 
@@ -76,7 +79,7 @@ class QuestionDataset:
         ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
         if image is None:
             return Sample(index, ids, None, None)
-        pixels = process_images([image], self.image_processor, self.model_config)[0]
+        pixels = process_images([image], self.image_processor, self.model_config, anyres_mode=self.anyres_mode)[0]
         return Sample(index, ids, pixels, image.size)
 
 
@@ -184,7 +187,7 @@ def _run_locked(args, questions: list[Question], n_records: int, prompt_options:
                   file=sys.stderr)
     todo = [q for q in pending if q.key not in bad]
     dataset = QuestionDataset(todo, tokenizer, image_processor, model.config, args.conv_mode,
-                              skip_bad_images=args.skip_bad_images)
+                              skip_bad_images=args.skip_bad_images, anyres_mode=model.pruning.anyres_mode)
     bar = tqdm_bar(len(mine), resumed + len(bad), os.path.basename(args.question_file) + chunk)
     _answer_all(args, answers, dataset, (model, tokenizer), identity, bar)
     answers.finish()
@@ -254,4 +257,5 @@ def parse_args(parser: argparse.ArgumentParser, argv=None):
     if args.num_chunks < 1 or not 0 <= args.chunk_idx < args.num_chunks:
         parser.error(f"--chunk-idx must be in [0, --num-chunks); got {args.chunk_idx} of {args.num_chunks}")
     check_conv_mode(args.conv_mode)  # before anything is read, loaded or written
+    PruningConfig.from_args(args)  # the same for the pruning flags
     return args

@@ -9,11 +9,11 @@ import hashlib
 
 import shortuuid
 
-from llava.eval.answers import IDENTITY_FIELDS, RunIdentity
+from llava.eval.answers import IDENTITY_FIELDS, RunIdentity, run_identity
 from llava.eval.questions import Question
 from llava.mm_utils import get_model_name_from_path
 from llava.model.checkpoint import read_llava_config, resolve_local_dir
-from llava.model.pruning import PruningConfig, method_parameters
+from llava.model.pruning import PruningConfig
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth")
 
@@ -40,22 +40,13 @@ def checkpoint_fingerprint(model_path: str, model_base: str | None = None) -> st
 
 def checkpoint_is_anyres(model_path: str) -> bool:
     """Whether the checkpoint's config asks for anyres (LLaVA-1.6), read from config.json without loading."""
-    return getattr(read_llava_config(resolve_local_dir(model_path)), "image_aspect_ratio", None) == "anyres"
+    return read_llava_config(resolve_local_dir(model_path)).is_anyres
 
 
-def method_params(pruning: PruningConfig) -> dict:
-    """The pruning method's parameters besides its budget, only those the method reads (`method_parameters`)."""
-    return {name: int(value) for name, value in method_parameters(pruning).items()}
-
-
-def _run_identity(args, visual_token_num, anyres_mode, params: dict, prompt_options: dict | None) -> RunIdentity:
-    temperature = float(args.temperature)
-    return RunIdentity(
-        get_model_name_from_path(args.model_path), visual_token_num, args.pruning_method, anyres_mode,
-        method_params=params, conv_mode=args.conv_mode, temperature=temperature,
-        top_p=args.top_p if temperature > 0 else None,  # greedy decoding ignores top_p (generation_kwargs)
-        num_beams=args.num_beams, max_new_tokens=args.max_new_tokens, prompt_options=dict(prompt_options or {}),
-        checkpoint=checkpoint_fingerprint(args.model_path, args.model_base))
+def _identity(args, pruning, anyres: bool, prompt_options: dict | None) -> RunIdentity:
+    return run_identity(args, pruning, model_id=get_model_name_from_path(args.model_path), anyres=anyres,
+                        checkpoint=checkpoint_fingerprint(args.model_path, args.model_base),
+                        prompt_options=prompt_options)
 
 
 def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIdentity, tuple[str, ...]]:
@@ -63,20 +54,15 @@ def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIde
 
     Everything but the budget when ``--visual-token-num`` is not given: "all tokens" is resolved from the vision
     tower, so a file of a pruned run is compared against the resolved budget once the model is loaded."""
-    anyres = checkpoint_is_anyres(args.model_path)
-    requested = PruningConfig(method=args.pruning_method, llm_layer=args.fastv_layer)  # validated: a clear error
-    identity = _run_identity(args, args.visual_token_num, args.anyres_mode if anyres else None,
-                             method_params(requested), prompt_options)
-    fields = tuple(f for f in IDENTITY_FIELDS if f != "visual_token_num" or args.visual_token_num is not None)
+    request = PruningConfig.from_args(args)  # checked: a clear error for a bad flag
+    identity = _identity(args, request, checkpoint_is_anyres(args.model_path), prompt_options)
+    fields = tuple(f for f in IDENTITY_FIELDS if f != "visual_token_num" or request.visual_token_num is not None)
     return identity, fields
 
 
 def model_identity(args, model, prompt_options: dict | None = None) -> RunIdentity:
     """The identity of the loaded model: resolved budget, method and its parameters, (anyres checkpoints) mode."""
-    anyres = getattr(model.config, "image_aspect_ratio", None) == "anyres"
-    pruning = model.pruning
-    return _run_identity(args, pruning.visual_token_num, pruning.anyres_mode if anyres else None,
-                         method_params(pruning), prompt_options)
+    return _identity(args, model.pruning, model.config.is_anyres, prompt_options)
 
 
 def answer_record(q: Question, text: str, v_token_num: int, identity: RunIdentity) -> dict:

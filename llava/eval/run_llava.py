@@ -26,6 +26,7 @@ from llava.inference import (
     trim_at_stop,
 )
 from llava.mm_utils import KeywordsStoppingCriteria, load_images
+from llava.model.pruning import PruningConfig
 
 
 def main(argv=None) -> str:
@@ -43,8 +44,7 @@ def main(argv=None) -> str:
     if args.conv_mode is not None:
         check_conv_mode(args.conv_mode)
     check_device(args.device)
-    if args.visual_token_num is not None and args.visual_token_num < 1:
-        raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
+    PruningConfig.from_args(args)  # a bad pruning flag fails here, before the model loads
     images = load_images(args.image_file.split(args.sep))
     tokenizer, model, image_processor, _ = load_from_args(args)
     conv_mode = resolve_conv_mode(args.conv_mode, model.config)
