@@ -65,11 +65,6 @@ def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> d
     return out
 
 
-def disable_torch_init() -> None:
-    """Kept for notebooks that call it (as in LLaVA); loading already skips random init on the meta device."""
-    return None
-
-
 def read_json_file(path: str | os.PathLike, what: str = "") -> dict:
     """The JSON object in `path`. A malformed file raises ValueError naming the file, line and column (json's own
     message names neither the file nor, when read from text, anything a user could find); `what` says what the file

@@ -11,11 +11,29 @@ from pathlib import Path
 import torch
 
 from llava.constants import IMAGE_TOKEN_INDEX
-from llava.model.convert_hf import llava_to_hf_state
 from llava.utils import load_state_dict
 from tests.tiny_checkpoints import PINPOINTS, clip_vision_config_dict
 
 OUR_TOWER_PREFIX = "model.vision_tower.vision_tower.vision_model."
+
+
+def llava_to_hf_state(state: dict[str, torch.Tensor], tower: dict[str, torch.Tensor],
+                      image_token_rows: int = 0) -> dict[str, torch.Tensor]:
+    """The inverse of the loader's llava-hf renaming, written here from transformers 5.x's llava names: our checkpoint's tensors (+ its tower in CLIPVisionModel names) under transformers 5.x's llava names, with
+    `image_token_rows` zero rows appended to the embeddings and lm_head (transformers' `<image>` token)."""
+    out = {"model.vision_tower." + k: v for k, v in tower.items() if not k.endswith("position_ids")}
+    for k, v in state.items():
+        if k.startswith("model.mm_projector."):
+            index, name = k.split(".")[2:]
+            out[f"model.multi_modal_projector.linear_{1 if index == '0' else 2}.{name}"] = v
+        elif k == "model.image_newline" or k == "lm_head.weight":
+            out[k] = v
+        elif k.startswith("model.") and not k.startswith("model.vision_tower."):
+            out["model.language_model." + k.removeprefix("model.")] = v
+    if image_token_rows:
+        for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
+            out[k] = torch.cat([out[k], out[k].new_zeros(image_token_rows, out[k].shape[1])])
+    return out
 
 
 def tower_state(ckpt_dir, clip_dir) -> dict[str, torch.Tensor]:

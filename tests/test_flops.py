@@ -17,7 +17,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from llava.bench.flops import LlamaShape, kv_cache_bytes, layer_flops, prefill_flops
+from llava.bench.flops import LlamaShape, layer_flops, prefill_flops
 
 # hidden 8, 2 query heads of 4, one KV head (GQA), MLP 16, vocabulary 10
 TINY = LlamaShape(hidden=8, layers=3, heads=2, kv_heads=1, head_dim=4, mlp=16, vocab=10)
@@ -85,16 +85,6 @@ def fastv_paper_layer(n: int, d: int, m: int) -> int:
 def test_relation_to_fastvs_formula(n):
     d, m = 4096, 11008
     assert layer_flops(SHAPE_7B, n) == 2 * fastv_paper_layer(n, d, m) + 2 * n * d * m - 2 * d * n * (n - 1)
-
-
-def test_kv_cache_bytes():
-    # keys + values: 2 x layers x kv_heads x head_dim x tokens x bytes
-    assert kv_cache_bytes(SHAPE_7B, [640] * 32, 2) == 2 * 32 * 32 * 128 * 640 * 2 == 335_544_320  # 320 MiB fp16
-    assert kv_cache_bytes(SHAPE_7B, [122] * 32, 2) == 2 * 32 * 32 * 128 * 122 * 2
-    # FastV K = 2 keeps the whole prompt in the first two layers' caches
-    assert kv_cache_bytes(SHAPE_7B, [640] * 2 + [122] * 30, 2) == 2 * 32 * 128 * 2 * (2 * 640 + 30 * 122) == 80_936_960
-    # GQA: one KV head of 4, float32
-    assert kv_cache_bytes(TINY, [3, 3, 2], 4) == 2 * 1 * 4 * (3 + 3 + 2) * 4 == 256
 
 
 def masked_half(shape: LlamaShape, n: int) -> int:

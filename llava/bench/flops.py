@@ -52,8 +52,3 @@ def prefill_flops(shape: LlamaShape, prompt_len: int, kept_len: int | None = Non
     if full_layers:  # FastV's ranking: one query row against the prompt's keys at layer K
         total += 2 * shape.heads * shape.head_dim * prompt_len
     return total + 2 * shape.hidden * shape.vocab
-
-
-def kv_cache_bytes(shape: LlamaShape, lengths: list[int], bytes_per_value: int) -> int:
-    """Keys + values held for the given per-layer lengths."""
-    return sum(2 * shape.kv_heads * shape.head_dim * n * bytes_per_value for n in lengths)

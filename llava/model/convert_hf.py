@@ -31,7 +31,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import torch
 from transformers import LlavaConfig as HFLlavaConfig
 from transformers import LlavaNextConfig
 
@@ -145,22 +144,3 @@ def hf_processor_settings(model_dir: Path) -> dict:
     if not settings:
         raise FileNotFoundError(f"{model_dir}: no image processor settings (preprocessor_config.json)")
     return {k: settings[k] for k in _PROCESSOR_SETTINGS if k in settings}
-
-
-def llava_to_hf_state(state: dict[str, torch.Tensor], tower: dict[str, torch.Tensor],
-                      image_token_rows: int = 0) -> dict[str, torch.Tensor]:
-    """Our checkpoint's tensors (+ its tower in CLIPVisionModel names) under transformers 5.x's llava names, with
-    `image_token_rows` zero rows appended to the embeddings and lm_head (transformers' `<image>` token)."""
-    out = {"model.vision_tower." + k: v for k, v in tower.items() if not k.endswith("position_ids")}
-    for k, v in state.items():
-        if k.startswith("model.mm_projector."):
-            index, name = k.split(".")[2:]
-            out[f"model.multi_modal_projector.linear_{1 if index == '0' else 2}.{name}"] = v
-        elif k == "model.image_newline" or k == "lm_head.weight":
-            out[k] = v
-        elif k.startswith("model.") and not k.startswith("model.vision_tower."):
-            out["model.language_model." + k.removeprefix("model.")] = v
-    if image_token_rows:
-        for k in ("model.language_model.embed_tokens.weight", "lm_head.weight"):
-            out[k] = torch.cat([out[k], out[k].new_zeros(image_token_rows, out[k].shape[1])])
-    return out
