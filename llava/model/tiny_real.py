@@ -8,14 +8,11 @@
   a rank-8 LoRA adapter on the LLM's linear layers (merged into its weights here); both are shipped in
   `assets/tiny_llava/` (mm_projector.safetensors, llm_lora.safetensors: a few MB), so nobody has to retrain them.
 
-`ensure_tiny_llava()` writes the checkpoint once, in our liuhaotian layout, to ~/.cache/fastervlm/
-tiny-llava-dinov2-smollm2 (config.json with `mm_vision_tower`, LLM + projector weights, tokenizer, the converted
-tower in a subdirectory) and reuses it while the packages and the shipped weights are unchanged.
-
-    python -m llava.model.tiny_real            # build if needed, print the checkpoint directory
-
-The tower runs at 112 px (8 x 8 = 64 patches): easy-vqa's images are 64 x 64, so each patch is one 8 x 8 block of
-the original picture.
+`ensure_tiny_llava()` (or `python -m llava.model.tiny_real`, which prints the directory) writes the checkpoint once,
+in our liuhaotian layout, to ~/.cache/fastervlm/tiny-llava-dinov2-smollm2 (config.json with `mm_vision_tower`, LLM +
+projector weights, tokenizer, the converted tower in a subdirectory) and reuses it while the packages and the
+shipped weights are unchanged. The tower runs at 112 px (8 x 8 = 64 patches): easy-vqa's images are 64 x 64, so
+each patch is one 8 x 8 block of the original picture.
 """
 
 from __future__ import annotations
