@@ -254,6 +254,48 @@ def test_llava_next_hf_malformed_pinpoints(tmp_path, hf15_dir, load, monkeypatch
         load(ckpt)
 
 
+def _drop_weight(ckpt: Path, key: str) -> None:
+    """Remove tensor `key` from the shard that holds it and from the shard index (when there is one)."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    index = next(iter(ckpt.glob("*.index.json")), None)
+    if index is not None:
+        meta = json.loads(index.read_text())
+        shard = ckpt / meta["weight_map"].pop(key)
+        index.write_text(json.dumps(meta))
+    else:
+        shard = ckpt / "model.safetensors"
+    if shard.suffix == ".safetensors":
+        state = load_file(str(shard))
+        del state[key]
+        save_file(state, str(shard), metadata={"format": "pt"})
+    else:
+        state = torch.load(shard, weights_only=True)
+        del state[key]
+        torch.save(state, shard)
+
+
+@pytest.mark.parametrize("which, dropped, named", [
+    # liuhaotian layout: the names in the files are the model's own
+    ("v15", "model.mm_projector.0.weight", "model.mm_projector.0.weight"),
+    ("v16", "model.layers.1.self_attn.q_proj.weight", "model.layers.1.self_attn.q_proj.weight"),
+    # llava-hf (the names save_pretrained writes): the message gives LLaVA's name of the weight (linear_1 is
+    # LLaVA's mm_projector.0 in transformers' convert_llava_weights_to_hf.py); the layer's path inside the LLM stays
+    ("hf15", "multi_modal_projector.linear_1.weight", "mm_projector.0.weight"),
+    ("hf15", "language_model.model.layers.1.mlp.up_proj.weight", "layers.1.mlp.up_proj.weight"),
+])
+def test_weight_missing_from_the_checkpoint_is_named(tmp_path, v15_dir, v16_dir, hf15_dir, load, which, dropped,
+                                                     named):
+    """A tensor absent from the shards would stay randomly initialised: the loader refuses, naming it and the dir."""
+    ckpt = _copy({"v15": v15_dir, "v16": v16_dir, "hf15": hf15_dir}[which], tmp_path / "ckpt")
+    _drop_weight(ckpt, dropped)
+    with pytest.raises(ValueError) as err:
+        load(ckpt)
+    msg = str(err.value)
+    assert named in msg and str(ckpt) in msg
+
+
 # ---------------------------------------------------------------- item 11: eval_easyvqa.sh checks before writing
 
 
