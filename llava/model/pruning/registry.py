@@ -8,16 +8,19 @@ class is installed on the model's decoder layers (see `llm.py`).
 
 from __future__ import annotations
 
-from llava.model.pruning import fastv, selectors, visionzip, vispruner
+from llava.model.pruning.fastv import FastV
 from llava.model.pruning.llm import LLMPruner, keep_all
+from llava.model.pruning.selectors import fastervlm, random, uniform
+from llava.model.pruning.visionzip import visionzip
+from llava.model.pruning.vispruner import vispruner
 
 METHODS = {
-    "fastervlm": selectors.fastervlm,  # [CLS] attention top-k (arXiv 2412.01818)
-    "random": selectors.random,
-    "uniform": selectors.uniform,
-    "visionzip": visionzip.visionzip,  # dominant + contextual tokens (arXiv 2412.04467)
-    "vispruner": vispruner.vispruner,  # important + diverse tokens (VisPruner, ICCV 2025)
-    "fastv": fastv.FastV,  # inside the LLM after layer K (arXiv 2403.06764)
+    "fastervlm": fastervlm,  # [CLS] attention top-k (arXiv 2412.01818)
+    "random": random,
+    "uniform": uniform,
+    "visionzip": visionzip,  # dominant + contextual tokens (arXiv 2412.04467)
+    "vispruner": vispruner,  # important + diverse tokens (VisPruner, ICCV 2025)
+    "fastv": FastV,  # inside the LLM after layer K (arXiv 2403.06764)
 }
 
 
