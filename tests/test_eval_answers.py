@@ -4,8 +4,8 @@ import json
 
 import pytest
 
-from llava.eval.answers import (IDENTITY_FIELDS, AnswersFile, AnswersMismatchError, RunIdentity, merge_answers,
-                                read_answers, record_key, skipped_path)
+from llava.eval.answer_identity import IDENTITY_FIELDS, RunIdentity
+from llava.eval.answers import AnswersFile, AnswersMismatchError, merge_answers, read_answers, record_key, skipped_path
 from llava.eval import model_vqa_loader
 from llava.eval.questions import get_chunk, split_list
 

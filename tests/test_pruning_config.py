@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from llava.eval.answers import IDENTITY_FIELDS, run_identity
+from llava.eval.answer_identity import IDENTITY_FIELDS, run_identity
 from llava.model.builder import load_options
 from llava.model.pruning import PruningConfig, PruningRequest, resolve_pruning
 from tests.tiny_checkpoints import PATCHES

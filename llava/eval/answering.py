@@ -20,7 +20,8 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from llava.cli import WATCH_PARENT_ENV, check_conv_mode
-from llava.eval.answers import IDENTITY_FIELDS, AnswersFile, hold_lock
+from llava.eval.answer_identity import IDENTITY_FIELDS
+from llava.eval.answers import AnswersFile, hold_lock
 from llava.eval.questions import Question, check_images, chunk_questions, number_repeats
 from llava.eval.run_identity import answer_record, model_identity, requested_identity, skipped_record
 from llava.inference import (

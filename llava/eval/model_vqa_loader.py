@@ -13,7 +13,7 @@ question, written and fsynced as each batch finishes; a rerun skips the question
 answered. ``--num-chunks N --chunk-idx K`` answers only the K-th of N contiguous slices of the
 question file (LLaVA's ``split_list``), for one process per GPU.
 
-Run identity: every answer line records what produced it (:class:`llava.eval.answers.RunIdentity`:
+Run identity: every answer line records what produced it (:class:`llava.eval.answer_identity.RunIdentity`:
 checkpoint fingerprint, budget, method and its parameters, template, decoding, prompt options);
 a rerun that differs in any of them, or whose question text for an id changed, is refused
 before the model loads. ``--overwrite`` writes the new run beside the old file and replaces it

@@ -1,6 +1,6 @@
-"""Which run wrote an answers file: the :class:`llava.eval.answers.RunIdentity` of a command line before the model
-loads (to refuse another run's file early) and of the loaded model (the resolved budget), and the answer lines that
-carry it.
+"""Which run wrote an answers file: the :class:`llava.eval.answer_identity.RunIdentity` of a command line before the
+model loads (to refuse another run's file early) and of the loaded model (the resolved budget), and the answer lines
+that carry it.
 """
 
 from __future__ import annotations
@@ -9,7 +9,7 @@ import hashlib
 
 import shortuuid
 
-from llava.eval.answers import IDENTITY_FIELDS, RunIdentity, run_identity
+from llava.eval.answer_identity import IDENTITY_FIELDS, RunIdentity, run_identity
 from llava.eval.questions import Question
 from llava.mm_utils import get_model_name_from_path
 from llava.model.checkpoint import read_llava_config, resolve_local_dir
