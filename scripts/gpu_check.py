@@ -41,8 +41,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from llava.bench.efficiency import synthetic_inputs  # noqa: E402
-from llava.bench.synthetic import build_synthetic_model  # noqa: E402
+from llava.bench.synthetic import build_synthetic_model, synthetic_inputs  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOWER_METHODS = ("fastervlm", "visionzip", "vispruner")

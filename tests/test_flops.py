@@ -107,8 +107,7 @@ def test_transformers_llama_counted_by_torch():
 
 @pytest.fixture(scope="module")
 def tiny_llava():
-    from llava.bench.efficiency import synthetic_inputs
-    from llava.bench.synthetic import build_synthetic_model
+    from llava.bench.synthetic import build_synthetic_model, synthetic_inputs
 
     model = build_synthetic_model("tiny", attn_implementation="eager")
     return model, synthetic_inputs(model, "cpu", torch.float32)

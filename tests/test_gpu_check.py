@@ -137,8 +137,7 @@ def test_reported_fastervlm_sets_equal_the_oracles(cpu_run):
 
 @torch.no_grad()
 def test_reported_fastv_set_equals_the_public_rule(cpu_run):
-    from llava.bench.efficiency import synthetic_inputs
-    from llava.bench.synthetic import build_synthetic_model
+    from llava.bench.synthetic import build_synthetic_model, synthetic_inputs
 
     _, out = cpu_run
     stored = json.loads((out / "results.json").read_text())["b_bfloat16"][f"fastv@{BUDGET}"]

@@ -304,7 +304,7 @@ def test_atomic_write_csv_failure(tmp_path):
 
 def test_efficiency_plot_and_csv_are_atomic(tmp_path, monkeypatch):
     pytest.importorskip("matplotlib")
-    from llava.bench import efficiency
+    from llava.bench import report
 
     target = tmp_path / "rows.csv"
     target.write_text("old\n")
@@ -317,7 +317,7 @@ def test_efficiency_plot_and_csv_are_atomic(tmp_path, monkeypatch):
             self.f.write("method,")
             raise Boom("interrupted")
 
-    monkeypatch.setattr(efficiency.csv, "DictWriter", HalfWriter)
+    monkeypatch.setattr(report.csv, "DictWriter", HalfWriter)
     with pytest.raises(Boom):
-        efficiency.write_csv([{"method": "x"}], target)
+        report.write_csv([{"method": "x"}], target)
     assert target.read_text() == "old\n" and os.listdir(tmp_path) == ["rows.csv"]

@@ -18,10 +18,13 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPVisionConfig, CLIPVisionModel
 
+from llava.bench.measure import Inputs
+from llava.constants import IMAGE_TOKEN_INDEX
 from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 
 SELECT_LAYER = -2  # LLaVA's mm_vision_select_layer
+PROMPT_BEFORE, PROMPT_AFTER = 35, 29  # text tokens around <image> in a LLaVA-1.5 VQA prompt (system + question)
 
 
 @dataclass(frozen=True)
@@ -77,3 +80,15 @@ def build_synthetic_model(name: str, device: str | torch.device = "cpu", dtype: 
     clip.eval().requires_grad_(False)
     model.attach_vision_tower(CLIPVisionTower(clip, select_layer=SELECT_LAYER))
     return model
+
+
+def synthetic_inputs(model, device, dtype) -> Inputs:
+    """A LLaVA-1.5-long prompt of random text ids around one <image> (ids (1, L)) and random pixels (1, 3, S, S)."""
+    gen = torch.Generator().manual_seed(0)
+    vocab = model.config.vocab_size
+    before = torch.randint(3, vocab, (PROMPT_BEFORE - 1,), generator=gen)
+    after = torch.randint(3, vocab, (PROMPT_AFTER,), generator=gen)
+    ids = torch.cat([torch.tensor([1]), before, torch.tensor([IMAGE_TOKEN_INDEX]), after])[None].to(device)
+    size = model.get_vision_tower().config.image_size
+    pixels = torch.randn(1, 3, size, size, generator=gen).to(device=device, dtype=dtype)
+    return Inputs(ids, pixels, None)
