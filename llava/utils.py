@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 import torch
+from safetensors import safe_open
+
+from llava.json_file import read_json_file
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
 INDEX_FILES = ("model.safetensors.index.json", "pytorch_model.bin.index.json")
@@ -36,8 +38,6 @@ def find_weight_files(directory: str | os.PathLike) -> list[Path]:
 def _load_file(path: Path, prefix: str = "") -> dict[str, torch.Tensor]:
     """Tensors of one file whose names start with `prefix`; others are never materialised."""
     if path.suffix == ".safetensors":
-        from safetensors import safe_open
-
         with safe_open(str(path), framework="pt") as f:
             return {k: f.get_tensor(k) for k in f.keys() if k.startswith(prefix)}
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -55,7 +55,7 @@ def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> d
     if p.is_dir():
         for index in INDEX_FILES:
             if (p / index).is_file():
-                weight_map = json.loads((p / index).read_text())["weight_map"]
+                weight_map = read_json_file(p / index)["weight_map"]
                 wanted_files = sorted({p / f for k, f in weight_map.items() if k.startswith(prefix)})
                 break
     out: dict[str, torch.Tensor] = {}
@@ -63,24 +63,3 @@ def load_state_dict(directory_or_file: str | os.PathLike, prefix: str = "") -> d
         for k, v in _load_file(f, prefix).items():
             out[k[len(prefix):]] = v
     return out
-
-
-def read_json_file(path: str | os.PathLike, what: str = "") -> dict:
-    """The JSON object in `path`. A malformed file raises ValueError naming the file, line and column (json's own
-    message names neither the file nor, when read from text, anything a user could find); `what` says what the file
-    is for. A missing file is FileNotFoundError with the path."""
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(f"{path} not found{f' ({what})' if what else ''}") from None
-    except UnicodeDecodeError as err:
-        raise ValueError(f"{path} is not a UTF-8 text file ({err.reason} at byte {err.start})") from None
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"{path}, line {err.lineno} column {err.colno}: malformed JSON ({err.msg})"
-                         f"{f'; {what}' if what else ''}") from None
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    return data

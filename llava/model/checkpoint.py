@@ -32,7 +32,8 @@ from llava.model.multimodal_encoder.builder import (
     resolve_vision_tower_path,
     tokens_per_crop,
 )
-from llava.utils import INDEX_FILES, WEIGHT_FILES, find_weight_files, load_state_dict, read_json_file
+from llava.json_file import read_json_file
+from llava.utils import INDEX_FILES, WEIGHT_FILES, find_weight_files, load_state_dict
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
 TOWER_PREFIX = "model.vision_tower.vision_tower."  # where LLaVA-1.6 checkpoints keep their fine-tuned tower

@@ -36,7 +36,7 @@ from transformers import LlavaNextConfig
 
 from llava.mm_utils import _PROCESSOR_SETTINGS
 from llava.model.language_model.llava_llama import LlavaConfig
-from llava.utils import read_json_file
+from llava.json_file import read_json_file
 
 LIUHAOTIAN, LLAVA_HF = "liuhaotian", "llava-hf"
 # transformers model_type -> LLaVA's image_aspect_ratio

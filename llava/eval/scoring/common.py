@@ -26,6 +26,7 @@ from typing import Any, Iterable, Iterator, Sequence
 
 from ..answers import item_key, record_key, repeat_numbers
 from ...atomic import atomic_write
+from ...json_file import read_json_file
 
 # How many ids a report lists before it only counts.
 MAX_LISTED_IDS = 10
@@ -74,12 +75,8 @@ def read_jsonl(path: str | os.PathLike, role: str = "jsonl file", required: Sequ
 
 
 def read_json(path: str | os.PathLike, role: str = "json file") -> Any:
-    path = require_file(path, role)
-    with open(path, encoding="utf-8") as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as err:
-            raise ValueError(f"{path}:{err.lineno}: malformed JSON ({err.msg})") from None
+    """Any JSON value (question files may be lists); errors name ``role`` and the file (:func:`read_json_file`)."""
+    return read_json_file(path, role, object_only=False)
 
 
 def write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> None:

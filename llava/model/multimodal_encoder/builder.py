@@ -16,9 +16,10 @@ import torch
 from huggingface_hub import snapshot_download
 from transformers import CLIPConfig, CLIPVisionConfig, CLIPVisionModel, Dinov2Model
 
+from llava.json_file import read_json_file
 from llava.model.multimodal_encoder.clip_encoder import ClsAttentionTower, CLIPVisionTower
 from llava.model.multimodal_encoder.dinov2_encoder import Dinov2VisionTower
-from llava.utils import load_state_dict, read_json_file
+from llava.utils import load_state_dict
 
 VISION_TOWER_ENV = "FASTERVLM_VISION_TOWER"
 
