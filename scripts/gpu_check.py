@@ -42,13 +42,14 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from llava.bench.synthetic import build_synthetic_model, synthetic_inputs  # noqa: E402
+from llava.model.tiny import spread_weights  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TOWER_METHODS = ("fastervlm", "visionzip", "vispruner")
 LLM_METHODS = ("fastv",)
 BUDGETS = (192, 128, 64, 144, 58, 29)  # the paper budgets of LLaVA-1.5 (VisionZip / VisPruner, and FasterVLM)
 LOW_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
-SPREAD = 1.5  # weight std x sqrt(fan-in) after redrawing (llava/model/tiny.py uses the same)
+SPREAD = 1.5  # weight std x sqrt(fan-in) after redrawing (llava.model.tiny.spread_weights)
 FASTV_LAYER = 2
 
 
@@ -80,21 +81,10 @@ class Report:
 # ---------------------------------------------------------------------------------------------------------------
 # model and kept sets
 # ---------------------------------------------------------------------------------------------------------------
-def spread_weights_(model: torch.nn.Module, seed: int) -> None:
-    """Redraw every matrix except embeddings with std SPREAD / sqrt(fan-in): peaked attention, clear rankings."""
-    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
-    with torch.no_grad():
-        for name, p in model.named_parameters():
-            if p.ndim >= 2 and "embed" not in name:
-                fan_in = p[0].numel()
-                p.copy_(torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
-                        * (SPREAD / fan_in**0.5))
-
-
 def build_reference(shape: str, device: torch.device, seed: int):
     """The float32 sdpa model every other run is compared with (weights spread), without pruning."""
     model = build_synthetic_model(shape, device, torch.float32, "sdpa", seed=seed)
-    spread_weights_(model, seed)
+    spread_weights(model, seed, SPREAD, skip="embed")
     return model
 
 

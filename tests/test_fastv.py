@@ -18,7 +18,7 @@ def build_model(clip_dir, attn: str, pruning: PruningConfig | None, layers: int 
     """A tiny LLaVA-1.5 with a 4-layer GQA Llama (4 query heads, 2 KV heads) and peaked random weights."""
     from llava.model.language_model.llava_llama import LlavaConfig, LlavaLlamaForCausalLM
     from llava.model.multimodal_encoder.builder import build_vision_tower
-    from llava.model.tiny import _spread, llava_config_dict
+    from llava.model.tiny import llava_config_dict, spread_weights
 
     raw = {k: v for k, v in llava_config_dict("v1.5", clip_dir, vocab_size=120).items()
            if k not in ("model_type", "architectures")}
@@ -26,7 +26,7 @@ def build_model(clip_dir, attn: str, pruning: PruningConfig | None, layers: int 
     config = LlavaConfig(**raw)
     torch.manual_seed(seed)
     model = LlavaLlamaForCausalLM._from_config(config, attn_implementation=attn).eval()
-    _spread(model, seed)
+    spread_weights(model, seed)
     model.attach_vision_tower(build_vision_tower(config, clip_dir), pruning)
     return model
 

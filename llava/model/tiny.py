@@ -108,7 +108,7 @@ def make_clip_dir(path: Path, seed: int = 0, layers: int = 3, image_size: int = 
         projection_dim=16,
     )
     model = CLIPModel(config)
-    _spread(model, seed)
+    spread_weights(model, seed)
     # transformers 5 names CLIPModel weights as the openai checkpoints do: vision_model.*, text_model.*
     torch.save(model.state_dict(), path / "pytorch_model.bin")
     cfg = config.to_dict()
@@ -123,13 +123,17 @@ def make_clip_dir(path: Path, seed: int = 0, layers: int = 3, image_size: int = 
     return path
 
 
-def _spread(model: torch.nn.Module, seed: int) -> None:
-    """Larger random weights than the default init, so attention is peaked and rankings are unambiguous."""
-    gen = torch.Generator().manual_seed(seed)
+def spread_weights(model: torch.nn.Module, seed: int, scale: float = 1.5, skip: str = "embedding") -> None:
+    """Larger random weights than the default init, so attention is peaked and rankings are unambiguous: every
+    matrix whose name lacks `skip` is redrawn with std scale / sqrt(fan-in), in parameter order, from one generator
+    on the model's device (scripts/gpu_check.py skips "embed", the token embeddings too)."""
+    gen = torch.Generator(device=next(model.parameters()).device).manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if p.ndim >= 2 and "embedding" not in name:
-                p.copy_(torch.randn(p.shape, generator=gen) * (1.5 / p.shape[-1] ** 0.5))
+            if p.ndim >= 2 and skip not in name:
+                fan_in = p[0].numel()
+                noise = torch.randn(p.shape, generator=gen, device=p.device, dtype=torch.float32)
+                p.copy_(noise * (scale / fan_in**0.5))
 
 
 def llava_config_dict(version: str, tower_dir: Path, vocab_size: int, image_size: int = IMAGE_SIZE) -> dict:
@@ -155,7 +159,7 @@ def llava_state_dict(version: str, vocab_size: int, seed: int) -> dict[str, torc
     raw = {k: v for k, v in raw.items() if k not in ("model_type", "architectures")}
     torch.manual_seed(seed)
     model = LlavaLlamaForCausalLM(LlavaConfig(**raw))
-    _spread(model, seed + 1)
+    spread_weights(model, seed + 1)
     state = {k: v.contiguous() for k, v in model.state_dict().items() if "rotary" not in k}
     if version == "v1.6":
         state["model.image_newline"] = torch.randn(64, generator=torch.Generator().manual_seed(seed + 2))
