@@ -4,6 +4,7 @@ import base64
 import csv
 import io
 import json
+from pathlib import Path
 
 import pytest
 
@@ -115,3 +116,32 @@ def test_loader_batches_llava16_images_with_different_grids_like_batch_one(v16_d
     assert [(r["text"], r["v_token_num"]) for r in runs["1"]] == [(r["text"], r["v_token_num"]) for r in runs["3"]]
     assert len({r["v_token_num"] for r in runs["1"]}) > 1  # the grids really differ: 4 per crop x crops
     assert {r["anyres_mode"] for r in runs["3"]} == {"paper"}
+
+
+# --------------------------------------------------------------------------- answers unchanged by the #14 redesign
+
+GOLDEN_ANSWERS = Path(__file__).parent / "golden" / "loader_answers.json"
+GOLDEN_SIZES = [(80, 48), (40, 90), (64, 64), (120, 30), (33, 77)]  # wide, tall, square: several anyres grids
+
+
+@pytest.mark.parametrize("case", ["v16-upstream-visionzip-4", "v16-paper-fastv-1", "v15-paper-fastv-4"])
+def test_loader_answers_equal_those_recorded_before_the_redesign(case, v15_dir, v16_dir, tmp_path):
+    """The answers (text, visual-token count) of `model_vqa_loader` equal those the code before the #14 redesign
+    (commit 8e45172) wrote for the same tiny checkpoint, images and questions: batched left padding, the anyres
+    crop grid of --anyres-mode upstream, and in-LLM pruning go through llava.inference / llava.eval.answering now."""
+    from llava.eval import model_vqa_loader
+
+    checkpoint, mode, method, batch = case.split("-")
+    (tmp_path / "img").mkdir()
+    with open(tmp_path / "q.jsonl", "w") as f:
+        for i, (w, h) in enumerate(GOLDEN_SIZES):
+            pil_image(w, h, seed=i).save(tmp_path / "img" / f"{i}.png")
+            f.write(json.dumps({"question_id": i, "image": f"{i}.png", "text": f"what is {i}? " * (i + 1)}) + "\n")
+    answers = tmp_path / "answers.jsonl"
+    model_vqa_loader.main([
+        "--model-path", str(v15_dir if checkpoint == "v15" else v16_dir), "--question-file", str(tmp_path / "q.jsonl"),
+        "--image-folder", str(tmp_path / "img"), "--answers-file", str(answers), "--visual-token-num", "5",
+        "--pruning-method", method, "--fastv-layer", "1", "--anyres-mode", mode, "--temperature", "0",
+        "--max_new_tokens", "6", "--batch-size", batch, "--device", "cpu"])
+    got = [[r["question_id"], r["text"], r["v_token_num"]] for r in map(json.loads, answers.read_text().splitlines())]
+    assert got == json.loads(GOLDEN_ANSWERS.read_text())["answers"][case]
