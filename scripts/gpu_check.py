@@ -38,6 +38,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import transformers
+from transformers.utils import is_flash_attn_2_available
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
@@ -251,8 +253,6 @@ def flash_attention_missing(device: torch.device) -> str | None:
     if device.type != "cuda":
         return "no CUDA device (torch.cuda.is_available() is False)" if not torch.cuda.is_available() else \
             "--device cpu was given"
-    from transformers.utils import is_flash_attn_2_available
-
     if not is_flash_attn_2_available():
         return "flash-attn is not installed (transformers.utils.is_flash_attn_2_available() is False)"
     return None
@@ -371,14 +371,12 @@ def run_benchmarks(report: Report, args, device: torch.device, out: Path) -> Non
 # output
 # ---------------------------------------------------------------------------------------------------------------
 def environment(device: torch.device) -> dict:
-    import transformers
-
     env = {"python": platform.python_version(), "torch": torch.__version__, "transformers": transformers.__version__,
            "device": str(device), "cuda": torch.version.cuda}
     if device.type == "cuda":
         env["gpu"] = torch.cuda.get_device_name(device)
     try:
-        import flash_attn
+        import flash_attn  # optional extra (CUDA only): its version is reported when it is installed
 
         env["flash_attn"] = flash_attn.__version__
     except ImportError:
