@@ -13,9 +13,10 @@ from tests.oracle_llava import cls_attention_and_features, eager_llava, greedy_t
 from tests.test_model import prompt_ids
 
 
-@pytest.mark.parametrize("budget", [0, -3, 17])
-def test_budget_out_of_range(v15_dir, load, budget):
-    with pytest.raises(ValueError, match=f"visual_token_num={budget} is out of range.*between 1 and 16"):
+@pytest.mark.parametrize("budget,bound", [(0, "at least 1"), (-3, "at least 1"), (17, "between 1 and 16")])
+def test_budget_out_of_range(v15_dir, load, budget, bound):
+    """The tiny tower has 4 x 4 = 16 patches per crop; a request below 1 is refused before the tower is known."""
+    with pytest.raises(ValueError, match=f"visual_token_num={budget} is out of range.*{bound}"):
         load(v15_dir, visual_token_num=budget)
 
 
@@ -48,7 +49,8 @@ def test_two_images_two_placeholders_equal_the_oracle(v15_dir, clip_dir, load):
     placeholder order) and the greedy answer equal FasterVLM run in transformers' eager Llava (tests/oracle_llava.py);
     a swapped image order or a wrong kept set would change the logits."""
     tok, model, proc, _ = load(v15_dir, visual_token_num=3)
-    pixels = process_images([pil_image(40, 24, seed=1), pil_image(30, 50, seed=2)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
+    pixels = process_images([pil_image(40, 24, seed=1), pil_image(30, 50, seed=2)], proc, model.config,
+                            anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok, n_images=2)
     out, n, cls_attn = model.generate(ids, images=pixels, max_new_tokens=4, do_sample=False)
     logits = model(ids, images=pixels).logits

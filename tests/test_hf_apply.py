@@ -40,8 +40,8 @@ def processors(tok_dir, clip_dir):
 
 def hf_inputs(ids, image, kind, handle, image_token_id, pixels):
     """transformers' inputs for our prompt ids (one IMAGE_TOKEN_INDEX) and pixels."""
-    inputs = {"input_ids": expand_image_tokens(ids, handle.adapter.pipeline.full_tokens(image.size if kind != "llava" else None),
-                                               image_token_id), "pixel_values": pixels}
+    full = handle.adapter.pipeline.full_tokens(image.size if kind != "llava" else None)
+    inputs = {"input_ids": expand_image_tokens(ids, full, image_token_id), "pixel_values": pixels}
     if kind == "llava_next":
         inputs["image_sizes"] = torch.tensor([[image.size[1], image.size[0]]])  # transformers: (height, width)
     return inputs

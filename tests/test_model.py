@@ -42,7 +42,8 @@ def test_full_budget_v15_matches_transformers_llava(v15_dir, clip_dir, load):
 def test_full_budget_v16_upstream_matches_transformers_llava_next(v16_dir, clip_dir, load, size):
     tok, model, proc, _ = load(v16_dir, anyres_mode="upstream")
     image = pil_image(*size, seed=1)
-    pixels = process_images([image], proc, model.config, anyres_mode=model.pruning.anyres_mode)  # (1, 1 + crops, 3, 32, 32)
+    # (1, 1 + crops, 3, 32, 32)
+    pixels = process_images([image], proc, model.config, anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok)
     out = model(ids, images=pixels, image_sizes=[image.size])
     ours, n_visual = out.logits, out.v_token_num[0]
@@ -126,12 +127,14 @@ def test_batched_generation_matches_batch_one(v15_dir, load):
     tok, model, proc, _ = load(v15_dir, visual_token_num=6)
     images = [pil_image(32, 32, seed=s) for s in (7, 8)]
     prompts = [prompt_ids(tok, "what is in this image?")[0], prompt_ids(tok, "describe")[0]]
-    singles = [model.generate(p[None], images=process_images([im], proc, model.config, anyres_mode=model.pruning.anyres_mode), max_new_tokens=5,
-                              do_sample=False)[0][0] for p, im in zip(prompts, images)]
+    mode = model.pruning.anyres_mode
+    singles = [model.generate(p[None], images=process_images([im], proc, model.config, anyres_mode=mode),
+                              max_new_tokens=5, do_sample=False)[0][0] for p, im in zip(prompts, images)]
     longest = max(len(p) for p in prompts)
     ids = torch.stack([torch.cat([torch.zeros(longest - len(p), dtype=torch.long), p]) for p in prompts])
     mask = torch.stack([torch.cat([torch.zeros(longest - len(p)), torch.ones(len(p))]).long() for p in prompts])
-    out, counts, attn = model.generate(ids, attention_mask=mask, images=process_images(images, proc, model.config, anyres_mode=model.pruning.anyres_mode),
+    out, counts, attn = model.generate(ids, attention_mask=mask,
+                                       images=process_images(images, proc, model.config, anyres_mode=mode),
                                        max_new_tokens=5, do_sample=False)
     assert counts == [6, 6] and len(attn) == 2 and attn[0].shape == (1, PATCHES)
     for row, single in zip(out, singles):

@@ -147,7 +147,9 @@ def test_paper_mode_visual_tokens_equal_fastervlm_on_transformers_modules(v16_di
     Grids by the paper rule, by hand: 40x40 fills 64x64 best (2x2), 30x70 fills 32x64 (1 across, 2 down), 60x30
     fills 64x32 (2 across, 1 down)."""
     _, model, proc, _ = load(v16_dir, visual_token_num=3)
-    pixels = process_images([pil_image(*size, seed=11)], proc, model.config, anyres_mode=model.pruning.anyres_mode)[0]  # (crops, 3, S, S)
+    # (crops, 3, S, S)
+    pixels = process_images([pil_image(*size, seed=11)], proc, model.config,
+                            anyres_mode=model.pruning.anyres_mode)[0]
     assert pixels.shape[0] == 1 + cols * rows
     _, mask, projected = oracle_visual_tokens(hf_next, pixels, 3)
     expected = fastervlm_spatial(projected, mask, cols, rows)
@@ -225,7 +227,8 @@ def expand_all_image_tokens(ids: torch.Tensor, n_tokens: int, image_token_id: in
 def test_two_images_in_one_prompt_match_transformers_llava_in_order(v15_dir, hf_llava, load):
     tok, model, proc, _ = load(v15_dir)
     ref_model, vocab = hf_llava
-    pixels = process_images([pil_image(32, 32, seed=31), pil_image(40, 24, seed=32)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
+    pixels = process_images([pil_image(32, 32, seed=31), pil_image(40, 24, seed=32)], proc, model.config,
+                            anyres_mode=model.pruning.anyres_mode)
     ids = prompt_ids(tok, "compare the two images", n_images=2)
     hf_ids = expand_all_image_tokens(ids, PATCHES, vocab)
     results = {}
@@ -359,7 +362,8 @@ def projector_inputs(model) -> list[torch.Tensor]:
 
 def test_projector_input_is_the_kept_tower_features_v15(v15_dir, hf_llava, load):
     _, model, proc, _ = load(v15_dir, visual_token_num=5)
-    pixels = process_images([pil_image(32, 32, seed=41), pil_image(40, 24, seed=42)], proc, model.config, anyres_mode=model.pruning.anyres_mode)
+    pixels = process_images([pil_image(32, 32, seed=41), pil_image(40, 24, seed=42)], proc, model.config,
+                            anyres_mode=model.pruning.anyres_mode)
     seen = projector_inputs(model)
     model.visual_tokens(pixels)
     attn, feats = eager_cls_attention(hf_llava[0].model.vision_tower, pixels)
@@ -371,7 +375,8 @@ def test_projector_input_is_the_kept_tower_features_v15(v15_dir, hf_llava, load)
 
 def test_projector_input_is_the_kept_tower_features_v16(v16_dir, hf_next, load):
     _, model, proc, _ = load(v16_dir, visual_token_num=3)
-    pixels = process_images([pil_image(40, 40, seed=43)], proc, model.config, anyres_mode=model.pruning.anyres_mode)[0]  # 5 crops
+    # 5 crops
+    pixels = process_images([pil_image(40, 40, seed=43)], proc, model.config, anyres_mode=model.pruning.anyres_mode)[0]
     seen = projector_inputs(model)
     model.visual_tokens([pixels], image_sizes=[(40, 40)])
     attn, feats = eager_cls_attention(hf_next.model.vision_tower, pixels)

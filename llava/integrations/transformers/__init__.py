@@ -11,9 +11,10 @@ LLaVA-1.5), and the model scatters the image features over those placeholders. `
 attributes on this one model, `forward` and `generate` (transformers' classes are not touched; `undo` deletes them;
 handle.py): when pixel values come in, they run our `VisualTokenPipeline` built by the family's adapter over the
 model's own modules (adapters.py: the CLIP tower with its [CLS] attention at `vision_feature_layer`, the registered
-selector, the model's projector, LLaVA-1.6's merge with `image_newline`), drop the placeholders of the pruned tokens from `input_ids` / `attention_mask` (/ `labels`), and hand the kept
-features to the original method as `mm_encoder_outputs`, the hook transformers offers for pre-computed image
-features. In-LLM methods (FastV) keep every placeholder and install their decoder hooks on this model's language model.
+selector, the model's projector, LLaVA-1.6's merge with `image_newline`), drop the placeholders of the pruned
+tokens from `input_ids` / `attention_mask` (/ `labels`), and hand the kept features to the original method as
+`mm_encoder_outputs`, the hook transformers offers for pre-computed image features. In-LLM methods (FastV) keep
+every placeholder and install their decoder hooks on this model's language model.
 
 Conventions:
 - `generate` returns the caller's unpruned `input_ids` followed by the new tokens, so `out[:, input_len:]` still

@@ -122,13 +122,16 @@ def _check_choice(name: str, value, choices: tuple) -> None:
         raise ValueError(f"LlavaConfig: unknown {name} {value!r}; expected one of {choices}")
 
 
+def is_pinpoint(p) -> bool:
+    """One anyres canvas: a [width, height] pair of positive ints (bool is no pixel count). The one definition; the
+    loader's `checkpoint.check_grid_pinpoints` (which parses the string form first) can import it from here."""
+    return (isinstance(p, (list, tuple)) and len(p) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p))
+
+
 def _check_pinpoints(pinpoints) -> None:
     """anyres needs a non-empty list of [width, height] pairs of positive ints (LLaVA-1.6's canvases)."""
-    def is_pair(p) -> bool:
-        return (isinstance(p, (list, tuple)) and len(p) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p))
-
-    if not isinstance(pinpoints, (list, tuple)) or not pinpoints or not all(is_pair(p) for p in pinpoints):
+    if not isinstance(pinpoints, (list, tuple)) or not pinpoints or not all(is_pinpoint(p) for p in pinpoints):
         raise ValueError(f"LlavaConfig: image_aspect_ratio is anyres, so image_grid_pinpoints must be a non-empty "
                          f"list of [width, height] pairs of positive pixel counts, got {pinpoints!r}")
 
@@ -181,18 +184,12 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         `logits_to_keep` is named here so that generate() asks for the last position's logits only.
         With an in-LLM method (FastV) the layers after its pruning point, and the logits, cover the kept positions only.
         """
-        if labels is not None and self.llm_pruner is not None:
-            raise NotImplementedError(
-                f"{self.pruning.method} prunes inside the LLM, so its logits cover the kept positions only; a loss "
-                f"over labels is not supported"
-            )
+        self._check_labels(labels)
         check_input_ids(input_ids)
-        mm = None
+        mm = kept = None
         if images is not None and inputs_embeds is None:
-            mm = self.prepare_multimodal_inputs(input_ids, attention_mask, images, image_sizes, labels)
-            self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
+            mm, kept = self._prepare_prompt(input_ids, attention_mask, images, image_sizes, labels)
             inputs_embeds, attention_mask, labels = mm.inputs_embeds, mm.attention_mask, mm.labels
-            kept = self.start_llm_pruning(mm)
             input_ids, position_ids = None, None
         out = super().forward(
             input_ids=input_ids,
@@ -234,23 +231,42 @@ class LlavaLlamaForCausalLM(LlavaMetaForCausalLM, LlamaForCausalLM):
         attention_mask = kwargs.pop("attention_mask", None)
         kwargs.pop("position_ids", None)
         if images is None:
-            if inputs is not None and (inputs < 0).any():
-                raise ValueError("the prompt holds an <image> placeholder but no images were given")
-            if inputs is not None:
-                rows, length = inputs.shape
-                lengths = [length] * rows if attention_mask is None else attention_mask.sum(dim=1).tolist()
-                self.check_context(lengths, [0] * rows)
-            embeds = self.get_model().embed_tokens(inputs)
-            self.start_llm_pruning(None)
-            out = super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
-            return (out, 0, None) if inputs.shape[0] == 1 else (out, [0] * inputs.shape[0], [None] * inputs.shape[0])
-        mm = self.prepare_multimodal_inputs(inputs, attention_mask, images, image_sizes)
-        self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
-        v_counts, cls_attn = self.start_llm_pruning(mm) or mm.v_token_num, mm.cls_attn
+            return self._generate_text_only(inputs, attention_mask, **kwargs)
+        mm, kept = self._prepare_prompt(inputs, attention_mask, images, image_sizes)
+        v_counts, cls_attn = kept or mm.v_token_num, mm.cls_attn
         out = super().generate(inputs_embeds=mm.inputs_embeds, attention_mask=mm.attention_mask, **kwargs)
         if len(v_counts) == 1:
             return out, v_counts[0], cls_attn[0]
         return out, v_counts, cls_attn
+
+    def _check_labels(self, labels) -> None:
+        """A loss needs logits over every position, which an in-LLM method (FastV) does not keep."""
+        if labels is not None and self.llm_pruner is not None:
+            raise NotImplementedError(
+                f"{self.pruning.method} prunes inside the LLM, so its logits cover the kept positions only; a loss "
+                f"over labels is not supported"
+            )
+
+    def _prepare_prompt(self, input_ids, attention_mask, images, image_sizes, labels=None):
+        """Ids (B, L) with IMAGE_TOKEN_INDEX and images -> (MultimodalInputs, the visual tokens each sample keeps
+        inside the LLM or None without an in-LLM method); the context is checked and an in-LLM method armed."""
+        mm = self.prepare_multimodal_inputs(input_ids, attention_mask, images, image_sizes, labels)
+        self.check_context(mm.attention_mask.sum(dim=1).tolist(), mm.v_token_num)
+        return mm, self.start_llm_pruning(mm)
+
+    def _generate_text_only(self, inputs, attention_mask, **kwargs):
+        """`generate` without images: ids (B, L) must hold no placeholder; returns (ids, 0, None) for batch 1, else
+        (ids, [0] * B, [None] * B)."""
+        if inputs is not None and (inputs < 0).any():
+            raise ValueError("the prompt holds an <image> placeholder but no images were given")
+        if inputs is not None:
+            rows, length = inputs.shape
+            lengths = [length] * rows if attention_mask is None else attention_mask.sum(dim=1).tolist()
+            self.check_context(lengths, [0] * rows)
+        embeds = self.get_model().embed_tokens(inputs)
+        self.start_llm_pruning(None)
+        out = super().generate(inputs_embeds=embeds, attention_mask=attention_mask, **kwargs)
+        return (out, 0, None) if inputs.shape[0] == 1 else (out, [0] * inputs.shape[0], [None] * inputs.shape[0])
 
     def check_context(self, lengths: list[int], visual: list[int]) -> None:
         """The prompt of every sample, text plus spliced visual tokens, must fit the LLM's context
