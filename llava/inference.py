@@ -90,8 +90,7 @@ def answer(model, tokenizer, image_processor, prompt: str, images, **gen_kwargs)
     pixels = pixels.to(model.device) if isinstance(pixels, torch.Tensor) else [p.to(model.device) for p in pixels]
     ids = tokenizer_image_token(prompt, tokenizer, return_tensors="pt").unsqueeze(0).to(model.device)
     out, v_token_num, cls_attn = model.generate(ids, images=pixels, image_sizes=[im.size for im in images],
-                                                pad_token_id=tokenizer.pad_token_id or tokenizer.eos_token_id,
-                                                **gen_kwargs)
+                                                pad_token_id=pad_id(tokenizer), **gen_kwargs)
     return tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip(), v_token_num, cls_attn
 
 

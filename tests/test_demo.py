@@ -117,3 +117,47 @@ def test_bad_budgets_fail_before_running(run, tmp_path):
         demo_main(["--random-weights", "--model-dir", str(result.model_path), "--budgets", "577",
                    "--output", str(tmp_path / "x.png")])
     assert not (tmp_path / "x.png").exists()
+
+
+def test_budget_panel_darkens_exactly_the_pruned_patches():
+    """A white 336 px image, 24 x 24 patches of 14 px, keep three hand-picked patches: drawn on an axes that fills a
+    336 px canvas, a pruned patch's centre is white under 78% black (255 * 0.22 = 56), a kept one stays white."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    from llava.demo.budgets import BudgetRow
+    from llava.demo.figure import _budget_panel
+
+    side, kept = 24, [(0, 0), (5, 17), (23, 23)]
+    mask = torch.zeros(side * side, dtype=torch.bool)
+    for r, c in kept:
+        mask[r * side + c] = True
+    row = BudgetRow(budget=3, reduction=99.5, kept=3, prompt_len=20, seconds=0.1, answer="a", mask=mask)
+    fig = Figure(figsize=(3, 3), dpi=112)
+    canvas = FigureCanvasAgg(fig)
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.set_axis_off()
+    _budget_panel(ax, np.full((336, 336, 3), 255, dtype=np.uint8), row, side)
+    canvas.draw()
+    pixels = np.asarray(canvas.buffer_rgba())[..., :3].astype(int)  # (336, 336, 3)
+    assert pixels.shape == (336, 336, 3)
+    for r in range(side):
+        for c in range(side):
+            centre = pixels[r * 14 + 7, c * 14 + 7]
+            expected = 255 if (r, c) in kept else 56
+            assert np.abs(centre - expected).max() <= 1, (r, c, centre)
+
+
+@pytest.mark.parametrize("budgets, visual_token_num, expected", [
+    (None, None, None), ("64,16", None, [64, 16]), (None, 7, [7]), (" 5, ,3", None, [5, 3])])
+def test_requested_budgets(budgets, visual_token_num, expected):
+    from llava.demo.budgets import requested_budgets
+
+    assert requested_budgets(budgets, visual_token_num) == expected
+
+
+def test_budgets_and_visual_token_num_together_are_refused():
+    from llava.demo.budgets import requested_budgets
+
+    with pytest.raises(ValueError, match="pass one of them"):
+        requested_budgets("64,16", 7)
