@@ -172,6 +172,14 @@ def test_malformed_tower_config_json_names_file(tmp_path, v15_dir, clip_dir, loa
         load(v15_dir, vision_tower_path=str(tower))
 
 
+def test_config_json_that_is_no_object_is_named(tmp_path, v15_dir, load, monkeypatch):
+    ckpt = _copy(v15_dir, tmp_path / "ckpt")
+    (ckpt / "config.json").write_text("[1, 2]\n")  # valid JSON, but a list where the config's fields belong
+    _no_weights(monkeypatch)
+    with pytest.raises(ValueError, match=rf"{ckpt / 'config.json'}: expected a JSON object, got list"):
+        load(ckpt)
+
+
 @pytest.mark.parametrize("which", ["v15", "v16"])
 def test_truncated_shard_is_named(tmp_path, v15_dir, v16_dir, load, monkeypatch, which):
     """v1.5 keeps .bin shards, v1.6 safetensors; the second shard is cut in half."""
