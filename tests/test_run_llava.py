@@ -46,3 +46,18 @@ def test_prompt_building():
 def test_cli_missing_image_is_named(v15_dir, tmp_path):
     with pytest.raises(FileNotFoundError, match="nope.png"):
         run_llava.main(["--model-path", str(v15_dir), "--image-file", str(tmp_path / "nope.png"), "--query", "q"])
+
+
+def test_upstream_anyres_answer_equals_the_one_recorded_before_the_redesign(v16_dir, tmp_path, capsys):
+    """LLaVA-1.6 with --anyres-mode upstream, two images whose crop grids differ between the two grid rules: the
+    answer and kept-token count equal those `python -m llava.eval.run_llava` printed at commit 8e45172 (before the
+    #14 redesign) for the same tiny checkpoint, images and flags."""
+    paths = []
+    for i, (w, h) in enumerate([(80, 48), (40, 90)]):
+        paths.append(tmp_path / f"{i}.png")
+        pil_image(w, h, seed=i).save(paths[-1])
+    text = run_llava.main(["--model-path", str(v16_dir), "--image-file", ",".join(map(str, paths)), "--query", "hi",
+                           "--visual-token-num", "3", "--anyres-mode", "upstream", "--max_new_tokens", "6",
+                           "--device", "cpu"])
+    assert text == "#onin>\ufffd gives"
+    assert "40 visual tokens kept (fastervlm, 3 per crop)" in capsys.readouterr().err
