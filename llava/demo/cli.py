@@ -60,6 +60,13 @@ def _print_result(item, result: DemoResult) -> None:
     print(f"figure: {result.output}")
 
 
+def _warm_up(model, tokenizer, image_processor, item, config, conv_mode: str, gen: dict) -> None:
+    """One short generation at `config`, so that the first budget's time is not one-off start-up cost."""
+    model.set_pruning(config)
+    answer(model, tokenizer, image_processor, build_prompt(item.query, 1, conv_mode), [item.image],
+           **{**gen, "max_new_tokens": 1})
+
+
 def main(argv=None) -> DemoResult:
     """Run the demo; returns the first image's result (the others in `.more`)."""
     args = build_parser().parse_args(argv)
@@ -82,10 +89,8 @@ def main(argv=None) -> DemoResult:
     _say(f"model ready after {time.perf_counter() - start:.1f} s on {device}: {per_crop} visual tokens per crop")
 
     gen = dict(do_sample=False, num_beams=1, max_new_tokens=args.max_new_tokens, use_cache=True)
-    # One short warm-up generation, so that the first budget's time is not one-off start-up cost.
-    model.set_pruning(max(configs, key=lambda c: c.visual_token_num))
-    answer(model, tokenizer, image_processor, build_prompt(images[0].query, 1, conv_mode), [images[0].image],
-           **{**gen, "max_new_tokens": 1})
+    _warm_up(model, tokenizer, image_processor, images[0], max(configs, key=lambda c: c.visual_token_num),
+             conv_mode, gen)
 
     results = [run_image(model, tokenizer, image_processor, item, configs, conv_mode, gen, model_path,
                          random_weights, request.method) for item in images]
