@@ -9,6 +9,7 @@ from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalG
 from llava.hf import apply_pruning
 from llava.integrations.transformers import ADAPTERS, adapter_class
 from llava.integrations.transformers.adapters import LlavaAdapter, LlavaNextAdapter
+from llava.model.placeholders import kept_placeholders
 from tests.conftest import pil_image
 from tests.hf_helpers import hf_model, hf_processor
 
@@ -81,3 +82,11 @@ def test_undo_leaves_the_instance_as_before(llava_next, method):
     assert model.forward.__func__ is type(model).forward
     assert model.generate.__func__ is type(model).generate
     assert [(len(m._forward_hooks), len(m._forward_pre_hooks)) for m in model.modules()] == hooks
+
+
+def test_kept_placeholders_of_two_images_in_one_sample():
+    """transformers' layout, by hand: text, 4 placeholders of image 0, text, 4 of image 1; 2 and 3 tokens kept:
+    the first 2 of the first block and the first 3 of the second stay, every text position stays."""
+    placeholders = torch.tensor([[0, 1, 1, 1, 1, 0, 0, 1, 1, 1, 1, 0]], dtype=torch.bool)
+    keep = kept_placeholders(placeholders, owner=[0, 0], full=[4, 4], kept=[2, 3])
+    assert keep.int().tolist() == [[1, 1, 1, 0, 0, 1, 1, 1, 1, 1, 0, 1]]

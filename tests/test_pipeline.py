@@ -11,8 +11,11 @@
 import pytest
 import torch
 
+import llava.model.pipeline as pipeline_module
 from llava.mm_utils import process_images
+from llava.model.image_checks import check_image_sizes
 from llava.model.language_model.llava_llama import LlavaConfig
+from llava.model.merge import GridLayout
 from tests.conftest import pil_image
 from tests.hf_helpers import hf_model
 from tests.oracle_llava import cls_attention_and_features, eager_clip
@@ -145,3 +148,38 @@ def test_config_flags_by_hand():
     assert LlavaConfig(mm_hidden_size=32).is_multimodal is True
     with pytest.raises(ValueError, match="mm_hidden_size must be positive"):
         LlavaConfig(mm_hidden_size=0)
+
+
+def test_size_whose_grid_only_fits_swapped_is_refused():
+    """A grid rule of our own (wide images 3x1, others 1x2): 1 + 2 crops given with size (70, 30) fit the 1x2 grid
+    of (30, 70) only, so the size was given as (height, width)."""
+    def rule(size):
+        return GridLayout(cols=3, rows=1, side=4) if size[0] > size[1] else GridLayout(cols=1, rows=2, side=4)
+
+    crops = torch.zeros(1 + 2, 3, 32, 32)
+    with pytest.raises(ValueError, match=r"image_sizes\[0\] = \(70, 30\) looks like \(height, width\)"):
+        check_image_sizes([crops], [(70, 30)], rule)
+
+
+def test_a_selector_keeping_the_wrong_count_is_caught(v15_dir, load, monkeypatch):
+    """The budget is 5 per crop: a selector that keeps 4 must not reach the LLM unnoticed."""
+    _, model, proc, _ = load(v15_dir, visual_token_num=BUDGET)
+    pixels = process_images([pil_image(40, 24, seed=1)], proc, model.config)
+    monkeypatch.setattr(pipeline_module, "get_selector",
+                        lambda method: lambda feats, attn, k, seed: attn.topk(k - 1).indices.sort().values)
+    with pytest.raises(RuntimeError, match=r"4 visual tokens after pruning, expected 5 \(5 per crop x 1 crops\)"):
+        model.visual(pixels)
+
+
+def test_text_only_batch_generate_uses_the_padding_mask(v15_dir, load):
+    """Two text prompts of different lengths, left-padded: each row must equal its prompt generated alone."""
+    tok, model, _, _ = load(v15_dir)
+    prompts = [tok("USER: hello there, how are you today? ASSISTANT:").input_ids, tok("USER: hi ASSISTANT:").input_ids]
+    longest = max(len(p) for p in prompts)
+    ids = torch.tensor([[0] * (longest - len(p)) + p for p in prompts])
+    mask = torch.tensor([[0] * (longest - len(p)) + [1] * len(p) for p in prompts])
+    batch, counts, _ = model.generate(ids, attention_mask=mask, max_new_tokens=4, do_sample=False)
+    assert counts == [0, 0]
+    for row, p in zip(batch, prompts):
+        alone, _, _ = model.generate(torch.tensor([p]), max_new_tokens=4, do_sample=False)
+        assert row[:alone.shape[1]].tolist() == alone[0].tolist()
