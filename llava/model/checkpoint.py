@@ -16,6 +16,7 @@ from pathlib import Path
 
 from huggingface_hub import snapshot_download
 
+from llava.json_file import read_json_file
 from llava.model.convert_hf import (
     HF_TO_LLAVA_KEYS,
     LLAVA_HF,
@@ -24,7 +25,7 @@ from llava.model.convert_hf import (
     hf_processor_settings,
     llava_config_from_hf,
 )
-from llava.model.language_model.llava_llama import LlavaConfig
+from llava.model.language_model.llava_llama import LlavaConfig, is_pinpoint
 from llava.model.multimodal_encoder.builder import (
     check_tower_fits,
     clip_vision_config,
@@ -32,7 +33,6 @@ from llava.model.multimodal_encoder.builder import (
     resolve_vision_tower_path,
     tokens_per_crop,
 )
-from llava.json_file import read_json_file
 from llava.utils import INDEX_FILES, WEIGHT_FILES, find_weight_files, load_state_dict
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -127,11 +127,6 @@ def read_llava_config(model_dir: Path) -> LlavaConfig:
     return _llava_config(raw, model_dir, _layout(raw, model_dir))
 
 
-def _is_pair(p) -> bool:
-    return (isinstance(p, (list, tuple)) and len(p) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p))
-
-
 def check_grid_pinpoints(value, cfg_file: Path) -> list[list[int]]:
     """`image_grid_pinpoints` of an anyres config as a list of [width, height] canvases (a list, or its string form
     as some configs store it). Missing, unparsable, empty, or anything but pairs of positive ints: ValueError naming
@@ -145,7 +140,7 @@ def check_grid_pinpoints(value, cfg_file: Path) -> list[list[int]]:
         except (ValueError, SyntaxError):
             raise ValueError(f"{cfg_file}: image_grid_pinpoints {value!r} cannot be parsed: expected a list of "
                              f"[width, height] pairs") from None
-    if not isinstance(value, (list, tuple)) or not value or not all(_is_pair(p) for p in value):
+    if not isinstance(value, (list, tuple)) or not value or not all(is_pinpoint(p) for p in value):
         raise ValueError(f"{cfg_file}: image_grid_pinpoints must be a non-empty list of [width, height] pairs of "
                          f"positive pixel counts, got {value!r}")
     return [list(p) for p in value]

@@ -123,8 +123,8 @@ def _check_choice(name: str, value, choices: tuple) -> None:
 
 
 def is_pinpoint(p) -> bool:
-    """One anyres canvas: a [width, height] pair of positive ints (bool is no pixel count). The one definition; the
-    loader's `checkpoint.check_grid_pinpoints` (which parses the string form first) can import it from here."""
+    """One anyres canvas: a [width, height] pair of positive ints (bool is no pixel count). Also used by the loader's
+    `checkpoint.check_grid_pinpoints`, which parses the string form first and names the config file."""
     return (isinstance(p, (list, tuple)) and len(p) == 2
             and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in p))
 
