@@ -121,7 +121,7 @@ def load_answers(path: str | os.PathLike) -> list[dict]:
 def numbered_keys(question_ids: Iterable[Any]) -> list[str]:
     """Answer keys of the questions of a question file, in order: the 2nd, 3rd, ... question with one id gets
     ``<id>#1``, ``<id>#2``, ..., as the eval runner numbers them in ``metadata.repeat``
-    (:func:`llava.eval.model_vqa_loader.number_repeats`, :func:`llava.eval.answers.record_key`)."""
+    (:func:`llava.eval.questions.number_repeats`, :func:`llava.eval.answers.record_key`)."""
     bases = [qid_key(qid) for qid in question_ids]
     return [item_key(base, None, n) for base, n in zip(bases, repeat_numbers(bases))]
 
