@@ -88,6 +88,26 @@ def test_kept_mask_matches_topk_directly(run):
         assert torch.equal(mask, expected), k
 
 
+def test_kept_mask_of_visionzip_holds_its_dominant_patches(run):
+    """VisionZip needs the tower's keys and [CLS] token (the demo used to call its selector without them). Its mask is
+    the dominant patches: budget - contextual - 1 ([CLS]) of the top [CLS] attention, contextual = round(k * 10 / 64)
+    by hand: k = 64 -> 10 contextual, 53 patches; k = 29 -> 5 contextual, 23 patches."""
+    from llava.model.builder import load_pretrained_model
+
+    result, _, _, _ = run
+    _, model, _, _ = load_pretrained_model(str(result.model_path), None, None, device="cpu",
+                                           pruning_method="visionzip")
+    gen = torch.Generator().manual_seed(1)
+    scores = torch.rand(1, 576, generator=gen).softmax(-1)
+    out = TowerOutput(features=torch.randn(1, 576, 32, generator=gen), cls_attn=scores,
+                      keys=torch.randn(1, 576, 8, generator=gen), cls_token=torch.randn(1, 32, generator=gen))
+    for k, patches in ((64, 53), (29, 23)):
+        model.set_pruning(model.pruning.replace(visual_token_num=k))
+        expected = torch.zeros(576, dtype=torch.bool)
+        expected[scores[0].topk(patches).indices] = True
+        assert torch.equal(kept_mask(model, out), expected), k
+
+
 def test_printed_table_and_note(run):
     result, output, printed, _ = run
     lines = format_table(result.rows).splitlines()

@@ -156,7 +156,8 @@ def collect(args: argparse.Namespace, spec: AnalysisSpec) -> dict:
     refuse_pruning(model)
     layers = spec.layers(args, len(model.get_model().layers))
     acc = spec.accumulator(args, model)
-    dataset = QuestionDataset(todo, tokenizer, image_processor, model.config, args.conv_mode)
+    dataset = QuestionDataset(todo, tokenizer, image_processor, model.config, args.conv_mode,
+                              anyres_mode=model.pruning.anyres_mode)
     workers = args.num_workers if args.num_workers is not None else (4 if model.device.type == "cuda" else 0)
     loader = DataLoader(dataset, batch_size=1, shuffle=False, num_workers=workers, collate_fn=_collate)
     chunk = f" chunk {args.chunk_idx + 1}/{args.num_chunks}" if args.num_chunks > 1 else ""

@@ -92,8 +92,11 @@ def crop_as_image(crop: torch.Tensor, image_processor) -> np.ndarray:
 
 def kept_mask(model, tower_out) -> torch.Tensor:
     """Boolean (P,) mask of the patches of crop 0 that the model keeps at its current budget, from the model's own
-    selection stage (`model.visual.select`, the same call `generate` makes)."""
-    keep = model.visual.select(tower_out.features[:1], tower_out.cls_attn[:1]).keep[0]  # (k,)
+    selection stage (`model.visual.select`, the same call `generate` makes, with the tower outputs a method declares
+    it needs: VisionZip's keys and [CLS] token). VisionZip's mask holds its dominant patches only."""
+    signals = {name: getattr(tower_out, name)[:1] for name in ("keys", "cls_token")
+               if getattr(tower_out, name) is not None}
+    keep = model.visual.select(tower_out.features[:1], tower_out.cls_attn[:1], **signals).keep[0]  # (k,)
     mask = torch.zeros(tower_out.cls_attn.shape[-1], dtype=torch.bool)
     mask[keep.cpu()] = True
     return mask
