@@ -25,7 +25,8 @@ from typing import Any
 
 import torch
 from PIL import Image
-from transformers import StoppingCriteria
+from transformers import AutoImageProcessor, CLIPImageProcessorPil, StoppingCriteria
+from transformers.image_processing_utils import BaseImageProcessor
 
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_TOKEN_INDEX
 from llava.image_geometry import (
@@ -65,9 +66,6 @@ def load_image_processor(path_or_config: Any):
             - a vision config with ``image_size`` (e.g. ``CLIPVisionConfig``): shortest edge and
               crop both ``image_size``, CLIP mean/std, bicubic.
     """
-    from transformers import AutoImageProcessor, CLIPImageProcessorPil
-    from transformers.image_processing_utils import BaseImageProcessor
-
     if isinstance(path_or_config, (str, os.PathLike)):
         return AutoImageProcessor.from_pretrained(os.fspath(path_or_config), backend="pil")
     if isinstance(path_or_config, BaseImageProcessor):
