@@ -36,6 +36,11 @@ EXPECTED = {
     "mmvet": ("mm-vet", "model_vqa", (), "mmvet", None, True),  # MM-Vet's GPT-4 grader
     "easyvqa": ("easyvqa", "model_vqa_loader", ("--max_new_tokens", "8"), "easyvqa", "accuracy", True),
     "easyvqa_500": ("easyvqa_500", "model_vqa_loader", ("--max_new_tokens", "8"), "easyvqa", "accuracy", True),
+    # Video-LLaVA's scripts/v1_5/eval/run_qa_*.sh (see tests/test_video_benchmarks.py for the whole table)
+    **{name: (f"GPT_Zero_Shot_QA/{folder}", "model_video_qa", args, "video_qa", "accuracy", True)
+       for name, folder, args in (("msvd", "MSVD_Zero_Shot_QA", ()), ("msrvtt", "MSRVTT_Zero_Shot_QA", ()),
+                                  ("tgif", "TGIF_Zero_Shot_QA", ()),
+                                  ("activitynet", "Activitynet_Zero_Shot_QA", ("--video-prefix", "v_")))},
 }
 
 

@@ -23,12 +23,16 @@ processes run in their own process group with a parent-death signal (and poll th
 fallback): if the runner dies, even by ``kill -9``, they stop too. Reruns resume (see
 :mod:`llava.eval.answers`). Any other
 flag (``--batch-size 8``, ``--device cpu``, ``--overwrite``, ``--all-rounds``, ...) goes to the
-entry point.
+entry point, except the scorer flags a declaration names (the video judge's ``--api-base``, ``--judge-model``).
+
+Video (``--family video``: Video-LLaVA-7B-hf, LanguageBind/): ``--visual-token-num`` is per frame (256 = no
+pruning); ``--limit N`` answers and scores the first N questions only (``n_<tokens>_first<N>``); the answering
+and the judging are separate runs: ``--no-score``, then ``--score-only`` (scripts/video/eval/).
+Paths, flags and checks are resolved in :mod:`llava.eval.benchmark_plan`.
 """
 
 from __future__ import annotations
 
-import argparse
 import ctypes
 import ctypes.util
 import importlib
@@ -37,74 +41,15 @@ import shlex
 import signal
 import subprocess
 import sys
-from dataclasses import dataclass
 
-from llava.cli import EXPECTED_ERRORS, WATCH_PARENT_ENV, check_conv_mode, run_cli
+from llava.cli import EXPECTED_ERRORS, WATCH_PARENT_ENV, run_cli
+from llava.eval import benchmark_plan
 from llava.eval.answers import hold_lock, merge_answers, skipped_path
+from llava.eval.benchmark_plan import Plan, check_inputs
 from llava.eval.scoring.common import write_json
 from llava.eval.scoring.report import NothingScoredError, coverage_line, headline_status, nothing_scored
-from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, METHOD_PARAMETERS,
-                              Benchmark, method_folder)
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-
-# Entry-point flags the runner sets itself (from its own flags and the paths of the declaration).
-RUNNER_FLAGS = ("--question-file", "--image-folder", "--answers-file", "--num-chunks", "--chunk-idx")
-
-
-@dataclass
-class Plan:
-    """Resolved paths and settings of one run."""
-
-    bench: Benchmark
-    tokens: int
-    ckpt: str
-    model_path: str
-    method: str
-    folder: str  # <data root>/<bench folder>
-    chunks: int
-    gpus: list[str]
-    passthrough: list[str]
-    method_dir: str  # the method's folder in paths (tasks.method_folder)
-    dry_run: bool = False
-    no_score: bool = False
-
-    @property
-    def run(self) -> str:
-        return f"{self.ckpt}/{self.method_dir}/n_{self.tokens}"
-
-    def path(self, relative: str) -> str:
-        return os.path.normpath(os.path.join(self.folder, relative.format(run=self.run)))
-
-    @property
-    def answers(self) -> str:
-        return self.path("answers/{run}.jsonl")
-
-    def chunk_answers(self, k: int) -> str:
-        return self.path(f"answers/{{run}}/{self.chunks}_{k}.jsonl")
-
-    @property
-    def metrics(self) -> str:
-        return self.path("answers/{run}.metrics.json")
-
-    def entry_argv(self, answers_file: str) -> list[str]:
-        bench = self.bench
-        argv = ["--model-path", self.model_path, "--question-file", self.path(bench.question_file)]
-        if bench.image_folder is not None:
-            argv += ["--image-folder", self.path(bench.image_folder)]
-        argv += ["--answers-file", answers_file, "--visual-token-num", str(self.tokens),
-                 "--pruning-method", self.method, "--conv-mode", bench.conv_mode, "--temperature", "0",
-                 *bench.entry_args]
-        return argv + self.passthrough
-
-    def scorer_argv(self) -> list[str]:
-        argv = ["--result-file", self.answers]
-        for flag, relative in self.bench.scorer_args:
-            argv += [flag, self.path(relative)]
-        for flag, relative in self.bench.optional_args:
-            if os.path.exists(self.path(relative)):
-                argv += [flag, self.path(relative)]
-        return argv + ["--output-json", self.metrics]
 
 
 def module_command(module: str, argv: list[str]) -> str:
@@ -117,74 +62,9 @@ def _with_package_root(pythonpath: str | None) -> str:
     return os.pathsep.join([root, pythonpath] if pythonpath else [root])
 
 
-def visible_gpus() -> list[str]:
-    return [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
-    parser.add_argument("--visual-token-num", type=int, required=True, help="visual tokens kept per crop")
-    parser.add_argument("--family", default="v1_5", choices=sorted(FAMILY_CKPT), help="picks the default --ckpt")
-    parser.add_argument("--ckpt", default=None, help="checkpoint name in output paths (default: by --family)")
-    parser.add_argument("--model-path", default=None, help="checkpoint dir or hub name (default: liuhaotian/<ckpt>)")
-    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help=f"benchmarks root ({DEFAULT_DATA_ROOT})")
-    parser.add_argument("--pruning-method", "--method", dest="method", default=DEFAULT_METHOD,
-                        help=f"pruning method, given to the entry point as is ({DEFAULT_METHOD})")
-    parser.add_argument("--num-chunks", type=int, default=None,
-                        help="processes to split the questions over (default: one per GPU in CUDA_VISIBLE_DEVICES)")
-    parser.add_argument("--no-score", action="store_true", help="stop after the answers file")
-    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    return parser
-
-
-def _passed_value(passthrough: list[str], flag: str) -> str | None:
-    """The last value given to `flag` among the entry point's arguments (`--flag V` or `--flag=V`), else None."""
-    value = None
-    for i, arg in enumerate(passthrough):
-        if arg == flag and i + 1 < len(passthrough):
-            value = passthrough[i + 1]
-        elif arg.startswith(flag + "="):
-            value = arg.split("=", 1)[1]
-    return value
-
-
 def make_plan(argv=None) -> Plan:
-    parser = build_parser()
-    args, passthrough = parser.parse_known_args(argv)
-    # Bad values are ValueErrors (one line and exit 1 from `cli`), checked before anything runs or loads.
-    owned = [a for a in passthrough if a.split("=")[0] in RUNNER_FLAGS]
-    if owned:
-        raise ValueError(f"{owned[0].split('=')[0]} is set by the runner from the benchmark's declaration")
-    if args.visual_token_num < 1:
-        raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
-    conv_mode = _passed_value(passthrough, "--conv-mode")
-    if conv_mode is not None:
-        check_conv_mode(conv_mode)
-    bench = BENCHMARKS[args.benchmark]
-    method_dir = method_folder(args.method, {flag: _passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
-    ckpt = args.ckpt or FAMILY_CKPT[args.family]
-    gpus = visible_gpus()
-    chunks = args.num_chunks or max(len(gpus), 1)
-    if chunks < 1:
-        raise ValueError(f"--num-chunks {chunks}: must be at least 1")
-    return Plan(
-        bench=bench, tokens=args.visual_token_num, ckpt=ckpt, model_path=args.model_path or f"liuhaotian/{ckpt}",
-        method=args.method, method_dir=method_dir, folder=os.path.join(args.data_root, bench.folder),
-        chunks=chunks, gpus=gpus, passthrough=passthrough, dry_run=args.dry_run, no_score=args.no_score,
-    )
-
-
-def check_inputs(plan: Plan) -> None:
-    """The benchmark's question file and image folder, before any process starts."""
-    bench = plan.bench
-    if not os.path.isfile(plan.path(bench.question_file)):
-        raise FileNotFoundError(f"{bench.name}: question file not found: {plan.path(bench.question_file)} "
-                                f"(see EVAL.md, section {bench.name})")
-    if bench.image_folder is not None and not os.path.isdir(plan.path(bench.image_folder)):
-        raise FileNotFoundError(f"{bench.name}: image folder not found: {plan.path(bench.image_folder)} "
-                                f"(see EVAL.md, section {bench.name})")
+    """The run's :class:`~llava.eval.benchmark_plan.Plan` from the runner's flags (``--help``: this module's doc)."""
+    return benchmark_plan.make_plan(argv, description=__doc__)
 
 
 def _die_with_parent() -> None:
@@ -315,7 +195,7 @@ def main(argv=None) -> dict:
     plan = make_plan(argv)
     if not plan.dry_run:
         check_inputs(plan)
-    answers = answer(plan)
+    answers = plan.answers if plan.score_only else answer(plan)
     metrics = None if plan.no_score else score(plan)
     return {"answers": answers, "metrics": metrics}
 

@@ -35,6 +35,9 @@ class Benchmark:
     folder:          directory under the data root.
     question_file:   the questions the entry point reads.
     image_folder:    images referenced by the question file (None: images inline / not needed).
+    video_folder:    videos referenced by the question file (video benchmarks; given as ``--video-folder``).
+    answer_file:     ground-truth answers the entry point copies into each answers line (video benchmarks; given
+                     as ``--gt-file-answers``, and to the scorer as ``--annotation-file``).
     entry:           module under ``llava.eval`` that answers the questions.
     prompt:          how a question is put to the model (documentation; LLaVA's question files
                      already carry their answer-format instruction, ``entry_args`` add the rest).
@@ -46,6 +49,8 @@ class Benchmark:
     scorer_args:     (flag, path) pairs; paths relative to the folder, ``{run}`` expanded.
     optional_args:   (flag, path) pairs passed only when the path exists.
     outputs:         (path, what it is for): files the scorer writes besides the metrics.
+    scorer_flags:    flags of the scorer's own command line that the runner routes to it rather than to the entry
+                     point (the judge's endpoint: ``--api-base``, ``--judge-model``, ...).
     missing_as_wrong: whether the headline counts an unanswered question as wrong (as the official scorer does,
                      or would for an incomplete run); False where it is left out of the mean (TextVQA, POPE), so
                      the number is over the answered questions only and the runner marks it partial.
@@ -65,6 +70,9 @@ class Benchmark:
     optional_args: tuple[tuple[str, str], ...] = ()
     outputs: tuple[tuple[str, str], ...] = ()
     missing_as_wrong: bool = True
+    video_folder: str | None = None
+    answer_file: str | None = None
+    scorer_flags: tuple[str, ...] = ()
 
     def headline_value(self, metrics: dict) -> float | None:
         """The headline number in the scorer's metrics; None for upload-only benchmarks and where the metrics
@@ -77,6 +85,29 @@ class Benchmark:
                 return None
             value = value[part]
         return value if isinstance(value, (int, float)) else None
+
+
+# The four video-QA sets of Video-LLaVA (PKU-YuanGroup/Video-LLaVA, TRAIN_AND_VALIDATE.md and
+# scripts/v1_5/eval/run_qa_*.sh): the Video-ChatGPT zero-shot QA files, one folder each under
+# <data root>/GPT_Zero_Shot_QA, with test_q.json (video_name, question, question_id), test_a.json (answer,
+# question_id) and the videos; upstream tries the extensions .mp4 .avi .mov .mkv in that order, and ActivityNet's
+# files are named v_<video_name> (run_inference_video_qa_act.py). Answered as videollava/eval/video/
+# run_inference_video_qa.py does (8 frames, conv llava_v1, greedy, up to 1024 new tokens), judged by a chat model
+# (videollava/eval/video/eval_video_qa.py: yes/no and a 0-5 score); headline: the judge's accuracy.
+VIDEO_PROMPT = "<video>\\n<question> (conv llava_v1, no answer-format instruction)"
+JUDGE_FLAGS = ("--api-base", "--judge-model", "--api-key-env", "--num-workers", "--max-retries", "--timeout")
+VIDEO_BENCHMARKS = tuple(Benchmark(
+    name=name, folder=f"GPT_Zero_Shot_QA/{folder}",
+    question_file="test_q.json", image_folder=None, video_folder=videos, answer_file="test_a.json",
+    entry="model_video_qa", prompt=VIDEO_PROMPT, entry_args=entry_args, conv_mode="llava_v1",
+    scorer="video_qa", headline="accuracy", scorer_flags=JUDGE_FLAGS,
+    scorer_args=(("--annotation-file", "test_a.json"),),
+) for name, folder, videos, entry_args in (
+    ("msvd", "MSVD_Zero_Shot_QA", "videos", ()),
+    ("msrvtt", "MSRVTT_Zero_Shot_QA", "videos/all", ()),
+    ("tgif", "TGIF_Zero_Shot_QA", "mp4", ()),
+    ("activitynet", "Activitynet_Zero_Shot_QA", "all_test", ("--video-prefix", "v_")),
+))
 
 
 BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
@@ -176,10 +207,12 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in (
         entry_args=("--max_new_tokens", "8"), conv_mode="smollm2_short",
         scorer="easyvqa", headline="accuracy", scorer_args=(("--question-file", f"llava_{name}_test.jsonl"),),
     ) for name in ("easyvqa", "easyvqa_500")),
+    *VIDEO_BENCHMARKS,
 )}
 
 # Defaults of the scripts under scripts/<family>/eval/.
-FAMILY_CKPT = {"v1_5": "llava-v1.5-7b", "v1_6": "llava-v1.6-vicuna-7b"}
+FAMILY_CKPT = {"v1_5": "llava-v1.5-7b", "v1_6": "llava-v1.6-vicuna-7b", "video": "Video-LLaVA-7B-hf"}
+FAMILY_HUB = {"v1_5": "liuhaotian", "v1_6": "liuhaotian", "video": "LanguageBind"}  # default --model-path owner
 DEFAULT_DATA_ROOT = "./playground/data/eval"
 DEFAULT_METHOD = "fastervlm"
 

@@ -1,0 +1,199 @@
+"""What one benchmark run does, resolved from the runner's flags and the benchmark's declaration before anything
+runs: :class:`Plan` (paths of answers, chunks and metrics; the entry point's and the scorer's command lines),
+:func:`make_plan` (the runner's flags) and :func:`check_inputs`. The runner itself is :mod:`llava.eval.run_benchmark`.
+
+Video benchmarks (``video_folder`` / ``answer_file`` in the declaration) get ``--video-folder`` and
+``--gt-file-answers`` from here; ``--limit N`` (answer only the first N questions of the file, as the seed's
+video runs did with 1,000) goes to the entry point and the scorer and names the run ``n_<tokens>_first<N>``, so a
+subset never shares answers or metrics with the full set. The declaration's ``scorer_flags`` (the judge's endpoint)
+go to the scorer instead of the entry point.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass, field
+
+from llava.cli import check_conv_mode
+from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, FAMILY_HUB,
+                              METHOD_PARAMETERS, Benchmark, method_folder)
+
+# Entry-point flags the runner sets itself (from its own flags and the paths of the declaration).
+RUNNER_FLAGS = ("--question-file", "--image-folder", "--answers-file", "--num-chunks", "--chunk-idx",
+                "--video-folder", "--gt-file-answers")
+
+
+@dataclass
+class Plan:
+    """Resolved paths and settings of one run."""
+
+    bench: Benchmark
+    tokens: int
+    ckpt: str
+    model_path: str
+    method: str
+    folder: str  # <data root>/<bench folder>
+    chunks: int
+    gpus: list[str]
+    passthrough: list[str]
+    method_dir: str  # the method's folder in paths (tasks.method_folder)
+    dry_run: bool = False
+    no_score: bool = False
+    score_only: bool = False
+    limit: int | None = None  # the first N questions only
+    scorer_passthrough: list[str] = field(default_factory=list)
+
+    @property
+    def run(self) -> str:
+        subset = f"_first{self.limit}" if self.limit is not None else ""
+        return f"{self.ckpt}/{self.method_dir}/n_{self.tokens}{subset}"
+
+    def path(self, relative: str) -> str:
+        return os.path.normpath(os.path.join(self.folder, relative.format(run=self.run)))
+
+    @property
+    def answers(self) -> str:
+        return self.path("answers/{run}.jsonl")
+
+    def chunk_answers(self, k: int) -> str:
+        return self.path(f"answers/{{run}}/{self.chunks}_{k}.jsonl")
+
+    @property
+    def metrics(self) -> str:
+        return self.path("answers/{run}.metrics.json")
+
+    def _limit_args(self) -> list[str]:
+        return ["--limit", str(self.limit)] if self.limit is not None else []
+
+    def entry_argv(self, answers_file: str) -> list[str]:
+        bench = self.bench
+        argv = ["--model-path", self.model_path, "--question-file", self.path(bench.question_file)]
+        for flag, relative in (("--image-folder", bench.image_folder), ("--video-folder", bench.video_folder),
+                               ("--gt-file-answers", bench.answer_file)):
+            if relative is not None:
+                argv += [flag, self.path(relative)]
+        argv += ["--answers-file", answers_file, "--visual-token-num", str(self.tokens),
+                 "--pruning-method", self.method, "--conv-mode", bench.conv_mode, "--temperature", "0",
+                 *bench.entry_args, *self._limit_args()]
+        return argv + self.passthrough
+
+    def scorer_argv(self) -> list[str]:
+        argv = ["--result-file", self.answers]
+        for flag, relative in self.bench.scorer_args:
+            argv += [flag, self.path(relative)]
+        for flag, relative in self.bench.optional_args:
+            if os.path.exists(self.path(relative)):
+                argv += [flag, self.path(relative)]
+        return argv + self._limit_args() + self.scorer_passthrough + ["--output-json", self.metrics]
+
+
+def visible_gpus() -> list[str]:
+    return [g.strip() for g in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if g.strip()]
+
+
+def build_parser(description: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--benchmark", required=True, choices=sorted(BENCHMARKS))
+    parser.add_argument("--visual-token-num", type=int, required=True,
+                        help="visual tokens kept per crop (per frame for video)")
+    parser.add_argument("--family", default="v1_5", choices=sorted(FAMILY_CKPT), help="picks the default --ckpt")
+    parser.add_argument("--ckpt", default=None, help="checkpoint name in output paths (default: by --family)")
+    parser.add_argument("--model-path", default=None,
+                        help="checkpoint dir or hub name (default: liuhaotian/<ckpt>; --family video: LanguageBind/)")
+    parser.add_argument("--data-root", default=DEFAULT_DATA_ROOT, help=f"benchmarks root ({DEFAULT_DATA_ROOT})")
+    parser.add_argument("--pruning-method", "--method", dest="method", default=DEFAULT_METHOD,
+                        help=f"pruning method, given to the entry point as is ({DEFAULT_METHOD})")
+    parser.add_argument("--num-chunks", type=int, default=None,
+                        help="processes to split the questions over (default: one per GPU in CUDA_VISIBLE_DEVICES)")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="only the first N questions of the question file (video: the seed used 1000)")
+    parser.add_argument("--no-score", action="store_true", help="stop after the answers file")
+    parser.add_argument("--score-only", action="store_true", help="score the existing answers file, answer nothing")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    return parser
+
+
+def _passed_value(passthrough: list[str], flag: str) -> str | None:
+    """The last value given to `flag` among the entry point's arguments (`--flag V` or `--flag=V`), else None."""
+    value = None
+    for i, arg in enumerate(passthrough):
+        if arg == flag and i + 1 < len(passthrough):
+            value = passthrough[i + 1]
+        elif arg.startswith(flag + "="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def split_scorer_flags(passthrough: list[str], flags: tuple[str, ...]) -> tuple[list[str], list[str]]:
+    """(entry point's arguments, scorer's arguments): each of `flags` (``--flag V`` or ``--flag=V``) goes to the
+    scorer, everything else stays with the entry point."""
+    entry, scorer, i = [], [], 0
+    while i < len(passthrough):
+        arg = passthrough[i]
+        name = arg.split("=", 1)[0]
+        if name in flags:
+            take = 1 if "=" in arg else 2
+            scorer += passthrough[i:i + take]
+            i += take
+        else:
+            entry.append(arg)
+            i += 1
+    return entry, scorer
+
+
+def _check_args(args, passthrough: list[str]) -> None:
+    """Bad values are ValueErrors (one line and exit 1 from `cli`), checked before anything runs or loads."""
+    owned = [a for a in passthrough if a.split("=")[0] in RUNNER_FLAGS]
+    if owned:
+        raise ValueError(f"{owned[0].split('=')[0]} is set by the runner from the benchmark's declaration")
+    if args.visual_token_num < 1:
+        raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
+    if args.limit is not None and args.limit < 1:
+        raise ValueError(f"--limit {args.limit}: must be at least 1 question")
+    if args.no_score and args.score_only:
+        raise ValueError("--no-score and --score-only together leave nothing to do")
+    conv_mode = _passed_value(passthrough, "--conv-mode")
+    if conv_mode is not None:
+        check_conv_mode(conv_mode)
+
+
+def make_plan(argv=None, description: str | None = None) -> Plan:
+    args, passthrough = build_parser(description).parse_known_args(argv)
+    _check_args(args, passthrough)
+    bench = BENCHMARKS[args.benchmark]
+    passthrough, scorer_passthrough = split_scorer_flags(passthrough, bench.scorer_flags)
+    method_dir = method_folder(args.method, {flag: _passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
+    ckpt = args.ckpt or FAMILY_CKPT[args.family]
+    gpus = visible_gpus()
+    chunks = args.num_chunks or max(len(gpus), 1)
+    if chunks < 1:
+        raise ValueError(f"--num-chunks {chunks}: must be at least 1")
+    return Plan(
+        bench=bench, tokens=args.visual_token_num, ckpt=ckpt,
+        model_path=args.model_path or f"{FAMILY_HUB[args.family]}/{ckpt}",
+        method=args.method, method_dir=method_dir, folder=os.path.join(args.data_root, bench.folder),
+        chunks=chunks, gpus=gpus, passthrough=passthrough, dry_run=args.dry_run, no_score=args.no_score,
+        score_only=args.score_only, limit=args.limit, scorer_passthrough=scorer_passthrough,
+    )
+
+
+def check_inputs(plan: Plan) -> None:
+    """The benchmark's question file and image / video folder (or, with --score-only, the answers file), before
+    any process starts."""
+    bench = plan.bench
+    if plan.score_only:
+        if not os.path.isfile(plan.answers):
+            raise FileNotFoundError(f"{bench.name}: --score-only: no answers file {plan.answers} (run the "
+                                    "benchmark with the same budget, method and --limit first)")
+        return
+    if not os.path.isfile(plan.path(bench.question_file)):
+        raise FileNotFoundError(f"{bench.name}: question file not found: {plan.path(bench.question_file)} "
+                                f"(see EVAL.md, section {bench.name})")
+    for kind, relative, exists in (("image folder", bench.image_folder, os.path.isdir),
+                                   ("video folder", bench.video_folder, os.path.isdir),
+                                   ("ground-truth answers file", bench.answer_file, os.path.isfile)):
+        if relative is not None and not exists(plan.path(relative)):
+            raise FileNotFoundError(f"{bench.name}: {kind} not found: {plan.path(relative)} "
+                                    f"(see EVAL.md, section {bench.name})")
