@@ -31,11 +31,12 @@ def ok(pred, score):
 
 
 class FakeJudgeServer:
-    """``script``: question -> list of (status, content, headers); the last entry repeats. Content of a 200 goes
-    into ``choices[0].message.content``; ``hang`` (a threading.Event) as content blocks until the event is set."""
+    """``script``: question -> list of (status, content, headers); the last entry repeats; a question not in it
+    gets ``default``. Content of a 200 goes into ``choices[0].message.content``; a threading.Event as content
+    blocks until the event is set, then drops the connection. ``counts``: requests per question."""
 
-    def __init__(self, script):
-        self.script, self.counts, self.auth = script, Counter(), []
+    def __init__(self, script, default=None):
+        self.script, self.default, self.counts, self.auth = script, default, Counter(), []
         self.lock = threading.Lock()
         server = self
 
@@ -51,7 +52,7 @@ class FakeJudgeServer:
                     server.counts[question] += 1
                     server.auth.append(self.headers.get("Authorization"))
                     server.bodies.append(body)
-                replies = server.script[question]
+                replies = server.script.get(question, server.default)
                 status, content, headers = replies[min(n, len(replies) - 1)]
                 if isinstance(content, threading.Event):
                     content.wait(30)
