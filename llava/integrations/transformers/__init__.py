@@ -1,5 +1,6 @@
 """FasterVLM (or any registered pruning method) on a transformers-native LLaVA: one loaded
-`LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` instance, used with its own `AutoProcessor`.
+`LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` / `VideoLlavaForConditionalGeneration`
+instance, used with its own `AutoProcessor` (Video-LLaVA: images and videos, one budget per frame; video_llava.py).
 
     pruning = apply_pruning(model, method="fastervlm", visual_token_num=58)
     out = model.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=64)
@@ -33,10 +34,15 @@ Conventions:
 from __future__ import annotations
 
 import torch.nn as nn
-from transformers import LlavaForConditionalGeneration, LlavaNextForConditionalGeneration
+from transformers import (
+    LlavaForConditionalGeneration,
+    LlavaNextForConditionalGeneration,
+    VideoLlavaForConditionalGeneration,
+)
 
 from llava.integrations.transformers.adapters import LlavaAdapter, LlavaNextAdapter
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE, PrunedInputs, PruningHandle
+from llava.integrations.transformers.video_llava import VideoLlavaAdapter, answer_video, video_prompt
 from llava.model.convert_hf import check_supported
 from llava.model.pruning import PruningConfig
 
@@ -44,9 +50,10 @@ from llava.model.pruning import PruningConfig
 ADAPTERS: dict[type, type[LlavaAdapter]] = {
     LlavaForConditionalGeneration: LlavaAdapter,
     LlavaNextForConditionalGeneration: LlavaNextAdapter,
+    VideoLlavaForConditionalGeneration: VideoLlavaAdapter,  # images and videos (video_llava.py)
 }
 
-__all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "apply_pruning"]
+__all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "apply_pruning", "video_prompt"]
 
 
 def adapter_class(model: nn.Module) -> type[LlavaAdapter]:
@@ -62,11 +69,12 @@ def adapter_class(model: nn.Module) -> type[LlavaAdapter]:
 def apply_pruning(model: nn.Module, method: str = "fastervlm", visual_token_num: int | None = None, *,
                   anyres_mode: str = "upstream", seed: int = 0, llm_layer: int = 2) -> PruningHandle:
     """Prune the visual tokens of one transformers model instance of a class in `ADAPTERS`
-    (`LlavaForConditionalGeneration`, `LlavaNextForConditionalGeneration`); returns the `PruningHandle` (also
-    `model.fastervlm`).
+    (`LlavaForConditionalGeneration`, `LlavaNextForConditionalGeneration`, `VideoLlavaForConditionalGeneration`);
+    returns the `PruningHandle` (also `model.fastervlm`).
 
     method:           a name in `llava.model.pruning.METHODS` (fastervlm, random, uniform, visionzip, vispruner, fastv)
-    visual_token_num: tokens kept per crop (None: all of them, e.g. to read the [CLS] attention only)
+    visual_token_num: tokens kept per crop, i.e. per video frame (None: all of them, e.g. to read the [CLS]
+                      attention only)
     anyres_mode:      LLaVA-1.6: "upstream" only (see the module docstring); ignored for LLaVA-1.5
     seed, llm_layer:  as in `PruningConfig` (random's seed; FastV's layer K)
     Applying again replaces the previous pruning of this model.

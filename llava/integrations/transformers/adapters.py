@@ -1,6 +1,9 @@
 """Adapters from transformers' Llava model classes to our `VisualTokenPipeline`: each one builds the pipeline over
 the instance's own modules (its CLIP tower wrapped for [CLS] attention, its projector, its input embeddings,
 LLaVA-1.6's `image_newline`) and says how the processor's `pixel_values` / `image_sizes` map to crops per image.
+`streams` turns one call's visual inputs into `VisualStream`s (one per placeholder token: images, and for
+Video-LLaVA videos, llava/integrations/transformers/video_llava.py); `encoder_outputs` hands the kept features back
+in the form the model takes as `mm_encoder_outputs`.
 
 A new family is one adapter class here (or in its own module) and one line in `ADAPTERS`
 (llava/integrations/transformers/__init__.py).
@@ -8,19 +11,36 @@ A new family is one adapter class here (or in its own module) and one line in `A
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn as nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
-from llava.model.pipeline import VisualTokenPipeline
+from llava.model.pipeline import VisualTokenPipeline, VisualTokens
 from llava.model.pruning import PruningConfig
+
+
+@dataclass(frozen=True)
+class VisualStream:
+    """One kind of visual input of a call: `key` is its `mm_encoder_outputs` key ("image" / "video"), `token_id` the
+    placeholder its processor wrote, `tokens` the pipeline's result per item (an image, or a video's frames), `full`
+    each item's placeholder count at full budget."""
+
+    key: str
+    token_id: int
+    tokens: VisualTokens
+    full: list[int]
 
 
 class LlavaAdapter:
     """LlavaForConditionalGeneration (LLaVA-1.5): one crop per image, pixel_values (images, 3, S, S)."""
 
     anyres = False
+    pixel_keys = ("pixel_values",)  # the call's pixel inputs that this adapter encodes (and takes out of the call)
+    size_keys = ("image_sizes",)  # further visual inputs it reads (and takes out of the call)
 
     def __init__(self, model: nn.Module, pruning: PruningConfig) -> None:
         self.model = model
@@ -42,6 +62,18 @@ class LlavaAdapter:
     def crops(self, pixel_values: torch.Tensor, sizes) -> list[torch.Tensor] | torch.Tensor:
         """The processor's pixel_values as the pipeline's images."""
         return pixel_values
+
+    def streams(self, visual: dict) -> list[VisualStream]:
+        """The call's visual inputs (pixel_values, image_sizes as the processor returns them) -> the image stream."""
+        sizes = self.image_sizes(visual.get("image_sizes"))
+        tokens = self.pipeline(self.crops(visual["pixel_values"], sizes), sizes)
+        full = [self.pipeline.full_tokens(s) for s in (sizes or [None] * len(tokens.embeds))]
+        return [VisualStream("image", self.model.config.image_token_id, tokens, full)]
+
+    def encoder_outputs(self, features: dict[str, list[torch.Tensor]]) -> dict:
+        """The kept features per stream key, (n_i, D) per item, as transformers' Llava models take pre-computed
+        features (`mm_encoder_outputs`)."""
+        return {key: BaseModelOutputWithPooling(pooler_output=f) for key, f in features.items()}
 
 
 class LlavaNextAdapter(LlavaAdapter):

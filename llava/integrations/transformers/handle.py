@@ -9,7 +9,6 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.integrations.transformers.adapters import LlavaAdapter
 from llava.model.placeholders import assign_images, drop_positions, kept_placeholders
@@ -23,14 +22,20 @@ _ABSENT = object()
 @dataclass(frozen=True)
 class PrunedInputs:
     """One call's result: model inputs with the pruned placeholders removed, ids / mask / labels (B, L'), the kept
-    features per image (n_i, D), per sample the visual tokens kept and the [CLS] attention of its crops (crops, P)."""
+    features per stream key ("image", "video") and item (n_i, D), per sample the visual tokens kept and the [CLS]
+    attention of its crops (crops, P) (its images' crops, then its videos' frames)."""
 
     input_ids: torch.Tensor
     attention_mask: torch.Tensor | None
     labels: torch.Tensor | None
-    image_features: list[torch.Tensor]
+    features: dict[str, list[torch.Tensor]]
     v_token_num: list[int]
     cls_attn: list
+
+    @property
+    def image_features(self) -> list[torch.Tensor]:
+        """The kept features of each image (n_i, D)."""
+        return self.features.get("image", [])
 
 
 class PruningHandle:
@@ -99,30 +104,43 @@ class PruningHandle:
         self.undo()
 
     # -- the pruning itself -------------------------------------------------------------------------------------
-    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, pixel_values: torch.Tensor,
-                image_sizes=None, labels: torch.Tensor | None = None) -> PrunedInputs:
+    def prepare(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, visual: dict,
+                labels: torch.Tensor | None = None) -> PrunedInputs:
         """Processor outputs -> PrunedInputs (and an in-LLM method armed for the next prefill).
 
-        input_ids (B, L) hold each image's placeholders as the processor wrote them; pixel_values and image_sizes
-        as the processor returns them (see the adapter).
+        input_ids (B, L) hold each image's / video's placeholders as the processor wrote them; `visual` the pixel
+        inputs and sizes as the processor returns them (the adapter's `pixel_keys` / `size_keys`).
         """
-        sizes = self.adapter.image_sizes(image_sizes)
-        visual = self.adapter.pipeline(self.adapter.crops(pixel_values, sizes), sizes)
-        full = [self.adapter.pipeline.full_tokens(s) for s in (sizes or [None] * len(visual.embeds))]
-        placeholders = input_ids == self.image_token_id  # (B, L)
-        if attention_mask is not None:
-            placeholders &= attention_mask.bool()
-        owner = assign_images(placeholders.sum(dim=1).tolist(), full)
-        mine = [[i for i, o in enumerate(owner) if o == b] for b in range(input_ids.shape[0])]
-        cls_attn = [torch.cat([visual.cls_attn[i] for i in m]) if m else visual.cls_attn[0].new_zeros(0, 0)
-                    for m in mine]
-        v_token_num = [sum(visual.counts[i] for i in m) for m in mine]
+        batch = input_ids.shape[0]
+        keep = torch.ones_like(input_ids, dtype=torch.bool)
+        visual_positions = torch.zeros_like(keep)
+        v_token_num, cls_attn, features, empty = [0] * batch, [[] for _ in range(batch)], {}, None
+        for stream in self.adapter.streams(visual):
+            placeholders = input_ids == stream.token_id  # (B, L)
+            if attention_mask is not None:
+                placeholders &= attention_mask.bool()
+            owner = assign_images(placeholders.sum(dim=1).tolist(), stream.full)
+            keep &= kept_placeholders(placeholders, owner, stream.full, stream.tokens.counts)
+            visual_positions |= placeholders
+            for i, b in enumerate(owner):
+                v_token_num[b] += stream.tokens.counts[i]
+                cls_attn[b].append(stream.tokens.cls_attn[i])
+            features[stream.key] = stream.tokens.embeds
+            empty = stream.tokens.cls_attn[0].new_zeros(0, 0)
+        cls_attn = [torch.cat(a) if a else empty for a in cls_attn]
         if self.llm_pruner is not None:  # every placeholder stays; the decoder hooks prune after layer K
             budgets = [self.pruning.visual_token_num * a.shape[0] for a in cls_attn]
-            v_token_num = self.llm_pruner.arm(placeholders, budgets)
-        keep = kept_placeholders(placeholders, owner, full, visual.counts)
+            v_token_num = self.llm_pruner.arm(visual_positions, budgets)
         ids, mask, new_labels = drop_positions(keep, input_ids, attention_mask, labels, self._pad_id())
-        return PrunedInputs(ids, mask, new_labels, visual.embeds, v_token_num, cls_attn)
+        return PrunedInputs(ids, mask, new_labels, features, v_token_num, cls_attn)
+
+    def _take_visual(self, kwargs: dict) -> dict:
+        """Take the adapter's visual inputs out of a call's keywords: {name: value} of those given."""
+        names = self.adapter.pixel_keys + self.adapter.size_keys
+        return {name: kwargs.pop(name) for name in names if kwargs.get(name) is not None}
+
+    def _has_pixels(self, kwargs: dict) -> bool:
+        return any(kwargs.get(name) is not None for name in self.adapter.pixel_keys)
 
     def _pad_id(self) -> int:
         pad = self.model.generation_config.pad_token_id
@@ -140,7 +158,7 @@ class PruningHandle:
         if self._generating:  # inside our generate: inputs are already pruned
             return original(*args, **kwargs)
         kwargs = _as_keywords(original, args, kwargs)
-        if kwargs.get("pixel_values") is None and not kwargs.get("mm_encoder_outputs"):
+        if not self._has_pixels(kwargs) and not kwargs.get("mm_encoder_outputs"):
             if self.llm_pruner is not None and _is_prefill(kwargs):
                 self.llm_pruner.disarm()
             return original(**kwargs)
@@ -149,11 +167,11 @@ class PruningHandle:
             raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
         if kwargs.get("position_ids") is not None:
             raise ValueError("pass no position_ids with pixel_values: the pruned prompt gets fresh positions")
-        pruned = self.prepare(kwargs["input_ids"], kwargs.get("attention_mask"), kwargs.pop("pixel_values"),
-                              kwargs.pop("image_sizes", None), kwargs.get("labels"))
+        pruned = self.prepare(kwargs["input_ids"], kwargs.get("attention_mask"), self._take_visual(kwargs),
+                              kwargs.get("labels"))
         self.last = pruned
         kwargs.update(input_ids=pruned.input_ids, attention_mask=pruned.attention_mask, labels=pruned.labels,
-                      mm_encoder_outputs=_encoder_outputs(pruned.image_features))
+                      mm_encoder_outputs=self.adapter.encoder_outputs(pruned.features))
         return original(**kwargs)
 
     def _generate(self, original, *args, **kwargs):
@@ -161,19 +179,19 @@ class PruningHandle:
         input_ids = kwargs.pop("inputs", None)
         if input_ids is None:
             input_ids = kwargs.pop("input_ids", None)
-        pixel_values = kwargs.pop("pixel_values", None)
-        if pixel_values is None and not kwargs.get("mm_encoder_outputs"):  # a text-only prompt
+        if not self._has_pixels(kwargs) and not kwargs.get("mm_encoder_outputs"):  # a text-only prompt
             if self.llm_pruner is not None:
                 self.llm_pruner.disarm()
             batch = 1 if input_ids is None else input_ids.shape[0]
-            self.last = PrunedInputs(input_ids, None, None, [], [0] * batch, [None] * batch)
+            self.last = PrunedInputs(input_ids, None, None, {}, [0] * batch, [None] * batch)
             return original(input_ids, **kwargs)
         self._check_inputs(kwargs)
         if input_ids is None:
             raise ValueError("pruning needs input_ids (the processor's output), not inputs_embeds")
-        pruned = self.prepare(input_ids, kwargs.get("attention_mask"), pixel_values, kwargs.pop("image_sizes", None))
+        pruned = self.prepare(input_ids, kwargs.get("attention_mask"), self._take_visual(kwargs))
         self.last = pruned
-        kwargs.update(attention_mask=pruned.attention_mask, mm_encoder_outputs=_encoder_outputs(pruned.image_features))
+        kwargs.update(attention_mask=pruned.attention_mask,
+                      mm_encoder_outputs=self.adapter.encoder_outputs(pruned.features))
         if pruned.attention_mask is None:
             kwargs.pop("attention_mask")
         self._generating = True
@@ -211,11 +229,6 @@ def _as_keywords(function, args: tuple, kwargs: dict) -> dict:
 def _is_prefill(kwargs: dict) -> bool:
     cache = kwargs.get("cache", kwargs.get("past_key_values"))
     return cache is None or cache.get_seq_length() == 0
-
-
-def _encoder_outputs(image_features: list[torch.Tensor]) -> dict:
-    """The kept features in the form transformers' Llava models take pre-computed image features."""
-    return {"image": BaseModelOutputWithPooling(pooler_output=image_features)}
 
 
 def _with_prompt(out, input_ids: torch.Tensor, pruned_length: int):
