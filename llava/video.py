@@ -5,9 +5,9 @@ Decoder: PyAV (`pip install -e ".[video]"`, package `av`). It is maintained (18.
 with FFmpeg bundled (x86-64 and aarch64 Linux, arm64 macOS among them), and is what transformers' Video-LLaVA docs
 use. decord, which the original Video-LLaVA uses, also installs and imports on x86-64 Linux, but its last PyPI
 release (0.6.0) was built in June 2021 and has no aarch64-Linux or arm64-macOS wheel, so it is not used.
-What is kept from decord is its frame count: `len(decord.VideoReader)` is the number of video packets the demuxer returns (dmlc/decord
-src/video/video_reader.cc, `IndexKeyframes` fills `frame_ts_` one entry per packet and `GetFrameCount` returns its
-size), and `read_video` counts the same way, so the sampled indices match decord's for the same file.
+What is kept from decord is its frame count: `len(decord.VideoReader)` is the number of video packets the demuxer
+returns (dmlc/decord src/video/video_reader.cc: `IndexKeyframes` fills `frame_ts_` one entry per packet and
+`GetFrameCount` returns its size), and `read_video` counts the same way, so its sampled indices match decord's.
 
 Sampling (8 frames, uniform). Two public rules exist and they differ:
 
