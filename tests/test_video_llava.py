@@ -1,0 +1,127 @@
+"""Video-LLaVA (transformers' VideoLlavaForConditionalGeneration) pruned per frame through `apply_pruning`.
+
+Sources of truth: the unmodified transformers model (its own logits at full budget), and an oracle written here from
+FasterVLM's video branch (Theia-4869/FasterVLM `videollava/model/llava_arch.py` `encode_videos`: per frame, the
+head-mean [CLS] row of the selected layer's attention map, top-k, sorted) computed from transformers' eager
+CLIPVisionModel with `output_attentions=True`; transformers' own tower, projector and decoder rebuild the logits.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from llava.integrations.transformers import apply_pruning, video_prompt
+from tests.conftest import pil_image
+from tests.video_helpers import FRAMES, PATCHES, video_llava_model, video_llava_processor
+
+SELECT_LAYER = -2
+K = 5
+
+
+@pytest.fixture(scope="module")
+def processor(tok_dir):
+    return video_llava_processor(tok_dir)
+
+
+@pytest.fixture(scope="module")
+def model(processor):
+    return video_llava_model(len(processor.tokenizer) - 2)
+
+
+def video(seed: int):
+    return [pil_image(40, 36, seed=seed * 100 + i) for i in range(FRAMES)]
+
+
+def inputs(processor, seeds, question="What happens?"):
+    return processor(text=[video_prompt(question)] * len(seeds), videos=[video(s) for s in seeds])
+
+
+@torch.no_grad()
+def oracle_logits(model, ids, pixels, k):
+    """FasterVLM per frame, written with transformers' modules only. ids (1, L) with T x (P + 1) <video>
+    placeholders; pixels (1, T, 3, S, S) -> (logits (1, L', V), kept (T, k))."""
+    out = model.model.video_tower(pixels[0], output_attentions=True, output_hidden_states=True)
+    cls_attn = out.attentions[SELECT_LAYER].mean(dim=1)[:, 0, 1:]  # (T, P)
+    hidden = out.hidden_states[SELECT_LAYER]  # (T, 1 + P, C)
+    kept = cls_attn.topk(k, dim=1).indices.sort(dim=1).values  # (T, k)
+    frames = [torch.cat([h[:1], h[1:][i]]) for h, i in zip(hidden, kept)]  # [CLS], then kept patches in raster order
+    video = model.model.multi_modal_projector(torch.cat(frames))  # (T * (1 + k), D)
+    spots = (ids[0] == model.config.video_token_id).nonzero().flatten()
+    embed = model.get_input_embeddings()
+    seq = torch.cat([embed(ids[0, :spots[0]]), video, embed(ids[0, spots[-1] + 1:])])[None]
+    hidden = model.model.language_model(inputs_embeds=seq).last_hidden_state
+    return model.lm_head(hidden), kept, cls_attn
+
+
+def test_full_budget_equals_the_unmodified_model(model, processor):
+    batch = inputs(processor, [0])
+    with torch.no_grad():
+        reference = model(**batch).logits
+        with apply_pruning(model, "fastervlm", None) as handle:
+            pruned = model(**batch).logits
+    torch.testing.assert_close(pruned, reference, rtol=0, atol=1e-6)
+    assert handle.last_v_token_num == FRAMES * (PATCHES + 1)
+
+
+def test_pruned_frames_equal_a_per_frame_top_k_oracle(model, processor):
+    batch = inputs(processor, [1])
+    expected, kept, cls_attn = oracle_logits(model, batch["input_ids"], batch["pixel_values_videos"], K)
+    with torch.no_grad(), apply_pruning(model, "fastervlm", K) as handle:
+        logits = model(**batch).logits
+        visual = handle.adapter.video_pipeline(batch["pixel_values_videos"])
+    torch.testing.assert_close(logits, expected, rtol=1e-5, atol=1e-5)
+    assert torch.equal(visual.keep[0], kept)
+    torch.testing.assert_close(handle.last_cls_attn, cls_attn, rtol=1e-5, atol=1e-6)
+    assert handle.last_v_token_num == FRAMES * (K + 1)
+
+
+def test_batch_of_two_videos_equals_each_alone(model, processor):
+    both = inputs(processor, [2, 3])
+    with torch.no_grad(), apply_pruning(model, "fastervlm", K) as handle:
+        together = model(**both).logits[:, -1]
+        counts = handle.last_v_token_num
+        alone = [model(**inputs(processor, [s])).logits[0, -1] for s in (2, 3)]
+    torch.testing.assert_close(together, torch.stack(alone), rtol=1e-4, atol=1e-5)
+    assert counts == [FRAMES * (K + 1)] * 2
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "random", "uniform", "visionzip", "vispruner", "fastv"])
+def test_every_method_prunes_each_frame(model, processor, method):
+    batch = inputs(processor, [4])
+    with torch.no_grad(), apply_pruning(model, method, K) as handle:
+        logits = model(**batch).logits
+    own_cls = method == "visionzip"  # its prefix is the frame's [CLS] row, counted in its budget
+    per_frame = K if own_cls or method == "fastv" else K + 1
+    assert handle.last_v_token_num == FRAMES * per_frame
+    # FastV keeps every placeholder at the input and drops the rest of the visual positions after layer K
+    assert logits.shape[1] == batch["input_ids"].shape[1] - FRAMES * (PATCHES + 1) + FRAMES * per_frame
+
+
+@torch.no_grad()
+def test_image_and_video_in_one_batch(model, processor):
+    """Sample 0 a video, sample 1 an image: each equals its own oracle (image: 16 patches, strategy "default")."""
+    image = pil_image(36, 40, seed=7)
+    texts = [video_prompt("What happens?"), video_prompt("What is it?").replace("<video>", "<image>")]
+    mixed = processor(text=texts, images=[image], videos=[video(5)])
+    with apply_pruning(model, "fastervlm", K) as handle:
+        together = model(**mixed).logits[:, -1]
+        counts, attn = handle.last_v_token_num, handle.last_cls_attn
+        alone_video = model(**inputs(processor, [5])).logits[0, -1]
+        alone_image = model(**processor(text=texts[1], images=[image])).logits[0, -1]
+    torch.testing.assert_close(together, torch.stack([alone_video, alone_image]), rtol=1e-4, atol=1e-5)
+    out = model.model.image_tower(processor(text=texts[1], images=[image])["pixel_values"], output_attentions=True)
+    torch.testing.assert_close(attn[1], out.attentions[SELECT_LAYER].mean(dim=1)[:, 0, 1:], rtol=1e-5, atol=1e-6)
+    assert counts == [FRAMES * (K + 1), K]
+
+
+@torch.no_grad()
+def test_apply_and_undo_restore_the_instance(model, processor):
+    batch = inputs(processor, [6])
+    reference = model(**batch).logits
+    before = {name: model.__dict__.get(name) for name in ("forward", "generate", "fastervlm")}
+    handle = apply_pruning(model, "fastervlm", K)
+    assert model(**batch).logits.shape[1] < reference.shape[1]
+    handle.undo()
+    assert {name: model.__dict__.get(name) for name in before} == before
+    assert torch.equal(model(**batch).logits, reference)
