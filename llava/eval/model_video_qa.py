@@ -73,7 +73,8 @@ def read_video_questions(path: str, limit: int | None = None) -> list[dict]:
             raise ValueError(f"--limit {limit}: must be at least 1 question")
         records = records[:limit]
     for i, record in enumerate(records):
-        missing = [k for k in ("video_name", "question", "question_id") if not isinstance(record, dict) or k not in record]
+        fields = ("video_name", "question", "question_id")
+        missing = [k for k in fields if not isinstance(record, dict) or k not in record]
         if missing:
             raise ValueError(f"{path}: question #{i} lacks {missing} (expected video_name, question, question_id)")
     return records

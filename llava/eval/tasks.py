@@ -95,7 +95,10 @@ class Benchmark:
 # run_inference_video_qa.py does (8 frames, conv llava_v1, greedy, up to 1024 new tokens), judged by a chat model
 # (videollava/eval/video/eval_video_qa.py: yes/no and a 0-5 score); headline: the judge's accuracy.
 VIDEO_PROMPT = "<video>\\n<question> (conv llava_v1, no answer-format instruction)"
-JUDGE_FLAGS = ("--api-base", "--judge-model", "--api-key-env", "--num-workers", "--max-retries", "--timeout")
+# the judge's flags (llava.eval.scoring.video_qa) a script may add; not --num-workers / --temperature, which the
+# entry point has too
+JUDGE_FLAGS = ("--api-base", "--judge-model", "--api-key-env", "--max-retries", "--parse-retries", "--retry-delay",
+               "--timeout")
 VIDEO_BENCHMARKS = tuple(Benchmark(
     name=name, folder=f"GPT_Zero_Shot_QA/{folder}",
     question_file="test_q.json", image_folder=None, video_folder=videos, answer_file="test_a.json",
