@@ -125,3 +125,25 @@ def test_apply_and_undo_restore_the_instance(model, processor):
     handle.undo()
     assert {name: model.__dict__.get(name) for name in before} == before
     assert torch.equal(model(**batch).logits, reference)
+
+
+@torch.no_grad()
+def test_loader_reads_a_video_llava_hf_directory(tmp_path, tok_dir, load):
+    """load_pretrained_model on a saved Video-LLaVA-hf directory: transformers' model with the per-frame pruning
+    installed; its logits equal the per-frame oracle on the saved model."""
+    from tests.video_helpers import make_video_llava_hf_dir
+
+    path, saved = make_video_llava_hf_dir(tmp_path / "video-llava-hf", tok_dir)
+    tokenizer, model, processor, _ = load(path, visual_token_num=K, pruning_method="fastervlm")
+    batch = inputs(processor, [8])
+    expected, _, _ = oracle_logits(saved, batch["input_ids"], batch["pixel_values_videos"], K)
+    torch.testing.assert_close(model(**batch).logits, expected, rtol=1e-5, atol=1e-5)
+    assert model.fastervlm.last_v_token_num == FRAMES * (K + 1)
+
+
+def test_original_video_llava_layout_is_refused_with_the_fix(tmp_path, load):
+    import json
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "mm_video_tower": "LanguageBind/x"}))
+    with pytest.raises(ValueError, match=r"config.json .*Video-LLaVA-7B-hf"):
+        load(tmp_path)

@@ -271,6 +271,20 @@ def _llava_hf_plan(model_dir: Path, raw: dict, model_base, tower_override) -> Lo
                     hf_processor_settings(model_dir))
 
 
+def is_video_llava(model_path) -> bool:
+    """Whether a directory holds Video-LLaVA: the transformers layout (`LanguageBind/Video-LLaVA-7B-hf`, model_type
+    "video_llava") -> True; the original layout (`mm_image_tower` / `mm_video_tower`, LanguageBind towers) is not
+    converted: a ValueError naming the file and the layout to use."""
+    model_dir = resolve_local_dir(model_path)
+    raw = _read_config_json(model_dir)
+    if raw.get("mm_video_tower") or raw.get("mm_image_tower"):
+        raise ValueError(
+            f"{model_dir}/config.json is an original Video-LLaVA checkpoint (mm_image_tower / mm_video_tower with "
+            f"LanguageBind towers), which is not converted at load time: use the transformers layout, "
+            f"LanguageBind/Video-LLaVA-7B-hf (config.json model_type 'video_llava')")
+    return raw.get("model_type") == "video_llava"
+
+
 def plan_load(model_path, model_base=None, vision_tower_path=None) -> LoadPlan:
     """The `LoadPlan` of a checkpoint directory (or hub name in the local cache), its layout read from config.json."""
     model_dir = resolve_local_dir(model_path)
