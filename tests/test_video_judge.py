@@ -282,3 +282,32 @@ def test_killed_run_resumes_without_paying_twice(tmp_path):
     assert metrics["accuracy"] == pytest.approx(400 / 6) and metrics["score"] == pytest.approx(15 / 6)
     lines = [json.loads(line) for line in (out / "judgments.jsonl").read_text().splitlines()]
     assert sorted(int(r["question_id"]) for r in lines) == list(range(6))
+
+
+def test_only_failures_in_a_row_abort(tmp_path):
+    script = {"f1": [(500, "", {})], "f2": [(500, "", {})], "f3": [(500, "", {})], "good": [ok("yes", 1)]}
+    with FakeJudgeServer(script) as server:
+        judge = J.Judge(J.ChatClient(J.Endpoint(server.url, "m")), J.JudgmentCache(str(tmp_path / "c.jsonl")),
+                        "m", J.Retries(max_retries=0, abort_after=2), sleep=lambda s: None)
+        names = ["f1", "good", "f2", "good2", "f3"]
+        server.script["good2"] = [ok("no", 0)]
+        outcomes = judge.run([judge.item(i, q, "a", "p") for i, q in enumerate(names)], workers=1)
+    assert [o.status for o in outcomes.values()] == ["failed", "judged", "failed", "judged", "failed"]
+
+
+def test_seed_layout_with_answers_from_the_annotation_file(tmp_path):
+    # the seed's answers lines: id / question / pred; the correct answers come from a JSONL annotation file
+    answers = tmp_path / "merge.jsonl"
+    answers.write_text("".join(json.dumps({"id": f"v{i}", "question": q, "pred": p}) + "\n"
+                               for i, (q, p) in enumerate([("what is shown", "a cat"), ("who runs", "a dog")])))
+    annotations = tmp_path / "test_a.jsonl"
+    annotations.write_text("".join(json.dumps({"question_id": f"v{i}", "answer": a}) + "\n"
+                                   for i, a in enumerate(["cat", "man"])))
+    with FakeJudgeServer({"what is shown": [ok("yes", 5)], "who runs": [ok("no", 0)]}) as server:
+        with pytest.raises(ValueError, match="without a correct answer.*--annotation-file"):
+            score(tmp_path, server, str(answers))
+        metrics = score(tmp_path, server, str(answers), "--annotation-file", str(annotations))
+    users = sorted(body["messages"][1]["content"] for body in server.bodies)
+    assert "Correct answer: cat\nPredicted answer: a cat\n" in users[0]
+    assert "Correct answer: man\nPredicted answer: a dog\n" in users[1]
+    assert (metrics["accuracy"], metrics["score"], metrics["partial"]) == (50.0, 2.5, False)
