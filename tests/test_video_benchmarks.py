@@ -8,8 +8,8 @@ Independent sources:
 - end to end (bash scripts/video/eval/run_qa_*.sh and eval_qa_*.sh on a tiny random Video-LLaVA-hf directory, tiny
   PyAV videos, a chat-completions server on 127.0.0.1 with scripted judgments): at the full budget each answer
   equals transformers' own, unpruned ``VideoLlavaForConditionalGeneration.generate`` on frames this test decodes
-  itself (PyAV, Video-LLaVA's ``np.linspace(0, n - 1, 8)`` frame rule) and the prompt written out by hand; pruned,
-  every answer got 8 x budget visual tokens (hand arithmetic); accuracy and mean score are computed by hand from
+  itself (PyAV, Video-LLaVA's ``np.linspace(0, n - 1, 8)`` frame rule) and the prompt written out by hand; every
+  answer got 8 x (budget + 1) visual tokens (each frame's [CLS] row and its kept patches: hand arithmetic); accuracy and mean score are computed by hand from
   the scripted judgments (the seed's eval_video_qa.py: accuracy = yes / judged, score = mean).
 """
 
@@ -162,12 +162,15 @@ def write_benchmark(root: Path, name: str) -> dict:
     return paths
 
 
-def reference_answer(model_dir: Path, question: str, video: Path, max_new_tokens: int) -> str:
-    """transformers' own VideoLlava (no pruning installed) on the hand-written Video-LLaVA eval prompt."""
-    from transformers import VideoLlavaForConditionalGeneration, VideoLlavaProcessor
+def reference_answer(model_dir: Path, tok_dir, question: str, video: Path, max_new_tokens: int) -> str:
+    """transformers' own VideoLlava (no pruning installed) on the hand-written Video-LLaVA eval prompt; the processor
+    is built as the directory's was (its from_pretrained wants torchvision for the video processor)."""
+    from transformers import VideoLlavaForConditionalGeneration
+
+    from tests.video_helpers import video_llava_processor
 
     model = VideoLlavaForConditionalGeneration.from_pretrained(model_dir, attn_implementation="eager").eval()
-    processor = VideoLlavaProcessor.from_pretrained(model_dir)
+    processor = video_llava_processor(tok_dir)
     prompt = f"{SYSTEM} USER: <video>\n{question} ASSISTANT:"
     inputs = processor(text=prompt, videos=decoded_frames(video), return_tensors="pt")
     with torch.inference_mode():
@@ -194,7 +197,7 @@ def read_lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-def test_the_four_scripts_end_to_end(tmp_path, video_llava_dir):
+def test_the_four_scripts_end_to_end(tmp_path, video_llava_dir, tok_dir):
     root = tmp_path / "eval"
     videos = {name: write_benchmark(root, name) for name in CASES}
     env = {k: v for k, v in os.environ.items() if k not in ("METHOD", "CUDA_VISIBLE_DEVICES")}
@@ -218,13 +221,14 @@ def test_the_four_scripts_end_to_end(tmp_path, video_llava_dir):
                 [(i, q, truth[i], v) for v, q, i in asked], name
             if budget == 16:  # every patch of every frame: transformers' own model gives the same answers
                 for line, (video, question, _) in zip(lines, asked):
-                    assert line["text"] == reference_answer(video_llava_dir, question, videos[name][video], max_new)
-            else:
-                assert {r["v_token_num"] for r in lines} == {8 * budget}, name  # 8 frames x budget
+                    assert line["text"] == reference_answer(video_llava_dir, tok_dir, question, videos[name][video], max_new)
+            # each of the 8 frames: its [CLS] row + `budget` patches (transformers' T x (patches + 1) video
+            # placeholders, llava/integrations/transformers/video_llava.py); the tiny tower has 16 patches per frame
+            assert {r["v_token_num"] for r in lines} == {8 * (budget + 1)}, name
             assert {r["visual_token_num"] for r in lines} == {budget}
             metrics = json.loads((answers_dir / f"{run}.metrics.json").read_text())
             accuracy, score = EXPECTED_METRICS[name]
-            assert metrics["accuracy"] == pytest.approx(accuracy) and metrics["score"] == pytest.approx(score)
+            assert (metrics["accuracy"], metrics["score"]) == (pytest.approx(accuracy), pytest.approx(score)), metrics
             assert metrics["headline"]["value"] == pytest.approx(accuracy) and not metrics["partial"], name
         # the judge saw each answer once, with the ground truth and the model's answer of the answers file
         assert sorted(server.counts.values()) == [1] * sum(len(c[5]) for c in CASES.values())
