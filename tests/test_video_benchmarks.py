@@ -5,12 +5,13 @@ Independent sources:
   folders, video folders, test_q.json / test_a.json; run_inference_video_qa_act.py: ActivityNet's ``v_`` prefix;
   run_inference_video_qa.py: the extension order .mp4 .avi .mov .mkv);
 - ``--limit N``: hand-made question files, the expected ids read off the file by hand;
-- end to end (bash scripts/video/eval/run_qa_*.sh and eval_qa_*.sh on a tiny random Video-LLaVA-hf directory, tiny
-  PyAV videos, a chat-completions server on 127.0.0.1 with scripted judgments): at the full budget each answer
-  equals transformers' own, unpruned ``VideoLlavaForConditionalGeneration.generate`` on frames this test decodes
-  itself (PyAV, Video-LLaVA's ``np.linspace(0, n - 1, 8)`` frame rule) and the prompt written out by hand; every
-  answer got 8 x (budget + 1) visual tokens (each frame's [CLS] row and its kept patches: hand arithmetic); accuracy and mean score are computed by hand from
-  the scripted judgments (the seed's eval_video_qa.py: accuracy = yes / judged, score = mean).
+- end to end (bash scripts/video/eval/run_qa_*.sh and eval_qa_*.sh on a tiny random Video-LLaVA-hf directory,
+  tiny PyAV videos, a chat-completions server on 127.0.0.1 with scripted judgments): at the full budget each
+  answer equals transformers' own, unpruned ``VideoLlavaForConditionalGeneration.generate`` on frames this test
+  decodes itself (PyAV, Video-LLaVA's ``np.linspace(0, n - 1, 8)`` frame rule) and the prompt written out by
+  hand; every answer got 8 x (budget + 1) visual tokens (each frame's [CLS] row and its kept patches: hand
+  arithmetic); accuracy and mean score are computed by hand from the scripted judgments (the seed's
+  eval_video_qa.py: accuracy = yes / judged, score = mean).
 """
 
 import json
@@ -75,11 +76,12 @@ def test_limit_names_the_run_and_reaches_entry_point_and_judge():
     plan = run_benchmark.make_plan(["--benchmark", "tgif", "--family", "video", "--visual-token-num", "64",
                                     "--limit", "1000", "--data-root", "/d", "--api-base", "http://h/v1"])
     assert plan.model_path == "LanguageBind/Video-LLaVA-7B-hf"
-    assert plan.answers == "/d/GPT_Zero_Shot_QA/TGIF_Zero_Shot_QA/answers/Video-LLaVA-7B-hf/fastervlm/n_64_first1000.jsonl"
+    folder = "/d/GPT_Zero_Shot_QA/TGIF_Zero_Shot_QA"
+    assert plan.answers == f"{folder}/answers/Video-LLaVA-7B-hf/fastervlm/n_64_first1000.jsonl"
     entry, scorer = plan.entry_argv(plan.answers), plan.scorer_argv()
     assert entry[entry.index("--limit") + 1] == "1000" and scorer[scorer.index("--limit") + 1] == "1000"
     assert "--api-base" not in entry and scorer[scorer.index("--api-base") + 1] == "http://h/v1"
-    assert entry[entry.index("--video-folder") + 1] == "/d/GPT_Zero_Shot_QA/TGIF_Zero_Shot_QA/mp4"
+    assert entry[entry.index("--video-folder") + 1] == f"{folder}/mp4"
     full = run_benchmark.make_plan(["--benchmark", "tgif", "--family", "video", "--visual-token-num", "64"])
     assert full.answers.endswith("/n_64.jsonl") and "--limit" not in full.entry_argv(full.answers)
 
@@ -221,7 +223,8 @@ def test_the_four_scripts_end_to_end(tmp_path, video_llava_dir, tok_dir):
                 [(i, q, truth[i], v) for v, q, i in asked], name
             if budget == 16:  # every patch of every frame: transformers' own model gives the same answers
                 for line, (video, question, _) in zip(lines, asked):
-                    assert line["text"] == reference_answer(video_llava_dir, tok_dir, question, videos[name][video], max_new)
+                    video_path = videos[name][video]
+                    assert line["text"] == reference_answer(video_llava_dir, tok_dir, question, video_path, max_new)
             # each of the 8 frames: its [CLS] row + `budget` patches (transformers' T x (patches + 1) video
             # placeholders, llava/integrations/transformers/video_llava.py); the tiny tower has 16 patches per frame
             assert {r["v_token_num"] for r in lines} == {8 * (budget + 1)}, name
