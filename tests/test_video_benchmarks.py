@@ -134,10 +134,10 @@ CASES = {
     "msvd": (16, ["--limit", "3", "--num-chunks", "2", "--batch-size", "2"],
              [("vidA", "what is the animal?", 0), ("vidB", "what color is it?", 1), ("vidA", "is it moving?", 2),
               ("vidC", "is it a car?", 3)],
-             [(2, "yes"), (0, "dog"), (3, "no"), (1, "red")], ".avi",
+             [(0, "dog"), (1, "red"), (2, "yes"), (3, "no")], ".avi",  # aligned with test_q.json, as upstream's
              {"what is the animal?": ("yes", 4), "what color is it?": ("no", 1), "is it moving?": ("yes", 5)}),
     "msrvtt": (4, [], [("video7", "who is talking?", "m1"), ("video8", "where is it?", "m2")],
-               [("m1", "man"), ("m2", "kitchen")], ".mp4",
+               [("m2", "kitchen"), ("m1", "man")], ".mp4",  # another order: matched by question_id
                {"who is talking?": ("no", 0), "where is it?": ("no", 2)}),
     "tgif": (2, ["--batch-size", "2"], [("tumblr_x", "what does the cat do?", "FrameQA1"),
                                         ("tumblr_y", "how many people?", "FrameQA2")],
