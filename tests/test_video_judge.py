@@ -311,3 +311,23 @@ def test_seed_layout_with_answers_from_the_annotation_file(tmp_path):
     assert "Correct answer: cat\nPredicted answer: a cat\n" in users[0]
     assert "Correct answer: man\nPredicted answer: a dog\n" in users[1]
     assert (metrics["accuracy"], metrics["score"], metrics["partial"]) == (50.0, 2.5, False)
+
+
+def test_limit_follows_the_question_file_order(tmp_path):
+    """--limit 2 with --question-file takes the first two questions ASKED (test_q.json order: 3, 1), even when the
+    annotation file lists them in another order (1, 2, 3, 4): only questions 3 and 1 are judged (yes 5, no 1 ->
+    50%, 3.0 by hand); question 2 is answered but outside the limit."""
+    answers = write_answers(tmp_path / "answers.jsonl", ROWS)
+    questions = tmp_path / "test_q.json"
+    questions.write_text(json.dumps([{"question_id": q, "question": "?", "video_name": "v"} for q in (3, 1, 2, 4)]))
+    annotations = tmp_path / "test_a.json"
+    annotations.write_text(json.dumps([{"question_id": q, "answer": a} for q, _, a, _ in ROWS]))
+    script = {"who is singing": [ok("yes", 5)], "what is the man doing": [ok("no", 1)]}
+    with FakeJudgeServer(script, default=[ok("yes", 4)]) as server:
+        metrics = score(tmp_path, server, answers, "--question-file", str(questions),
+                        "--annotation-file", str(annotations), "--limit", "2")
+    users = [body["messages"][1]["content"] for body in server.bodies]
+    assert sorted("who is singing" in u for u in users) == [False, True]
+    assert sorted("what is the man doing" in u for u in users) == [False, True]
+    assert (metrics["accuracy"], metrics["score"], metrics["report"]["n_expected"]) == (50.0, 3.0, 2)
+    assert metrics["partial"] is False

@@ -104,7 +104,7 @@ VIDEO_BENCHMARKS = tuple(Benchmark(
     question_file="test_q.json", image_folder=None, video_folder=videos, answer_file="test_a.json",
     entry="model_video_qa", prompt=VIDEO_PROMPT, entry_args=entry_args, conv_mode="llava_v1",
     scorer="video_qa", headline="accuracy", scorer_flags=JUDGE_FLAGS,
-    scorer_args=(("--annotation-file", "test_a.json"),),
+    scorer_args=(("--annotation-file", "test_a.json"), ("--question-file", "test_q.json")),
 ) for name, folder, videos, entry_args in (
     ("msvd", "MSVD_Zero_Shot_QA", "videos", ()),
     ("msrvtt", "MSRVTT_Zero_Shot_QA", "videos/all", ()),

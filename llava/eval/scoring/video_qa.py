@@ -43,7 +43,10 @@ def parse_args(argv) -> argparse.Namespace:
                    "(default: <answers file without .jsonl>.judge/<judge model>)")
     p.add_argument("--annotation-file", default=None, help="JSON list or JSONL of {question_id, answer}: the "
                    "expected questions and their correct answers (e.g. the seed's test_a.json)")
-    p.add_argument("--limit", type=int, default=None, help="expect only the first N annotated questions")
+    p.add_argument("--question-file", default=None, help="JSON list of {question_id, ...} (the seed's test_q.json): "
+                   "the expected questions in this file's order, so --limit takes the first N asked")
+    p.add_argument("--limit", type=int, default=None, help="expect only the first N questions (of --question-file, "
+                   "else of --annotation-file, else of the answers)")
     p.add_argument("--api-base", default=os.environ.get("JUDGE_API_BASE"),
                    help="e.g. https://api.openai.com/v1 or http://127.0.0.1:8000/v1 (default: $JUDGE_API_BASE)")
     p.add_argument("--judge-model", default=os.environ.get("JUDGE_MODEL"),
@@ -124,6 +127,41 @@ def expected_questions(rows: dict, annotations: dict | None, path: str) -> tuple
     return expected, unknown
 
 
+def question_order(path: str, limit: int | None) -> list[str]:
+    """The question ids of a question file (JSON list or JSONL with ``question_id``), in file order, first ``limit``."""
+    records = ([record for _, record in iter_jsonl(path, role="question file")] if path.endswith(".jsonl")
+               else read_json(path, role="question file"))
+    if not isinstance(records, list):
+        raise ValueError(f"{path}: question file must hold a JSON list of {{question_id, ...}}")
+    records = records[:limit] if limit is not None else records
+    ids = []
+    for n, record in enumerate(records, start=1):
+        if not isinstance(record, dict):
+            raise ValueError(f"{path}: record {n}: expected an object with question_id")
+        ids.append(qid_key(_field(record, ("question_id", "id"), f"{path}: record {n}")))
+    return ids
+
+
+def expected_order(args, rows: dict) -> tuple[list[str], list[str]]:
+    """(expected question ids in order, answered ids outside them): the question file's first --limit when given,
+    else the annotation file's, else the answers file's; fills each row's missing correct answer."""
+    by_questions = args.question_file is not None
+    annotations = (load_annotations(args.annotation_file, None if by_questions else args.limit)
+                   if args.annotation_file else None)
+    expected, unknown = expected_questions(rows, annotations, args.result_file)
+    if by_questions:
+        expected = question_order(args.question_file, args.limit)
+        asked = set(expected)
+        unknown = [qid for qid in rows if qid not in asked]
+        lacking = [qid for qid in expected if qid in rows and rows[qid]["answer"] is None]
+        if lacking:
+            raise ValueError(f"{args.result_file}: question {lacking[0]} has no correct answer ('answer' field or "
+                             f"--annotation-file)")
+    elif annotations is None and args.limit is not None:
+        expected = expected[:args.limit]
+    return expected, unknown
+
+
 def make_judge(args, cache: JudgmentCache) -> Judge:
     key = os.environ.get(args.api_key_env) or None
     endpoint = Endpoint(args.api_base, args.judge_model, key, args.timeout, args.temperature)
@@ -175,13 +213,17 @@ def summarize(expected: list[str], rows: dict, items: dict, outcomes: dict) -> d
 
 
 def main(argv) -> dict:
-    """Judge every expected, answered question not in the cache; print and return the metrics."""
+    """The command line's work: judge, print and return the metrics (also written to --output-json)."""
     args = parse_args(argv)
+    metrics = evaluate(args)
+    emit(metrics, args.output_json)
+    return metrics
+
+
+def evaluate(args: argparse.Namespace) -> dict:
+    """Judge every expected, answered question not in the cache; the metrics (accuracy, score, coverage)."""
     rows, duplicates = load_predictions(args.result_file)
-    annotations = load_annotations(args.annotation_file, args.limit) if args.annotation_file else None
-    expected, unknown = expected_questions(rows, annotations, args.result_file)
-    if annotations is None and args.limit is not None:
-        expected = expected[:args.limit]
+    expected, unknown = expected_order(args, rows)
     out_dir = output_dir(args)
     cache_path = os.path.join(out_dir, CACHE_NAME)
     with hold_lock(cache_path):
@@ -195,11 +237,10 @@ def main(argv) -> dict:
     warnings = [f"{len(duplicates)} questions answered more than once (last answer kept): "
                 f"{', '.join(duplicates[:MAX_LISTED])}"] if duplicates else []
     if unknown:
-        warnings.append(f"{len(unknown)} answers to questions not in the annotations (ignored): "
+        warnings.append(f"{len(unknown)} answers to questions outside the expected ones (ignored): "
                         f"{', '.join(unknown[:MAX_LISTED])}")
     metrics["warnings"] = warnings
     write_json(os.path.join(out_dir, SUMMARY_NAME), {qid: _outcome_row(items.get(qid), outcomes) for qid in expected})
-    emit(metrics, args.output_json)
     return metrics
 
 
