@@ -17,7 +17,11 @@ family=$1
 bench=$2
 shift 2
 if [[ $# -lt 1 || ! $1 =~ ^[0-9]+$ ]]; then
-    echo "usage: bash scripts/${family}/eval/${bench}.sh TOKEN [options]   (TOKEN: visual tokens kept per crop, e.g. 144)" >&2
+    if [[ $family == video ]]; then
+        echo "usage: bash scripts/video/eval/{run,eval}_qa_${bench}.sh TOKEN [options]   (TOKEN: patches kept per frame, e.g. 64)" >&2
+    else
+        echo "usage: bash scripts/${family}/eval/${bench}.sh TOKEN [options]   (TOKEN: visual tokens kept per crop, e.g. 144)" >&2
+    fi
     exit 2
 fi
 token=$1
