@@ -1,6 +1,7 @@
 """Video-LLaVA (transformers' VideoLlavaForConditionalGeneration) pruned per frame through `apply_pruning`.
 
-Sources of truth: the unmodified transformers model (its own logits at full budget), and an oracle written here from
+Sources of truth: the unmodified transformers model (its own logits at full budget; its own `generate`, one video at a
+time, for the batched `answer_videos`), and an oracle written here from
 FasterVLM's video branch (Theia-4869/FasterVLM `videollava/model/llava_arch.py` `encode_videos`: per frame, the
 head-mean [CLS] row of the selected layer's attention map, top-k, sorted) computed from transformers' eager
 CLIPVisionModel with `output_attentions=True`; transformers' own tower, projector and decoder rebuild the logits.
@@ -12,6 +13,7 @@ import pytest
 import torch
 
 from llava.integrations.transformers import apply_pruning, video_prompt
+from llava.integrations.transformers.video_llava import answer_video, answer_videos
 from tests.conftest import pil_image
 from tests.video_helpers import FRAMES, PATCHES, video_llava_model, video_llava_processor
 
@@ -29,8 +31,8 @@ def model(processor):
     return video_llava_model(len(processor.tokenizer) - 2)
 
 
-def video(seed: int):
-    return [pil_image(40, 36, seed=seed * 100 + i) for i in range(FRAMES)]
+def video(seed: int, frames: int = FRAMES):
+    return [pil_image(40, 36, seed=seed * 100 + i) for i in range(frames)]
 
 
 def inputs(processor, seeds, question="What happens?"):
@@ -147,3 +149,54 @@ def test_original_video_llava_layout_is_refused_with_the_fix(tmp_path, load):
     (tmp_path / "config.json").write_text(json.dumps({"model_type": "llava", "mm_video_tower": "LanguageBind/x"}))
     with pytest.raises(ValueError, match=r"config.json .*Video-LLaVA-7B-hf"):
         load(tmp_path)
+
+
+# ------------------------------------------------------------------ answer_videos: one left-padded generate call
+QUESTIONS = ["What happens?", "Which animal runs across the field in the second half of the clip?", "Why?"]
+SYSTEM = ("A chat between a curious human and an artificial intelligence assistant. The assistant gives helpful, "
+          "detailed, and polite answers to the human's questions.")
+MAX_NEW = 6
+
+
+@torch.no_grad()
+def transformers_alone(model, processor, question, frames):
+    """transformers' own generate (no pruning installed), one video, the Video-LLaVA eval prompt written by hand ->
+    (text, `<video>` placeholders = T x (P + 1))."""
+    batch = processor(text=f"{SYSTEM} USER: <video>\n{question} ASSISTANT:", videos=[frames])
+    out = model.generate(**batch, do_sample=False, max_new_tokens=MAX_NEW)
+    text = processor.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    return text, len(frames) * (PATCHES + 1)
+
+
+def test_batched_answers_at_full_budget_equal_transformers_generate_alone(model, processor):
+    """Three questions of different lengths (left padding differs per row), videos of 8, 6 and 4 frames (so each
+    entry's count is its own): each equals transformers' unpruned generate on it alone."""
+    videos = [video(10, 8), video(11, 6), video(12, 4)]
+    expected = [transformers_alone(model, processor, q, v) for q, v in zip(QUESTIONS, videos)]
+    assert expected[0][1] == 8 * 17 and expected[2][1] == 4 * 17
+    lengths = {len(processor.tokenizer(video_prompt(q)).input_ids) for q in QUESTIONS}
+    assert len(lengths) == 3  # the batch is padded differently per row
+    with apply_pruning(model, "fastervlm", None):
+        got = answer_videos(model, processor, [video_prompt(q) for q in QUESTIONS], videos, max_new_tokens=MAX_NEW)
+    assert got == expected
+    assert any(text for text, _ in got)  # the tiny model does write tokens (a comparison of empty strings proves little)
+
+
+@pytest.mark.parametrize("method", ["fastervlm", "fastv"])
+def test_batched_answers_at_a_pruned_budget_equal_each_alone(model, processor, method):
+    """Differential (next to the independent test above): pruned per frame, the batch equals each entry alone.
+    FastV drops inside the LLM, the same number per row, so its videos all have 8 frames."""
+    frames = [8, 8, 8] if method == "fastv" else [8, 5, 3]
+    videos = [video(20 + i, n) for i, n in enumerate(frames)]
+    with apply_pruning(model, method, K):
+        alone = [answer_video(model, processor, q, v, max_new_tokens=MAX_NEW) for q, v in zip(QUESTIONS, videos)]
+        together = answer_videos(model, processor, [video_prompt(q) for q in QUESTIONS], videos,
+                                 max_new_tokens=MAX_NEW)
+    assert together == alone
+    per_frame = K if method == "fastv" else K + 1  # hand arithmetic: FastV keeps K per frame, the others [CLS] + K
+    assert [n for _, n in together] == [f * per_frame for f in frames]
+
+
+def test_answer_videos_refuses_a_question_without_its_video_token(model, processor):
+    with pytest.raises(ValueError, match="holds 0 <video>.*video_prompt"):
+        answer_videos(model, processor, ["What happens?"], [video(0)])

@@ -17,7 +17,8 @@ before the model loads, or, with ``--skip-bad-videos``, a skipped question that 
 ``--limit N`` answers the first N questions of the file (file order, before chunking): the seed's video runs used
 the first 1,000 of each set. Each question's video is read as 8 uniformly sampled frames (:mod:`llava.video`) and
 answered by Video-LLaVA with its per-frame budget ``--visual-token-num`` (256 per frame = no pruning; 64 = 75%,
-26 = 90%); greedy, up to 1024 new tokens as upstream.
+26 = 90%); greedy, up to 1024 new tokens as upstream; ``--batch-size N`` answers N questions per left-padded
+``generate`` call (the same answers as one at a time).
 
 Answers: one line per question (layout of :mod:`llava.eval.answers`, plus the fields the judge reads,
 :mod:`llava.eval.scoring.video_qa`): ``question_id``, ``question``, ``answer`` (the ground truth), ``text`` (the

@@ -1,7 +1,8 @@
 """The answering loop of the video entry point (:mod:`llava.eval.model_video_qa`): the image loop of
 :mod:`llava.eval.answering` (chunk, resume, refuse another run's file, lock, fsynced lines) with videos instead of
 images: each question's video is read as 8 frames (:func:`llava.video.read_video`) and answered by the Video-LLaVA
-helper of the transformers integration (:func:`llava.integrations.transformers.video_llava.answer_video`).
+helper of the transformers integration (:func:`llava.integrations.transformers.video_llava.answer_videos`),
+``--batch-size`` questions per left-padded ``generate`` call.
 
 The run identity is the image one (:func:`llava.eval.answer_identity.run_identity`) with ``visual_token_num`` the
 budget per frame; the pruning settings of the loaded model are those `apply_pruning` installed
@@ -21,7 +22,7 @@ from llava.eval.questions import Question, chunk_questions, number_repeats
 from llava.eval.run_identity import answer_record, checkpoint_fingerprint, skipped_record
 from llava.inference import default_device, generation_kwargs, load_from_args
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE
-from llava.integrations.transformers.video_llava import answer_video
+from llava.integrations.transformers.video_llava import answer_videos, video_prompt
 from llava.mm_utils import get_model_name_from_path
 from llava.model.pruning import PruningConfig
 from llava.video import read_video
@@ -109,7 +110,8 @@ def _run_locked(args, questions: list[Question], videos: dict[int, str | None], 
 
 
 def _answer_all(args, answers: AnswersFile, dataset: VideoDataset, model_and_processor, identity, bar) -> None:
-    """Answer every question of `dataset`, --batch-size videos read at a time, appending each answer as it comes."""
+    """Answer every question of `dataset`, --batch-size at a time (one `generate` call per batch), appending each
+    answer (or skip) as it comes."""
     model, processor = model_and_processor
     workers = args.num_workers if args.num_workers is not None else (4 if default_device() == "cuda" else 0)
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=workers,
@@ -117,12 +119,17 @@ def _answer_all(args, answers: AnswersFile, dataset: VideoDataset, model_and_pro
     generation = generation_kwargs(args)
     with answers, bar:
         for samples in loader:
+            good = []
             for index, frames, error in samples:
                 q = dataset.questions[index]
-                if error is not None:
-                    answers.append_skipped(skipped_record(q, error, identity))
-                    print(f"[answers] skipped question {q.question_id!r}: {error}", file=sys.stderr)
+                if error is None:
+                    good.append((q, frames))
                     continue
-                text, v_tokens = answer_video(model, processor, q.query, frames, **generation)
-                answers.append(answer_record(q, text, v_tokens, identity))
+                answers.append_skipped(skipped_record(q, error, identity))
+                print(f"[answers] skipped question {q.question_id!r}: {error}", file=sys.stderr)
+            if good:
+                prompts = [video_prompt(q.query) for q, _ in good]
+                replies = answer_videos(model, processor, prompts, [frames for _, frames in good], **generation)
+                for (q, _), (text, v_tokens) in zip(good, replies):
+                    answers.append(answer_record(q, text, v_tokens, identity))
             bar.update(len(samples))

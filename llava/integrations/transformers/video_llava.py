@@ -1,5 +1,6 @@
 """Video-LLaVA (transformers' `VideoLlavaForConditionalGeneration`, the `LanguageBind/Video-LLaVA-7B-hf` layout):
-the adapter that `apply_pruning` uses for it, and `answer_video`, one question about one video.
+the adapter that `apply_pruning` uses for it, `VideoLlavaInputs` (its processor without torchvision), and
+`answer_videos` (a left-padded batch of questions, one video each) with `answer_video`, its batch of one.
 
 Token layout (transformers 5.x `modeling_video_llava.py` / `processing_video_llava.py`): an image goes through
 `image_tower` and, with `vision_feature_select_strategy="default"`, gives its 256 patch tokens (224 px, patch 14), as
@@ -60,23 +61,37 @@ class VideoLlavaInputs:
         out = self.image_processor(images=list(images), return_tensors="pt", return_legacy_image_output=False)
         return out["pixel_values"]
 
-    def __call__(self, text, images=None, videos=None, return_tensors: str = "pt") -> dict:
+    def __call__(self, text, images=None, videos=None, return_tensors: str = "pt",
+                 padding_side: str | None = None) -> dict:
         texts = [text] if isinstance(text, str) else list(text)
         out = {}
         if images is not None:
             out["pixel_values"] = self._pixels(images if isinstance(images, (list, tuple)) else [images])
         if videos is not None:
-            out["pixel_values_videos"] = torch.stack([self._pixels(v) for v in _as_videos(videos)])
-        per_image = per_frame = None
+            out["pixel_values_videos"] = _stack_videos([self._pixels(v) for v in _as_videos(videos)])
+        per_image = None
         if "pixel_values" in out:
             side = out["pixel_values"].shape[-2:]
             per_image = (side[0] // self.patch_size) * (side[1] // self.patch_size)
-        if "pixel_values_videos" in out:
-            t, _, h, w = out["pixel_values_videos"].shape[1:]
-            per_frame = t * ((h // self.patch_size) * (w // self.patch_size) + 1)
         texts = [_expand(t, IMAGE_TOKEN, per_image) for t in texts]
-        texts = [_expand(t, VIDEO_TOKEN, per_frame) for t in texts]
-        return {**self.tokenizer(texts, padding=True, return_tensors=return_tensors), **out}
+        texts = self._expand_videos(texts, out.get("pixel_values_videos"))
+        return {**self.tokenizer(texts, padding=True, padding_side=padding_side, return_tensors=return_tensors),
+                **out}
+
+    def _expand_videos(self, texts: list[str], videos) -> list[str]:
+        """Each `<video>` -> T x (P + 1) placeholders of its own video (videos in text order; T may differ)."""
+        if videos is None:
+            return [_expand(t, VIDEO_TOKEN, None) for t in texts]
+        counts = [v.shape[0] * ((v.shape[-2] // self.patch_size) * (v.shape[-1] // self.patch_size) + 1)
+                  for v in videos]
+        if sum(t.count(VIDEO_TOKEN) for t in texts) != len(counts):
+            raise ValueError(f"the texts hold {sum(t.count(VIDEO_TOKEN) for t in texts)} {VIDEO_TOKEN} but "
+                             f"{len(counts)} video(s) were given: one {VIDEO_TOKEN} per video")
+        out, n = [], iter(counts)
+        for text in texts:
+            pieces = text.split(VIDEO_TOKEN)
+            out.append(pieces[0] + "".join(VIDEO_TOKEN * next(n) + p for p in pieces[1:]))
+        return out
 
     def batch_decode(self, *args, **kwargs):
         return self.tokenizer.batch_decode(*args, **kwargs)
@@ -90,6 +105,12 @@ def _as_videos(videos) -> list:
             not isinstance(videos[0], np.ndarray) or videos[0].ndim == 3):
         return [list(videos)]
     return [list(v) for v in videos]
+
+
+def _stack_videos(videos: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+    """Per video pixels (T_i, 3, S, S) -> (videos, T, 3, S, S) when every T_i is the same, else the list (which the
+    pruning handle takes; transformers' own VideoLlava needs one T per batch)."""
+    return torch.stack(videos) if len({v.shape for v in videos}) == 1 else videos
 
 
 def _expand(text: str, token: str, count: int | None) -> str:
@@ -168,22 +189,65 @@ def video_prompt(question: str) -> str:
 
 def answer_video(model: nn.Module, processor, question: str, frames: list[Image.Image],
                  **generation) -> tuple[str, int]:
-    """One question about one video: frames (T PIL images, the sampled frames, T = 8 for Video-LLaVA) -> (answer
-    text, visual tokens the LLM got). `model`: a VideoLlavaForConditionalGeneration (with `apply_pruning`
-    installed, or not: then every token), `processor` a `VideoLlavaInputs` (what the loader returns) or
-    transformers' VideoLlavaProcessor. `generation` goes to `generate`
-    (default greedy, max_new_tokens=1024 as the seed; the seed sampled with temperature 0.1)."""
-    if not frames:
-        raise ValueError("answer_video needs at least one frame")
-    clip = np.stack([np.asarray(f.convert("RGB")) for f in frames])  # (T, H, W, 3): one video for either processor
-    inputs = processor(text=video_prompt(question), videos=clip, return_tensors="pt")
-    dtype = model.get_input_embeddings().weight.dtype
-    inputs = {k: v.to(model.device, dtype) if v.is_floating_point() else v.to(model.device) for k, v in inputs.items()}
+    """One question about one video: `answer_videos` with a batch of one, the prompt `video_prompt(question)`."""
+    return answer_videos(model, processor, [video_prompt(question)], [frames], **generation)[0]
+
+
+def answer_videos(model: nn.Module, processor, prompts: list[str], videos: list[list[Image.Image]],
+                  **generation) -> list[tuple[str, int]]:
+    """A batch of questions, one video each: prompts (full prompt texts, one `<video>` each, e.g. `video_prompt(q)`)
+    and videos (the sampled PIL frames of each, T = 8 for Video-LLaVA) -> per entry (answer text, visual tokens the
+    LLM got for it). One left-padded `generate` call with its attention mask; greedy, so each answer equals the
+    entry's batch-of-one answer (FastV needs equal drops per entry: videos of one frame count).
+
+    `model`: a VideoLlavaForConditionalGeneration, with `apply_pruning` installed (then its handle's per-sample
+    counts) or not (every placeholder); `processor` a `VideoLlavaInputs` (what the loader returns) or transformers'
+    VideoLlavaProcessor. `generation` goes to `generate` (default greedy, max_new_tokens=1024 as the seed)."""
+    _check_batch(prompts, videos)
+    clips = [np.stack([np.asarray(f.convert("RGB")) for f in frames]) for frames in videos]  # (T, H, W, 3) each
+    # left padding: every prompt ends where generation starts (right padding would put pads before the answers)
+    inputs = _on_model(model, processor(text=list(prompts), videos=clips, padding_side="left", return_tensors="pt"))
     options = {"do_sample": False, "max_new_tokens": 1024, **generation}
     with torch.inference_mode():
         out = model.generate(**inputs, **options)
-    text = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)[0].strip()
+    if out.shape[0] != len(prompts):
+        raise ValueError(f"answer_videos: generate returned {out.shape[0]} sequences for {len(prompts)} prompts "
+                         "(one answer per prompt: leave num_return_sequences / num_beams groups out)")
+    texts = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+    return [(text.strip(), n) for text, n in zip(texts, _kept_counts(model, inputs["input_ids"]))]
+
+
+def _check_batch(prompts: list[str], videos: list[list[Image.Image]]) -> None:
+    if isinstance(prompts, str) or len(prompts) != len(videos) or not prompts:
+        raise ValueError(f"answer_videos takes a list of prompts and a list of videos of the same length, got "
+                         f"{'a string' if isinstance(prompts, str) else len(prompts)} and {len(videos)}")
+    for i, (prompt, frames) in enumerate(zip(prompts, videos)):
+        if prompt.count(VIDEO_TOKEN) != 1:
+            raise ValueError(f"prompt {i} holds {prompt.count(VIDEO_TOKEN)} {VIDEO_TOKEN}, not 1: build it with "
+                             f"video_prompt(question) (llava/integrations/transformers/video_llava.py)")
+        if not frames:
+            raise ValueError(f"video {i} has no frames")
+
+
+def _on_model(model: nn.Module, inputs: dict) -> dict:
+    """Processor outputs on the model's device, floating tensors (or lists of them) in its dtype."""
+    dtype = model.get_input_embeddings().weight.dtype
+
+    def move(v: torch.Tensor) -> torch.Tensor:
+        return v.to(model.device, dtype) if v.is_floating_point() else v.to(model.device)
+
+    return {k: [move(t) for t in v] if isinstance(v, list) else move(v) for k, v in inputs.items()}
+
+
+def _kept_counts(model: nn.Module, input_ids: torch.Tensor) -> list[int]:
+    """Visual tokens the LLM got per batch entry: the installed handle's count of the last call, else every
+    `<video>` placeholder of the entry's row (input_ids (B, L))."""
     handle = model.__dict__.get(HANDLE_ATTRIBUTE)
     if handle is not None and handle.last is not None:
-        return text, int(handle.last.v_token_num[0])
-    return text, int((inputs["input_ids"] == model.config.video_token_id).sum())
+        counts = [int(n) for n in handle.last.v_token_num]
+    else:
+        counts = (input_ids == model.config.video_token_id).sum(dim=1).tolist()
+    if len(counts) != input_ids.shape[0]:
+        raise RuntimeError(f"{len(counts)} visual-token counts for a batch of {input_ids.shape[0]} "
+                           "(llava/integrations/transformers/video_llava.py)")
+    return counts
