@@ -8,6 +8,7 @@ class is installed on the model's decoder layers (see `llm.py`).
 
 from __future__ import annotations
 
+from llava.model.pruning.divprune import divprune
 from llava.model.pruning.fastv import FastV
 from llava.model.pruning.llm import LLMPruner, keep_all
 from llava.model.pruning.selectors import fastervlm, random, uniform
@@ -20,6 +21,7 @@ METHODS = {
     "uniform": uniform,
     "visionzip": visionzip,  # dominant + contextual tokens (arXiv 2412.04467)
     "vispruner": vispruner,  # important + diverse tokens (VisPruner, ICCV 2025)
+    "divprune": divprune,  # greedy max-min cosine diversity of the features, no attention (DivPrune, CVPR 2025)
     "fastv": FastV,  # inside the LLM after layer K (arXiv 2403.06764)
 }
 
