@@ -4,6 +4,10 @@
         --budgets 576,144,58,29 --new-tokens 32
     python -m llava.bench.efficiency --model-path DIR [--vision-tower-path DIR] ...
     python -m llava.bench.efficiency --synthetic tiny --repeats 1 --warmup 0     # smoke run
+    python -m llava.bench.efficiency --synthetic video-7b --budgets 256,64,26   # Video-LLaVA-7B, 8 frames
+
+`--synthetic video-7b / video-small / video-tiny` runs transformers' Video-LLaVA on one 8-frame video instead, pruned
+per frame through `apply_pruning` (llava/bench/video.py; budgets are per frame, default 256,64,26).
 
 For one image and one LLaVA-style prompt, each (method, budget) is run end to end with greedy decoding of
 `--new-tokens` tokens, and these are reported as the median over `--repeats` runs after `--warmup` runs (repeats are
@@ -37,16 +41,16 @@ import torch
 from PIL import Image
 
 from llava.bench.flops import LlamaShape
-from llava.bench.measure import BASELINE, Case, Inputs, benchmark
+from llava.bench.measure import BASELINE, Case, ImageSubject, Inputs, benchmark
 from llava.bench.report import format_table, plot, summarize, write_csv
-from llava.bench.synthetic import build_synthetic_model, synthetic_inputs
+from llava.bench.synthetic import SHAPES, build_synthetic_model, synthetic_inputs
+from llava.bench.video import VIDEO_SHAPES, VideoSubject, build_video_model, video_inputs
 from llava.conversation import conv_templates
 from llava.mm_utils import load_image, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
 from llava.model.pruning import METHODS
 
 DEFAULT_METHODS = "fastervlm,fastv,visionzip,vispruner"
-DEFAULT_BUDGETS = "576,144,58,29"
 
 
 def device_name(device: torch.device) -> str:
@@ -82,12 +86,14 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-path", help="a LLaVA checkpoint directory (liuhaotian layout)")
-    source.add_argument("--synthetic", choices=["7b", "13b", "small", "tiny"],
-                        help="random weights in a LLaVA-1.5 shape (see llava.bench.synthetic)")
+    source.add_argument("--synthetic", choices=[*SHAPES, *VIDEO_SHAPES],
+                        help="random weights in a LLaVA-1.5 shape (llava.bench.synthetic) or, video-*, in a "
+                             "Video-LLaVA shape with one 8-frame video (llava.bench.video)")
     parser.add_argument("--vision-tower-path", default=None)
     parser.add_argument("--image", default=None, help="image for --model-path (default: random pixels)")
     parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated ({DEFAULT_METHODS})")
-    parser.add_argument("--budgets", default=DEFAULT_BUDGETS, help=f"visual tokens per crop ({DEFAULT_BUDGETS})")
+    parser.add_argument("--budgets", default=None,
+                        help="visual tokens per crop / video frame (default 576,144,58,29; video: 256,64,26)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (greedy)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -104,39 +110,47 @@ def parse_args(argv=None):
     return args
 
 
+def build_subject(args, device: torch.device, dtype: torch.dtype) -> tuple[str, object]:
+    """(model name, what `benchmark` runs): a synthetic image or video shape, or a LLaVA checkpoint."""
+    if args.synthetic in VIDEO_SHAPES:
+        model = build_video_model(args.synthetic, device, dtype, args.attn_implementation)
+        return f"synthetic-{args.synthetic}", VideoSubject(model, video_inputs(model, device, dtype))
+    if args.synthetic:
+        model = build_synthetic_model(args.synthetic, device, dtype, args.attn_implementation)
+        return f"synthetic-{args.synthetic}", ImageSubject(model, synthetic_inputs(model, device, dtype))
+    tokenizer, model, processor, _ = load_pretrained_model(
+        args.model_path, device=str(device), dtype=dtype, vision_tower_path=args.vision_tower_path,
+        attn_implementation=args.attn_implementation)
+    inputs = checkpoint_inputs(model, tokenizer, processor, device, dtype, args.image)
+    return Path(args.model_path).name, ImageSubject(model, inputs)
+
+
+def parse_cases(args, subject) -> list[Case]:
+    """The unpruned case, then every (method, budget) of the command line, checked."""
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHODS]
+    if unknown:
+        raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
+    budgets = [int(b) for b in (args.budgets or subject.default_budgets).split(",") if b.strip()]
+    bad = [b for b in budgets if not 1 <= b <= subject.per_crop]
+    if bad:
+        raise SystemExit(f"budgets {bad} out of range: 1..{subject.per_crop} visual tokens per {subject.crop_name}")
+    return [Case(BASELINE, subject.per_crop)] + [Case(m, b) for m in methods for b in budgets]
+
+
 def main(argv=None) -> list[dict]:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     dtype = getattr(torch, args.dtype) if args.dtype else (torch.float16 if device.type == "cuda" else torch.float32)
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    unknown = [m for m in methods if m not in METHODS]
-    if unknown:
-        raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")
-    budgets = [int(b) for b in args.budgets.split(",") if b.strip()]
-
-    if args.synthetic:
-        model_name = f"synthetic-{args.synthetic}"
-        model = build_synthetic_model(args.synthetic, device, dtype, args.attn_implementation)
-        inputs = synthetic_inputs(model, device, dtype)
-    else:
-        model_name = Path(args.model_path).name
-        tokenizer, model, processor, _ = load_pretrained_model(
-            args.model_path, device=str(device), dtype=dtype, vision_tower_path=args.vision_tower_path,
-            attn_implementation=args.attn_implementation)
-        inputs = checkpoint_inputs(model, tokenizer, processor, device, dtype, args.image)
-    per_crop = model.get_vision_tower().num_patches
-    bad = [b for b in budgets if not 1 <= b <= per_crop]
-    if bad:
-        raise SystemExit(f"budgets {bad} out of range: 1..{per_crop} visual tokens per crop")
-
-    cases = [Case(BASELINE, per_crop)] + [Case(m, b) for m in methods for b in budgets]
+    model_name, subject = build_subject(args, device, dtype)
+    cases = parse_cases(args, subject)
     name = device_name(device)
     print(f"{model_name} on {name}: {len(cases)} cases x ({args.warmup} warm-up + {args.repeats} timed) runs")
-    results, tower = benchmark(model, inputs, cases, args.new_tokens, args.repeats, args.warmup, args.fastv_layer)
-    rows = summarize(results, tower, LlamaShape.from_config(model.config), args.fastv_layer, args.new_tokens, name,
-                     model_name)
+    results, tower = benchmark(subject, cases, args.new_tokens, args.repeats, args.warmup, args.fastv_layer)
+    rows = summarize(results, tower, LlamaShape.from_config(subject.llm_config), args.fastv_layer, args.new_tokens,
+                     name, model_name)
     print(format_table(rows))
     out = Path(args.output_dir)
     csv_path, png_path = out / f"efficiency_{model_name}.csv", out / f"efficiency_{model_name}.png"
@@ -144,7 +158,6 @@ def main(argv=None) -> list[dict]:
     plot(rows, png_path)
     print(f"wrote {csv_path} and {png_path}")
     return rows
-
 
 if __name__ == "__main__":
     main()

@@ -1,6 +1,7 @@
 """Measuring one pruning case: timestamps (CUDA events or perf_counter), peak memory, KV-cache bytes, one end-to-end
-run (prepare -> prefill -> greedy decode) and the vision tower with and without its [CLS] row, and `benchmark`, which
-runs every case interleaved. The rows, table and plot made of these: `llava.bench.report`; the CLI:
+run (prepare -> prefill -> greedy decode) and the vision tower with and without its [CLS] row, `ImageSubject` (LLaVA on
+one image; Video-LLaVA on one video: `llava.bench.video.VideoSubject`), and `benchmark`, which runs every case of a
+subject interleaved. The rows, table and plot made of these: `llava.bench.report`; the CLI:
 `llava.bench.efficiency`.
 """
 
@@ -149,9 +150,9 @@ def run_once(model, inputs: Inputs, new_tokens: int, clock: Clock) -> Sample:
 
 
 @torch.inference_mode()
-def time_tower(model, pixels: torch.Tensor, clock: Clock, plain_first: bool = False) -> tuple[float, float]:
-    """(with [CLS] attention, plain) ms: our tower vs the same layers without the [CLS] row (features only)."""
-    tower = model.get_vision_tower()
+def time_tower(tower, pixels: torch.Tensor, clock: Clock, plain_first: bool = False) -> tuple[float, float]:
+    """(with [CLS] attention, plain) ms: our tower (a `ClsAttentionTower`) vs the same layers without the [CLS] row
+    (features only). pixels: (N, 3, S, S), (videos, T, 3, S, S) or a list of crop tensors."""
     crops = [pixels] if isinstance(pixels, torch.Tensor) else list(pixels)
     pixels = torch.cat([c.flatten(0, -4) for c in crops]).to(device=tower.device, dtype=tower.dtype)  # (N, 3, S, S)
 
@@ -168,6 +169,33 @@ def time_tower(model, pixels: torch.Tensor, clock: Clock, plain_first: bool = Fa
         fn()
         times[name] = clock.ms(start, clock.mark())
     return times["cls"], times["plain"]
+
+
+class ImageSubject:
+    """LLaVA (`LlavaLlamaForCausalLM`) on one image, as `benchmark` runs it: `set_case` sets the case's pruning
+    (the unpruned case is FasterVLM at the full budget: every token), `run` is one end-to-end run, `time_tower` the
+    tower with and without its [CLS] row. The video counterpart: `llava.bench.video.VideoSubject`."""
+
+    default_budgets = "576,144,58,29"
+    crop_name = "crop"
+
+    def __init__(self, model, inputs: Inputs) -> None:
+        self.model, self.inputs = model, inputs
+        self.llm_config = model.config
+        self.per_crop = model.get_vision_tower().num_patches
+        self.device = model.device
+
+    def set_case(self, case: Case, fastv_layer: int) -> None:
+        set_case(self.model, case, fastv_layer)
+
+    def reset(self) -> None:
+        set_case(self.model, Case(BASELINE, 0), fastv_layer=2)
+
+    def run(self, new_tokens: int, clock: Clock) -> Sample:
+        return run_once(self.model, self.inputs, new_tokens, clock)
+
+    def time_tower(self, clock: Clock, plain_first: bool) -> tuple[float, float]:
+        return time_tower(self.model.get_vision_tower(), self.inputs.pixels, clock, plain_first)
 
 
 def set_case(model, case: Case, fastv_layer: int) -> None:
@@ -194,33 +222,32 @@ def median(values) -> float:
     return statistics.median(values) if values else float("nan")
 
 
-def benchmark(model, inputs: Inputs, cases: list[Case], new_tokens: int, repeats: int, warmup: int,
-              fastv_layer: int = 2, log=print) -> tuple[list[Result], dict]:
-    """Run every case `warmup + repeats` times, interleaved (each pass starts one case later, and the two tower
-    variants swap order, so slow drifts and order effects spread over all cases); then one run per case for peak
-    memory."""
-    device = model.device
-    clock = Clock(device)
+def benchmark(subject, cases: list[Case], new_tokens: int, repeats: int, warmup: int, fastv_layer: int = 2,
+              log=print) -> tuple[list[Result], dict]:
+    """Run every case on `subject` (an `ImageSubject` or `llava.bench.video.VideoSubject`) `warmup + repeats`
+    times, interleaved (each pass starts one case later, and the two tower variants swap order, so slow drifts and
+    order effects spread over all cases); then one run per case for peak memory."""
+    clock = Clock(subject.device)
     results = {c.label: Result(c) for c in cases}
     tower = {"vision_ms": [], "vision_plain_ms": []}
     for rep in range(warmup + repeats):
         timed = rep >= warmup
         for pair in range(TOWER_PAIRS):  # the tower alone is cheap next to a case: time it more often
-            with_cls, plain = time_tower(model, inputs.pixels, clock, plain_first=(rep + pair) % 2 == 1)
+            with_cls, plain = subject.time_tower(clock, plain_first=(rep + pair) % 2 == 1)
             if timed:
                 tower["vision_ms"].append(with_cls)
                 tower["vision_plain_ms"].append(plain)
         shift = rep % len(cases)
         for case in cases[shift:] + cases[:shift]:
-            set_case(model, case, fastv_layer)
-            sample = run_once(model, inputs, new_tokens, clock)
+            subject.set_case(case, fastv_layer)
+            sample = subject.run(new_tokens, clock)
             if timed:
                 results[case.label].samples.append(sample)
         log(f"  pass {rep + 1}/{warmup + repeats} ({'timed' if timed else 'warm-up'}) done")
     for case in cases:
-        set_case(model, case, fastv_layer)
-        with PeakMemory(device) as peak:
-            run_once(model, inputs, new_tokens, clock)
+        subject.set_case(case, fastv_layer)
+        with PeakMemory(subject.device) as peak:
+            subject.run(new_tokens, clock)
         results[case.label].peak_bytes = peak.peak
-    set_case(model, Case(BASELINE, 0), fastv_layer)
+    subject.reset()
     return list(results.values()), {k: median(v) for k, v in tower.items()}

@@ -124,7 +124,7 @@ def plot(rows: list[dict], path: Path) -> None:
             ax.axhline(base[key], color="gray", ls="--", label="unpruned")
         ax.set_title(title)
         ax.set_xticks(range(len(budgets)), [str(b) for b in budgets])
-        ax.set_xlabel("visual tokens kept per crop")
+        ax.set_xlabel("visual tokens kept per crop (video: per frame)")
         ax.grid(alpha=0.3)
     axes.flat[1].legend(fontsize=7)
     axes.flat[0].legend(fontsize=7)
