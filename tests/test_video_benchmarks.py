@@ -11,7 +11,10 @@ Independent sources:
   decodes itself (PyAV, Video-LLaVA's ``np.linspace(0, n - 1, 8)`` frame rule) and the prompt written out by
   hand; every answer got 8 x (budget + 1) visual tokens (each frame's [CLS] row and its kept patches: hand
   arithmetic); accuracy and mean score are computed by hand from the scripted judgments (the seed's
-  eval_video_qa.py: accuracy = yes / judged, score = mean).
+  eval_video_qa.py: accuracy = yes / judged, score = mean). msvd and tgif run with ``--batch-size 2``, so those
+  answers come from left-padded batches.
+- ``--batch-size 2`` vs ``--batch-size 1`` at a pruned budget (differential, next to the independent end-to-end
+  check above): the same answers lines, an unreadable video inside a batch skipped alone.
 """
 
 import json
@@ -236,3 +239,32 @@ def test_the_four_scripts_end_to_end(tmp_path, video_llava_dir, tok_dir):
         # the judge saw each answer once, with the ground truth and the model's answer of the answers file
         assert sorted(server.counts.values()) == [1] * sum(len(c[5]) for c in CASES.values())
         assert set(server.auth) == {"Bearer sk-local"}
+
+
+def test_batch_size_two_writes_the_lines_of_batch_size_one(tmp_path, video_llava_dir):
+    """Questions of different lengths, two per generate call, one unreadable video in the middle of a batch."""
+    from llava.eval import model_video_qa
+
+    questions = [("vidA", "what is the animal?", "q0"), ("vidB", "what color is the thing on the left?", "q1"),
+                 ("bad", "is it broken?", "q2"), ("vidA", "why?", "q3"), ("vidB", "is it moving or standing?", "q4")]
+    q_file = write_json(tmp_path / "test_q.json", [{"video_name": v, "question": q, "question_id": i}
+                                                   for v, q, i in questions])
+    a_file = write_json(tmp_path / "test_a.json", [{"answer": "x", "question_id": i} for _, _, i in questions])
+    write_video(tmp_path / "videos" / "vidA.mp4", n_frames=10, seed=1)
+    write_video(tmp_path / "videos" / "vidB.mp4", n_frames=13, seed=2)
+    (tmp_path / "videos" / "bad.mp4").write_bytes(b"not a video")
+    lines = {}
+    for batch in (1, 2):
+        answers = tmp_path / f"b{batch}.jsonl"
+        model_video_qa.main(["--model-path", str(video_llava_dir), "--question-file", str(q_file),
+                             "--gt-file-answers", str(a_file), "--video-folder", str(tmp_path / "videos"),
+                             "--answers-file", str(answers), "--visual-token-num", "4", "--pruning-method",
+                             "fastervlm", "--device", "cpu", "--max_new_tokens", "12", "--batch-size", str(batch),
+                             "--skip-bad-videos", "--temperature", "0"])
+        lines[batch] = [(r["question_id"], r["text"], r["v_token_num"]) for r in read_lines(answers)]
+        skipped = read_lines(tmp_path / f"b{batch}.skipped.jsonl")
+        assert [r["question_id"] for r in skipped] == ["q2"]
+    assert lines[2] == lines[1]
+    assert [i for i, _, _ in lines[1]] == ["q0", "q1", "q3", "q4"]
+    assert {n for _, _, n in lines[1]} == {8 * (4 + 1)}  # 8 frames x ([CLS] + 4 patches), hand arithmetic
+    assert len({t for _, t, _ in lines[1]}) > 1  # the answers differ: rows were not swapped unseen
