@@ -61,9 +61,10 @@ def test_attention_is_ignored():
 
 
 def test_half_precision_features_are_scored_in_float32():
-    """fp16 features are read as float32: the kept set is the oracle's on the same (rounded) values."""
-    features = random_features(2, 64, 16, seed=5).half()
-    assert divprune(features, None, 16).tolist() == [oracle(features[i].float(), 16) for i in range(2)]
+    """fp16 features are read as float32: the kept set is the oracle's on the same (rounded) values. Among 576
+    tokens many scores lie closer than fp16's resolution (~1e-3 near distance 1), so fp16 scores would differ."""
+    features = random_features(2, 576, 64, seed=5).half()
+    assert divprune(features, None, 64).tolist() == [oracle(features[i].float(), 64) for i in range(2)]
 
 
 # --- hand-computed -------------------------------------------------------------------------------------------------
