@@ -37,13 +37,14 @@ import torch.nn as nn
 from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextForConditionalGeneration,
+    LlavaOnevisionForConditionalGeneration,
     VideoLlavaForConditionalGeneration,
 )
 
 from llava.integrations.transformers.adapters import LlavaAdapter, LlavaNextAdapter
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE, PrunedInputs, PruningHandle
+from llava.integrations.transformers.onevision import OnevisionAdapter
 from llava.integrations.transformers.video_llava import VideoLlavaAdapter, answer_video, video_prompt
-from llava.model.convert_hf import check_supported
 from llava.model.pruning import PruningConfig
 
 # transformers model class -> the adapter that builds our pipeline over its modules; a new family is one line here
@@ -51,6 +52,7 @@ ADAPTERS: dict[type, type[LlavaAdapter]] = {
     LlavaForConditionalGeneration: LlavaAdapter,
     LlavaNextForConditionalGeneration: LlavaNextAdapter,
     VideoLlavaForConditionalGeneration: VideoLlavaAdapter,  # images and videos (video_llava.py)
+    LlavaOnevisionForConditionalGeneration: OnevisionAdapter,  # SigLIP without [CLS], images (onevision.py)
 }
 
 __all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "apply_pruning", "video_prompt"]
@@ -80,7 +82,7 @@ def apply_pruning(model: nn.Module, method: str = "fastervlm", visual_token_num:
     Applying again replaces the previous pruning of this model.
     """
     adapter = adapter_class(model)
-    check_supported(model.config, type(model).__name__)
+    adapter.check_config(model.config, type(model).__name__)
     adapter.check_mode(anyres_mode)
     vision = model.config.vision_config
     per_crop = (vision.image_size // vision.patch_size) ** 2

@@ -18,9 +18,25 @@ import torch.nn as nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 from transformers.models.llava_next.modeling_llava_next import get_anyres_image_grid_shape
 
+from llava.model.convert_hf import check_supported
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.pipeline import VisualTokenPipeline, VisualTokens
-from llava.model.pruning import PruningConfig
+from llava.model.pruning import METHODS, PruningConfig
+
+# The registered methods that never read the [CLS] attention (random, uniform; fastv ranks inside the LLM;
+# divprune: feature diversity): the only ones a tower without [CLS] (`has_cls = False`) can run.
+NO_CLS_METHODS = ("random", "uniform", "fastv", "divprune")
+
+
+def check_tower_supports(tower: nn.Module, method: str, what: str) -> None:
+    """Refuse, once when the pruning is applied, a method that ranks by [CLS] attention (fastervlm, visionzip,
+    vispruner, ...) on a tower that declares `has_cls = False`, naming the methods that work there."""
+    if getattr(tower, "has_cls", True) or method in NO_CLS_METHODS:
+        return
+    alternatives = ", ".join(m for m in NO_CLS_METHODS if m in METHODS)
+    raise ValueError(f"pruning method {method!r} ranks patches by the [CLS] token's attention, but {what}'s vision "
+                     f"tower ({type(tower).__name__}) has no [CLS] token; use a method that needs no [CLS]: "
+                     f"{alternatives} (llava/integrations/transformers/adapters.py NO_CLS_METHODS)")
 
 
 @dataclass(frozen=True)
@@ -41,15 +57,26 @@ class LlavaAdapter:
     anyres = False
     pixel_keys = ("pixel_values",)  # the call's pixel inputs that this adapter encodes (and takes out of the call)
     size_keys = ("image_sizes",)  # further visual inputs it reads (and takes out of the call)
+    pipeline_class = VisualTokenPipeline
 
     def __init__(self, model: nn.Module, pruning: PruningConfig) -> None:
         self.model = model
-        self.tower = CLIPVisionTower(model.model.vision_tower, select_layer=model.config.vision_feature_layer)
-        self.pipeline = VisualTokenPipeline(self.tower, model.model.multi_modal_projector,
+        self.tower = self.make_tower(model)
+        check_tower_supports(self.tower, pruning.method, type(model).__name__)
+        self.pipeline = self.pipeline_class(self.tower, model.model.multi_modal_projector,
                                             model.get_input_embeddings(), pruning, **self.pipeline_options())
+
+    def make_tower(self, model: nn.Module) -> nn.Module:
+        """The model's vision tower wrapped for the pipeline (CLIP with its [CLS] attention)."""
+        return CLIPVisionTower(model.model.vision_tower, select_layer=model.config.vision_feature_layer)
 
     def pipeline_options(self) -> dict:
         return {}
+
+    @staticmethod
+    def check_config(config, what: str) -> None:
+        """The llava-hf settings this adapter prunes (`convert_hf.check_supported`: CLIP, one layer, patches)."""
+        check_supported(config, what)
 
     @staticmethod
     def check_mode(anyres_mode: str) -> None:

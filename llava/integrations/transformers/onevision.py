@@ -1,0 +1,170 @@
+"""LLaVA-OneVision (transformers' `LlavaOnevisionForConditionalGeneration`, the `llava-hf/llava-onevision-*-hf`
+layout): its SigLIP tower without a [CLS] token (`SiglipTower`), and the adapter `apply_pruning` uses for it.
+
+Token layout (transformers 5.x `modeling_llava_onevision.py` `get_image_features` / `pack_image_features`, and
+`processing_llava_onevision.py` `_get_number_of_features`, which counts the placeholders): SigLIP has no [CLS]
+token and the config selects `vision_feature_select_strategy="full"`, so a crop gives all P = (S / patch)^2 patch
+tokens of `vision_feature_layer` (729 for 384 px, patch 14). An image of a one-image sample is tiled like LLaVA-1.6
+(transformers' grid rule over `image_grid_pinpoints`): base crop (P tokens, no newline), then the stitched grid,
+unpadded with transformers' rounding, with `image_newline` after every row. Images of a multi-image sample
+(`batch_num_images` > 1) give their base crop only, then one newline. Budgets are per crop (`visual_token_num` of
+P); the grid's kept tokens are laid out as LLaVA-1.6's upstream mode does (`llava.model.merge.merge_grid_upstream`).
+
+Not supported yet (refused with an error, never passed through unpruned):
+- "anyres_max_N" downsampling: when the unpadded grid holds more than 1.1^2 x N crops' tokens, transformers
+  interpolates it bilinearly, which mixes neighbouring tokens, so a per-crop kept set has no meaning there. With
+  `anyres_max_9` this happens only for grids above 3x3 crops (images larger than about 1152 px at 384 px crops);
+- videos (`pixel_values_videos`: frames pooled 2x2 after the projector).
+
+Methods: the tower has no [CLS] row, so the [CLS]-attention methods are refused when the pruning is applied
+(`adapters.check_tower_supports`); random, uniform and the in-LLM fastv need no [CLS]. `last_cls_attn` is then an
+empty (crops, 0) tensor per image: there is no [CLS] attention to report.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+
+from llava.integrations.transformers.adapters import LlavaNextAdapter, VisualStream
+from llava.model.merge import unpad_window
+from llava.model.multimodal_encoder.clip_encoder import TowerOutput
+from llava.model.pipeline import VisualTokenPipeline
+from llava.model.pruning import Selection
+
+SIGLIP_TYPES = ("siglip_vision_model",)
+
+
+class SiglipTower(nn.Module):
+    """transformers' `SiglipVisionModel` (kept as `.vision_tower`) run up to one layer; no [CLS] token.
+
+    `has_cls = False` is how a tower says it has no [CLS] row: `check_tower_supports` refuses the methods that rank
+    by [CLS] attention. select_layer as transformers' `hidden_states` index (-1: the last layer's output, before
+    the post-layernorm, as `get_image_features` selects it)."""
+
+    has_cls = False
+
+    def __init__(self, vision_tower: nn.Module, select_layer: int = -1) -> None:
+        super().__init__()
+        self.vision_tower = vision_tower
+        n_layers = len(self.layers())
+        s = select_layer if select_layer >= 0 else n_layers + 1 + select_layer
+        if not 1 <= s <= n_layers:
+            raise ValueError(f"vision_feature_layer={select_layer} does not name a transformer layer of a "
+                             f"{n_layers}-layer SigLIP tower (llava/integrations/transformers/onevision.py)")
+        self.n_run = s  # hidden_states[s] is the output of the first s layers
+
+    def layers(self) -> nn.ModuleList:
+        return self.vision_tower.encoder.layers
+
+    @property
+    def config(self):
+        return self.vision_tower.config
+
+    @property
+    def num_patches_per_side(self) -> int:
+        return self.config.image_size // self.config.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        return self.num_patches_per_side ** 2
+
+    @torch.no_grad()
+    def forward(self, pixel_values: torch.Tensor) -> TowerOutput:
+        """pixel_values (N, 3, S, S) -> features (N, P, C) of the selected layer; cls_attn (N, 0): no [CLS]."""
+        weight = next(self.vision_tower.parameters())
+        hidden = self.vision_tower.embeddings(pixel_values.to(weight.device, weight.dtype))
+        for layer in self.layers()[: self.n_run]:
+            out = layer(hidden, None)
+            hidden = out[0] if isinstance(out, tuple) else out
+        return TowerOutput(features=hidden, cls_attn=hidden.new_zeros(hidden.shape[0], 0))
+
+
+class NoClsPipeline(VisualTokenPipeline):
+    """The pipeline over a tower without [CLS]: the selectors that run here (random, uniform; keep_all for fastv)
+    read only the score tensor's shape and, for random's per-image seed, its content; they get each patch's feature
+    norm (N, P) in place of a [CLS] attention. The methods that rank by [CLS] attention never get here
+    (`check_tower_supports` refuses them when the pruning is applied)."""
+
+    def select(self, features: torch.Tensor, cls_attn: torch.Tensor, **signals: torch.Tensor) -> Selection:
+        return super().select(features, features.float().norm(dim=-1), **signals)
+
+
+class OnevisionAdapter(LlavaNextAdapter):
+    """LlavaOnevisionForConditionalGeneration, images: pixel_values (images, max crops, 3, S, S) padded, or all crops
+    (N, 3, S, S); image_sizes (images, 2) as (height, width); batch_num_images (samples,) images per sample."""
+
+    pixel_keys = ("pixel_values", "pixel_values_videos")
+    size_keys = ("image_sizes", "batch_num_images")
+    pipeline_class = NoClsPipeline
+
+    def make_tower(self, model: nn.Module) -> nn.Module:
+        return SiglipTower(model.model.vision_tower, select_layer=model.config.vision_feature_layer)
+
+    @staticmethod
+    def check_config(config, what: str) -> None:
+        """The OneVision settings pruned here: one feature layer, every SigLIP token ("full"), "anyres_max_N"."""
+        where = "(llava/integrations/transformers/onevision.py)"
+        if not isinstance(config.vision_feature_layer, int):
+            raise NotImplementedError(f"{what}: vision_feature_layer={config.vision_feature_layer!r} concatenates "
+                                      f"several layers; pruning ranks the tokens of one layer {where}")
+        if config.vision_feature_select_strategy != "full":
+            raise NotImplementedError(f"{what}: vision_feature_select_strategy="
+                                      f"{config.vision_feature_select_strategy!r}; SigLIP has no [CLS] row, so only "
+                                      f"'full' (every patch token) is supported {where}")
+        if config.vision_config.model_type not in SIGLIP_TYPES:
+            raise NotImplementedError(f"{what}: vision tower {config.vision_config.model_type!r}; the OneVision "
+                                      f"adapter wraps a SigLIP tower {where}")
+        if not str(config.vision_aspect_ratio).startswith("anyres_max_"):
+            raise NotImplementedError(f"{what}: vision_aspect_ratio={config.vision_aspect_ratio!r}; only "
+                                      f"'anyres_max_N' is supported {where}")
+
+    def streams(self, visual: dict) -> list[VisualStream]:
+        """The image stream of a call (videos are refused)."""
+        if visual.get("pixel_values_videos") is not None:
+            raise NotImplementedError("LLaVA-OneVision videos (pixel_values_videos) are not pruned yet: call the "
+                                      "model with images only, or undo() the pruning for videos "
+                                      "(llava/integrations/transformers/onevision.py)")
+        sizes = self.image_sizes(visual.get("image_sizes"))
+        tiled = self.tiled(visual.get("batch_num_images"), len(sizes))
+        for size, tile in zip(sizes, tiled):
+            if tile:
+                self.check_not_downsampled(size)
+        crops = [self.pipeline.crops(s) if tile else 1 for s, tile in zip(sizes, tiled)]
+        tokens = self.pipeline(self.split_crops(visual["pixel_values"], crops), sizes)
+        full = [self.pipeline.full_tokens(s) if tile else self.tower.num_patches + 1 for s, tile in zip(sizes, tiled)]
+        return [VisualStream("image", self.model.config.image_token_id, tokens, full)]
+
+    @staticmethod
+    def tiled(batch_num_images, n_images: int) -> list[bool]:
+        """Per image whether it is tiled (the only image of its sample), as `get_image_features` decides; without
+        batch_num_images every image is (transformers' single-image default)."""
+        if batch_num_images is None:
+            return [True] * n_images
+        tiled = [int(n) == 1 for n in torch.as_tensor(batch_num_images).tolist() for _ in range(int(n))]
+        if len(tiled) != n_images:
+            raise ValueError(f"batch_num_images sums to {len(tiled)} but {n_images} image size(s) were given")
+        return tiled
+
+    @staticmethod
+    def split_crops(pixel_values: torch.Tensor, crops: list[int]) -> list[torch.Tensor]:
+        """The processor's pixels as one (crops_i, 3, S, S) tensor per image (the padded 5-D form cut to size)."""
+        if pixel_values.ndim == 5:
+            return [p[:n] for p, n in zip(pixel_values, crops)]
+        return list(pixel_values.split(crops))
+
+    def check_not_downsampled(self, image_size: tuple[int, int]) -> None:
+        """Refuse an image whose unpadded grid transformers would interpolate down ("anyres_max_N", ratio > 1.1)."""
+        layout = self.pipeline.grid_layout(image_size)
+        r0, r1, c0, c1 = unpad_window(image_size, layout.rows * layout.side, layout.cols * layout.side,
+                                      "transformers")
+        max_crops = int(self.model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
+        ratio = math.sqrt((r1 - r0) * (c1 - c0) / (max_crops * layout.side ** 2))
+        if ratio > 1.1:
+            raise NotImplementedError(
+                f"image of (width, height) {image_size}: its {layout.cols}x{layout.rows} crop grid is downsampled by "
+                f"{self.model.config.vision_aspect_ratio!r} (ratio {ratio:.2f} > 1.1), which interpolates "
+                f"neighbouring tokens; pruning such images is not supported yet "
+                f"(llava/integrations/transformers/onevision.py)")
