@@ -175,3 +175,21 @@ def test_apply_and_undo_restore_bit_identical_outputs(model, processor):
     assert not torch.equal(logits(model, batch)[0, -1], before[0, -1])
     pruning.undo()
     assert torch.equal(logits(model, batch), before)
+
+
+def test_downsampled_grids_and_videos_are_refused(model, processor):
+    """With "anyres_max_1" transformers interpolates a 2x1 grid down (its processor counts fewer placeholders than
+    the unpadded grid has tokens); refused, as is a video, instead of passing through unpruned."""
+    batch = inputs(processor, [pil_image(*IMAGES["wide"], seed=9)])
+    model.config.vision_aspect_ratio = processor.vision_aspect_ratio = "anyres_max_1"
+    try:
+        small = inputs(processor, [pil_image(*IMAGES["wide"], seed=9)])
+        assert small["input_ids"].shape[1] < batch["input_ids"].shape[1]  # transformers downsampled it
+        with apply_pruning(model, "uniform", visual_token_num=4), pytest.raises(NotImplementedError,
+                                                                                 match="is downsampled by"):
+            logits(model, small)
+    finally:
+        model.config.vision_aspect_ratio = processor.vision_aspect_ratio = "anyres_max_9"
+    with apply_pruning(model, "uniform", visual_token_num=4):
+        with pytest.raises(NotImplementedError, match="videos"):
+            logits(model, {**batch, "pixel_values_videos": torch.zeros(1, 2, 3, SIDE, SIDE)})
