@@ -114,3 +114,18 @@ def test_video_rows_token_counts_flops_and_kv_cache(tmp_path):
     assert kv[("unpruned", 256)] == pytest.approx(4 * per_token * (2120 + 2), rel=1e-12)
     assert kv[("uniform", 64)] == pytest.approx(4 * per_token * (64 + 520 + 2), rel=1e-12)
     assert kv[("fastv", 26)] == pytest.approx(per_token * (2 * (2120 + 2) + 2 * (64 + 208 + 2)), rel=1e-12)
+
+
+def test_video_unpruned_case_is_the_unmodified_model():
+    """The unpruned row runs transformers' Video-LLaVA as built: no handle, no wrapped forward / generate."""
+    import torch
+
+    from llava.bench.measure import BASELINE, Case
+    from llava.bench.video import VideoSubject, build_video_model, video_inputs
+
+    model = build_video_model("video-tiny")
+    subject = VideoSubject(model, video_inputs(model, "cpu", torch.float32))
+    subject.set_case(Case("fastervlm", 64), fastv_layer=2)
+    assert model.fastervlm.pruning.visual_token_num == 64 and "forward" in model.__dict__
+    subject.set_case(Case(BASELINE, 256), fastv_layer=2)
+    assert not {"fastervlm", "forward", "generate"} & set(model.__dict__)
