@@ -44,7 +44,7 @@ from transformers import (
 from llava.integrations.transformers.adapters import LlavaAdapter, LlavaNextAdapter
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE, PrunedInputs, PruningHandle
 from llava.integrations.transformers.onevision import OnevisionAdapter
-from llava.integrations.transformers.video_llava import VideoLlavaAdapter, answer_video, video_prompt
+from llava.integrations.transformers.video_llava import VideoLlavaAdapter, answer_video, answer_videos, video_prompt
 from llava.model.pruning import PruningConfig
 
 # transformers model class -> the adapter that builds our pipeline over its modules; a new family is one line here
@@ -55,7 +55,7 @@ ADAPTERS: dict[type, type[LlavaAdapter]] = {
     LlavaOnevisionForConditionalGeneration: OnevisionAdapter,  # SigLIP without [CLS], images (onevision.py)
 }
 
-__all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "apply_pruning", "video_prompt"]
+__all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "answer_videos", "apply_pruning", "video_prompt"]
 
 
 def adapter_class(model: nn.Module) -> type[LlavaAdapter]:
