@@ -139,10 +139,7 @@ def run_once(model, inputs: Inputs, new_tokens: int, clock: Clock) -> Sample:
     out = model(inputs_embeds=mm.inputs_embeds, use_cache=True, logits_to_keep=1)
     token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
     t2 = clock.mark()
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
-    for _ in range(new_tokens - 1):
-        out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+    cache = greedy_decode(model, out, token, new_tokens - 1)
     t3 = clock.mark()
     prompt_len = mm.inputs_embeds.shape[1]
     return Sample(clock.ms(t0, t1), clock.ms(t1, t2), clock.ms(t2, t3), int(kept[0]), prompt_len,
@@ -150,6 +147,15 @@ def run_once(model, inputs: Inputs, new_tokens: int, clock: Clock) -> Sample:
 
 
 @torch.inference_mode()
+def greedy_decode(model, out, token: torch.Tensor, steps: int):
+    """`steps` greedy decode steps after a prefill's output `out` and its next token (B, 1); returns the cache."""
+    cache = out.cache if hasattr(out, "cache") else out.past_key_values
+    for _ in range(steps):
+        out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
+        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+    return cache
+
+
 def time_tower(tower, pixels: torch.Tensor, clock: Clock, plain_first: bool = False) -> tuple[float, float]:
     """(with [CLS] attention, plain) ms: our tower (a `ClsAttentionTower`) vs the same layers without the [CLS] row
     (features only). pixels: (N, 3, S, S), (videos, T, 3, S, S) or a list of crop tensors."""

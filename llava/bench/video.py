@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 from transformers import CLIPVisionConfig, LlamaConfig, VideoLlavaConfig, VideoLlavaForConditionalGeneration
 
-from llava.bench.measure import BASELINE, Case, Clock, Sample, cache_bytes, time_tower
+from llava.bench.measure import BASELINE, Case, Clock, Sample, cache_bytes, greedy_decode, time_tower
 from llava.bench.synthetic import PROMPT_AFTER, PROMPT_BEFORE, SELECT_LAYER, SyntheticShape
 from llava.integrations.transformers import apply_pruning
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE
@@ -111,10 +111,7 @@ def run_video_once(model, inputs: VideoInputs, new_tokens: int, clock: Clock) ->
         hook.remove()
     token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
     t2 = clock.mark()
-    cache = out.cache if hasattr(out, "cache") else out.past_key_values
-    for _ in range(new_tokens - 1):
-        out = model(input_ids=token, cache=cache, use_cache=True, logits_to_keep=1)
-        token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
+    cache = greedy_decode(model, out, token, new_tokens - 1)
     t3 = clock.mark()
     placeholders = int((inputs.ids == model.config.video_token_id).sum())
     handle = model.__dict__.get(HANDLE_ATTRIBUTE)
