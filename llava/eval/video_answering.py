@@ -16,11 +16,12 @@ import sys
 from torch.utils.data import DataLoader
 
 from llava.eval.answer_identity import IDENTITY_FIELDS, RunIdentity, run_identity
-from llava.eval.answering import _chunk_label, _finish_answered, _say_resumed, _watch_parent_from_env, tqdm_bar
+from llava.eval.answering import (_chunk_label, _collate, _finish_answered, _num_workers, _say_resumed,
+                                  _watch_parent_from_env, tqdm_bar)
 from llava.eval.answers import AnswersFile, hold_lock
 from llava.eval.questions import Question, chunk_questions, number_repeats
 from llava.eval.run_identity import answer_record, checkpoint_fingerprint, skipped_record
-from llava.inference import default_device, generation_kwargs, load_from_args
+from llava.inference import generation_kwargs, load_from_args
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE
 from llava.integrations.transformers.video_llava import answer_videos, video_prompt
 from llava.mm_utils import get_model_name_from_path
@@ -57,10 +58,6 @@ class VideoDataset:
                 raise ValueError(f"question {q.question_id!r}: cannot read video {path}: {err} (rerun with "
                                  "--skip-bad-videos to leave it unanswered)") from None
             return index, None, f"cannot read video ({err})"
-
-
-def _as_list(samples: list) -> list:
-    return samples
 
 
 def _missing_videos(questions: list[Question], videos: dict[int, str | None], args) -> dict[str, str]:
@@ -113,9 +110,8 @@ def _answer_all(args, answers: AnswersFile, dataset: VideoDataset, model_and_pro
     """Answer every question of `dataset`, --batch-size at a time (one `generate` call per batch), appending each
     answer (or skip) as it comes."""
     model, processor = model_and_processor
-    workers = args.num_workers if args.num_workers is not None else (4 if default_device() == "cuda" else 0)
-    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=workers,
-                        collate_fn=_as_list)
+    loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=_num_workers(args),
+                        collate_fn=_collate)
     generation = generation_kwargs(args)
     with answers, bar:
         for samples in loader:
