@@ -139,7 +139,12 @@ class LlavaNextAdapter(LlavaAdapter):
         return [(int(w), int(h)) for h, w in torch.as_tensor(image_sizes).tolist()]
 
     def crops(self, pixel_values: torch.Tensor, sizes) -> list[torch.Tensor]:
-        crops = [self.pipeline.crops(s) for s in sizes]
-        if pixel_values.ndim == 5:  # (images, max crops, 3, S, S), padded with empty crops
+        return self.split_crops(pixel_values, [self.pipeline.crops(s) for s in sizes])
+
+    @staticmethod
+    def split_crops(pixel_values: torch.Tensor, crops: list[int]) -> list[torch.Tensor]:
+        """The processor's pixels as one (crops_i, 3, S, S) tensor per image: the padded (images, max crops, 3, S,
+        S) form cut to size, or all crops (N, 3, S, S) split."""
+        if pixel_values.ndim == 5:
             return [p[:n] for p, n in zip(pixel_values, crops)]
         return list(pixel_values.split(crops))

@@ -148,13 +148,6 @@ class OnevisionAdapter(LlavaNextAdapter):
             raise ValueError(f"batch_num_images sums to {len(tiled)} but {n_images} image size(s) were given")
         return tiled
 
-    @staticmethod
-    def split_crops(pixel_values: torch.Tensor, crops: list[int]) -> list[torch.Tensor]:
-        """The processor's pixels as one (crops_i, 3, S, S) tensor per image (the padded 5-D form cut to size)."""
-        if pixel_values.ndim == 5:
-            return [p[:n] for p, n in zip(pixel_values, crops)]
-        return list(pixel_values.split(crops))
-
     def check_not_downsampled(self, image_size: tuple[int, int]) -> None:
         """Refuse an image whose unpadded grid transformers would interpolate down ("anyres_max_N", ratio > 1.1)."""
         layout = self.pipeline.grid_layout(image_size)
