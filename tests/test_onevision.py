@@ -36,6 +36,10 @@ UNIFORM_4_OF_16 = [2, 6, 10, 14]  # floor((i + 0.5) * 16 / 4), i = 0..3: by hand
 
 @pytest.fixture(scope="module")
 def processor(tok_dir):
+    return make_processor(tok_dir, SIDE)
+
+
+def make_processor(tok_dir, side: int):
     """transformers' LlavaOnevisionProcessor on the tiny tokenizer (`<image>`, `<video>` added). Its video
     processor needs torchvision, which this package does not require: the class check is skipped for that one
     argument (None), the image path is transformers' own."""
@@ -43,7 +47,7 @@ def processor(tok_dir):
     tokenizer.add_tokens(["<image>", "<video>"], special_tokens=True)
     tokenizer.pad_token = tokenizer.unk_token
     tokenizer.padding_side = "left"
-    images = LlavaOnevisionImageProcessorPil(size={"height": SIDE, "width": SIDE}, image_grid_pinpoints=PINPOINTS)
+    images = LlavaOnevisionImageProcessorPil(size={"height": side, "width": side}, image_grid_pinpoints=PINPOINTS)
     check = ProcessorMixin.check_argument_for_proper_class
 
     def skip_none(self, name, arg):
@@ -52,18 +56,22 @@ def processor(tok_dir):
     ProcessorMixin.check_argument_for_proper_class = skip_none
     try:
         return LlavaOnevisionProcessor(image_processor=images, tokenizer=tokenizer, video_processor=None,
-                                       num_image_tokens=P, vision_feature_select_strategy="full")
+                                       num_image_tokens=(side // PATCH) ** 2, vision_feature_select_strategy="full")
     finally:
         ProcessorMixin.check_argument_for_proper_class = check
 
 
 @pytest.fixture(scope="module")
 def model(processor):
-    """Tiny random OneVision: 3-layer SigLIP (32 px, patch 8), 3-layer Qwen2; `<image>` / `<video>` are the last
+    return make_model(processor, SIDE)
+
+
+def make_model(processor, side: int):
+    """Tiny random OneVision: 3-layer SigLIP (`side` px, patch 8), 3-layer Qwen2; `<image>` / `<video>` are the last
     two vocabulary rows."""
     vocab = len(processor.tokenizer) - 2
     vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
-                                image_size=SIDE, patch_size=PATCH)
+                                image_size=side, patch_size=PATCH)
     text = Qwen2Config(hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                        num_key_value_heads=2, vocab_size=vocab + 2, max_position_embeddings=512,
                        tie_word_embeddings=False)
@@ -177,9 +185,9 @@ def test_apply_and_undo_restore_bit_identical_outputs(model, processor):
     assert torch.equal(logits(model, batch), before)
 
 
-def test_downsampled_grids_and_videos_are_refused(model, processor):
+def test_downsampled_grids_are_refused(model, processor):
     """With "anyres_max_1" transformers interpolates a 2x1 grid down (its processor counts fewer placeholders than
-    the unpadded grid has tokens); refused, as is a video, instead of passing through unpruned."""
+    the unpadded grid has tokens); refused instead of passing through unpruned."""
     batch = inputs(processor, [pil_image(*IMAGES["wide"], seed=9)])
     model.config.vision_aspect_ratio = processor.vision_aspect_ratio = "anyres_max_1"
     try:
@@ -190,6 +198,173 @@ def test_downsampled_grids_and_videos_are_refused(model, processor):
             logits(model, small)
     finally:
         model.config.vision_aspect_ratio = processor.vision_aspect_ratio = "anyres_max_9"
-    with apply_pruning(model, "uniform", visual_token_num=4):
-        with pytest.raises(NotImplementedError, match="videos"):
-            logits(model, {**batch, "pixel_values_videos": torch.zeros(1, 2, 3, SIDE, SIDE)})
+
+
+# -- videos: pooled 2x2 after the projector, pruned per frame after the pooling, one newline per video -----------
+# Sources of truth: the unmodified model; transformers' own `get_video_features` (SigLIP, projector, its bilinear
+# `apply_pooling`, the newline) for the oracle's pooled tokens; its processor's `replace_video_token` for the
+# placeholder count; kept indices of `uniform` and the 2x2 block means of a pooled score by hand.
+VIDEO_SIDE = 40  # 5x5 patches -> ceil(5 / 2)^2 = 9 pooled tokens per frame: a non-integer (5 -> 3) resize
+Q_ODD, Q_EVEN = 9, 4  # pooled tokens per frame: VIDEO_SIDE, SIDE (4x4 -> 2x2)
+UNIFORM_3_OF_9 = [1, 4, 7]  # floor((i + 0.5) * 9 / 3), i = 0..2: by hand
+VIDEO_PROMPT = "USER: <video>\nWhat happens? ASSISTANT:"
+
+
+@pytest.fixture(scope="module")
+def video_processor(tok_dir):
+    return make_processor(tok_dir, VIDEO_SIDE)
+
+
+@pytest.fixture(scope="module")
+def video_model(video_processor):
+    return make_model(video_processor, VIDEO_SIDE)
+
+
+def frames(n_videos: int, n_frames: int, side: int, seed: int) -> torch.Tensor:
+    """Random normalised pixels (videos, T, 3, S, S) (the video processor needs torchvision, not required here)."""
+    return torch.randn(n_videos, n_frames, 3, side, side, generator=torch.Generator().manual_seed(seed))
+
+
+def video_inputs(processor, videos: torch.Tensor, prompts=None) -> dict:
+    """Each `<video>` expanded to transformers' own placeholder count (`replace_video_token`), left-padded."""
+    prompts = prompts or [VIDEO_PROMPT] * len(videos)
+    inputs = {"pixel_values_videos": videos}
+    texts = [p.replace("<video>", processor.replace_video_token(inputs, i)) for i, p in enumerate(prompts)]
+    return {**processor.tokenizer(texts, return_tensors="pt", padding=True), **inputs}
+
+
+@torch.no_grad()
+def video_oracle_embeds(model, batch, kept: list[int]) -> torch.Tensor:
+    """One sample with one video: transformers' pooled tokens per frame (its `get_video_features`), the `kept`
+    ones of each frame and the final newline at the placeholders, the pruned placeholders dropped -> (L', D)."""
+    pooled = model.model.get_video_features(batch["pixel_values_videos"]).pooler_output[0]  # (T * Q + 1, D)
+    n_frames = batch["pixel_values_videos"].shape[1]
+    q = (pooled.shape[0] - 1) // n_frames
+    keep_video = torch.tensor([i % q in kept for i in range(n_frames * q)] + [True])
+    ids = batch["input_ids"][0]
+    spots = ids == model.config.video_token_id
+    assert int(spots.sum()) == pooled.shape[0]  # transformers' features fill exactly the processor's placeholders
+    seq = model.get_input_embeddings()(ids).clone()
+    seq[spots] = pooled
+    keep = torch.ones_like(spots)
+    keep[spots] = keep_video
+    return seq[keep]
+
+
+@torch.no_grad()
+def oracle_greedy(model, seq: torch.Tensor, n_new: int) -> tuple[torch.Tensor, list[int]]:
+    """The unmodified decoder + lm_head on embeddings (L', D) with positions 0..L'-1: prefill logits and n_new
+    greedy tokens, each step re-run on the whole sequence (no cache, so the handle's cache path is checked)."""
+    first = model.lm_head(model.model.language_model(inputs_embeds=seq[None]).last_hidden_state)
+    out, logit = [], first[0, -1]
+    for _ in range(n_new):
+        token = int(logit.argmax())
+        out.append(token)
+        seq = torch.cat([seq, model.get_input_embeddings()(torch.tensor([token]))])
+        logit = model.lm_head(model.model.language_model(inputs_embeds=seq[None]).last_hidden_state)[0, -1]
+    return first, out
+
+
+@pytest.mark.parametrize("method, n_videos", [("uniform", 2), ("random", 2), ("divprune", 2), ("fastv", 1)])
+def test_video_full_budget_equals_the_unmodified_model(video_model, video_processor, method, n_videos):
+    """visual_token_num = P (the image default, 25) is capped at the Q = 9 pooled tokens of a frame: all kept."""
+    batch = video_inputs(video_processor, frames(n_videos, 2, VIDEO_SIDE, seed=11))
+    expected = logits(video_model, batch)
+    greedy = video_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    with apply_pruning(video_model, method, visual_token_num=(VIDEO_SIDE // PATCH) ** 2) as pruning:
+        assert torch.allclose(logits(video_model, batch), expected, atol=1e-5)
+        assert torch.equal(video_model.generate(**batch, max_new_tokens=4, do_sample=False), greedy)
+    counts = pruning.last_v_token_num if n_videos > 1 else [pruning.last_v_token_num]
+    assert counts == [2 * Q_ODD + 1] * n_videos
+
+
+@torch.no_grad()
+def test_video_uniform_equals_the_oracle_with_decode(video_model, video_processor):
+    """3 of 9 pooled tokens per frame (by hand), prefill logits and 3 greedy tokens through the cache."""
+    batch = video_inputs(video_processor, frames(1, 3, VIDEO_SIDE, seed=12))
+    expected, expected_tokens = oracle_greedy(video_model, video_oracle_embeds(video_model, batch, UNIFORM_3_OF_9), 3)
+    with apply_pruning(video_model, "uniform", visual_token_num=3) as pruning:
+        got = logits(video_model, batch)
+        out = video_model.generate(**batch, max_new_tokens=3, do_sample=False)
+    assert [k.tolist() for k in pruning.adapter.video_pipeline(batch["pixel_values_videos"]).keep] == \
+        [[UNIFORM_3_OF_9] * 3]
+    assert pruning.last_v_token_num == 3 * 3 + 1
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    assert out[0, batch["input_ids"].shape[1]:].tolist() == expected_tokens
+
+
+@torch.no_grad()
+def test_video_divprune_selects_among_the_pooled_tokens(video_model, video_processor):
+    """The kept set is DivPrune's greedy max-min (llava/model/pruning/divprune.py, tested against the public
+    algorithm in tests/test_divprune.py) run on transformers' pooled tokens of each frame, not on the patches."""
+    from llava.model.pruning.divprune import divprune
+
+    batch = video_inputs(video_processor, frames(1, 2, VIDEO_SIDE, seed=13))
+    pooled = video_model.model.get_video_features(batch["pixel_values_videos"]).pooler_output[0, :-1]
+    expected_keep = divprune(pooled.view(2, Q_ODD, -1), None, 4)
+    with apply_pruning(video_model, "divprune", visual_token_num=4) as pruning:
+        got = logits(video_model, batch)
+        keep = pruning.adapter.video_pipeline(batch["pixel_values_videos"]).keep[0]
+    assert torch.equal(keep, expected_keep)
+    assert len(set(map(tuple, keep.tolist()))) == 2  # the frames' kept sets differ: a per-frame choice is visible
+    seq = torch.cat([video_oracle_embeds(video_model, batch, list(range(Q_ODD)))])  # all, then drop by hand below
+    ids = batch["input_ids"][0]
+    start = int((ids == video_model.config.video_token_id).nonzero()[0])
+    drop = [start + f * Q_ODD + q for f in range(2) for q in range(Q_ODD) if q not in keep[f].tolist()]
+    seq = seq[[i for i in range(seq.shape[0]) if i not in drop]]
+    expected = video_model.lm_head(video_model.model.language_model(inputs_embeds=seq[None]).last_hidden_state)
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_pooled_score_is_the_mean_of_each_2x2_block(model):
+    """A per-patch score map is pooled as the features are: on a 4x4 map transformers' bilinear resize to 2x2
+    (scale exactly 2, align_corners=False) is the mean of each 2x2 block; by hand for arange(16)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class Out:  # a tower output with one extra per-patch score (as `received` of attention_received)
+        features: torch.Tensor
+        cls_attn: torch.Tensor
+        received: torch.Tensor
+        keys: torch.Tensor | None = None
+
+    with apply_pruning(model, "uniform", visual_token_num=2) as pruning:
+        out = Out(torch.zeros(1, 16, 32), torch.zeros(1, 0), torch.arange(16.0)[None])
+        maps = pruning.adapter.video_pipeline.pooled_scores(out)
+    assert list(maps) == ["received"]
+    assert maps["received"].tolist() == [[2.5, 4.5, 10.5, 12.5]]  # (0+1+4+5)/4, (2+3+6+7)/4, ...
+
+
+@torch.no_grad()
+def test_images_and_a_video_in_one_batch(model, processor):
+    """Sample 0: an image; sample 1: a video (2x2 pooling, Q = 4). At full budget the batch equals the unmodified
+    model; pruned, each sample's last logits equal the sample alone."""
+    alone = [inputs(processor, [pil_image(*IMAGES["wide"], seed=14)]), video_inputs(processor, frames(1, 2, SIDE, 15))]
+    both = left_padded([a["input_ids"][0] for a in alone], processor.tokenizer.pad_token_id)
+    both.update({k: v for a in alone for k, v in a.items() if k not in both})  # pixels, sizes, batch_num_images
+    expected = logits(model, both)
+    with apply_pruning(model, "uniform", visual_token_num=P) as pruning:
+        assert torch.allclose(logits(model, both), expected, atol=1e-5)
+    with apply_pruning(model, "uniform", visual_token_num=2) as pruning:
+        got = logits(model, both)[:, -1]
+        assert pruning.last_v_token_num[1] == 2 * 2 + 1
+        for row, one in zip(got, alone):
+            assert torch.allclose(row, logits(model, one)[0, -1], atol=1e-5)
+
+
+def left_padded(rows: list[torch.Tensor], pad: int) -> dict:
+    """Token rows of different lengths as one left-padded batch (the processor refuses `<video>` text without
+    videos, which it cannot process here)."""
+    width = max(len(r) for r in rows)
+    ids = torch.stack([torch.cat([torch.full((width - len(r),), pad), r]) for r in rows])
+    mask = torch.stack([torch.arange(width) >= width - len(r) for r in rows]).long()
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+def test_video_apply_and_undo_restore_bit_identical_outputs(model, processor):
+    batch = video_inputs(processor, frames(1, 2, SIDE, seed=16))
+    before = logits(model, batch)
+    pruning = apply_pruning(model, "random", visual_token_num=1)
+    assert not torch.equal(logits(model, batch)[0, -1], before[0, -1])
+    pruning.undo()
+    assert torch.equal(logits(model, batch), before)

@@ -9,12 +9,13 @@ tokens of `vision_feature_layer` (729 for 384 px, patch 14). An image of a one-i
 unpadded with transformers' rounding, with `image_newline` after every row. Images of a multi-image sample
 (`batch_num_images` > 1) give their base crop only, then one newline. Budgets are per crop (`visual_token_num` of
 P); the grid's kept tokens are laid out as LLaVA-1.6's upstream mode does (`llava.model.merge.merge_grid_upstream`).
+Videos (`pixel_values_videos`) are pruned per frame after transformers' 2x2 pooling, in pooled-token units
+(llava/integrations/transformers/onevision_video.py).
 
 Not supported yet (refused with an error, never passed through unpruned):
 - "anyres_max_N" downsampling: when the unpadded grid holds more than 1.1^2 x N crops' tokens, transformers
   interpolates it bilinearly, which mixes neighbouring tokens, so a per-crop kept set has no meaning there. With
-  `anyres_max_9` this happens only for grids above 3x3 crops (images larger than about 1152 px at 384 px crops);
-- videos (`pixel_values_videos`: frames pooled 2x2 after the projector).
+  `anyres_max_9` this happens only for grids above 3x3 crops (images larger than about 1152 px at 384 px crops).
 
 Methods: the tower has no [CLS] row, so the [CLS]-attention methods are refused when the pruning is applied
 (`adapters.check_tower_supports`); random, uniform and the in-LLM fastv need no [CLS]. `last_cls_attn` is then an
@@ -27,8 +28,11 @@ import math
 
 import torch
 import torch.nn as nn
+from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.integrations.transformers.adapters import LlavaNextAdapter, VisualStream
+from llava.integrations.transformers.onevision_video import VideoPoolPipeline, video_pruning
+from llava.model.image_checks import as_crop_list
 from llava.model.merge import unpad_window
 from llava.model.multimodal_encoder.siglip_encoder import NoClsPipeline, SiglipTower
 
@@ -37,11 +41,19 @@ SIGLIP_TYPES = ("siglip_vision_model",)
 
 class OnevisionAdapter(LlavaNextAdapter):
     """LlavaOnevisionForConditionalGeneration, images: pixel_values (images, max crops, 3, S, S) padded, or all crops
-    (N, 3, S, S); image_sizes (images, 2) as (height, width); batch_num_images (samples,) images per sample."""
+    (N, 3, S, S); image_sizes (images, 2) as (height, width); batch_num_images (samples,) images per sample.
+    Videos: pixel_values_videos (videos, T, 3, S, S), or a list of (T_i, 3, S, S)."""
 
     pixel_keys = ("pixel_values", "pixel_values_videos")
     size_keys = ("image_sizes", "batch_num_images")
     pipeline_class = NoClsPipeline
+
+    def __init__(self, model: nn.Module, pruning) -> None:
+        super().__init__(model, pruning)
+        self.video_pipeline = VideoPoolPipeline(
+            self.tower, model.model.multi_modal_projector, model.get_input_embeddings(),
+            video_pruning(self.pipeline.pruning, self.tower.num_patches_per_side),
+            pool=model.model.apply_pooling, image_newline=model.model.image_newline)
 
     def make_tower(self, model: nn.Module) -> nn.Module:
         return SiglipTower(model.model.vision_tower, select_layer=model.config.vision_feature_layer)
@@ -65,11 +77,25 @@ class OnevisionAdapter(LlavaNextAdapter):
                                       f"'anyres_max_N' is supported {where}")
 
     def streams(self, visual: dict) -> list[VisualStream]:
-        """The image stream of a call (videos are refused)."""
-        if visual.get("pixel_values_videos") is not None:
-            raise NotImplementedError("LLaVA-OneVision videos (pixel_values_videos) are not pruned yet: call the "
-                                      "model with images only, or undo() the pruning for videos "
-                                      "(llava/integrations/transformers/onevision.py)")
+        """The image stream (if pixel_values) and the video stream (if pixel_values_videos), in that order."""
+        streams = [self.image_stream(visual)] if visual.get("pixel_values") is not None else []
+        videos = visual.get("pixel_values_videos")
+        if videos is not None:
+            per_frame = self.video_pipeline.pruning.tokens_per_crop
+            full = [v.shape[0] * per_frame + 1 for v in as_crop_list(videos)]  # T x Q pooled tokens + 1 newline
+            streams.append(VisualStream("video", self.model.config.video_token_id, self.video_pipeline(videos), full))
+        return streams
+
+    def encoder_outputs(self, features: dict[str, list[torch.Tensor]]) -> dict:
+        """Images as a list of (n_i, D) (transformers concatenates them); videos as one (1, n, D) tensor, which
+        transformers flattens over its first two axes."""
+        out = {key: BaseModelOutputWithPooling(pooler_output=f) for key, f in features.items() if key == "image"}
+        if "video" in features:
+            out["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat(features["video"]).unsqueeze(0))
+        return out
+
+    def image_stream(self, visual: dict) -> VisualStream:
+        """pixel_values, image_sizes, batch_num_images -> the image stream (base crop, unpadded grid, newlines)."""
         sizes = self.image_sizes(visual.get("image_sizes"))
         tiled = self.tiled(visual.get("batch_num_images"), len(sizes))
         for size, tile in zip(sizes, tiled):
@@ -78,7 +104,7 @@ class OnevisionAdapter(LlavaNextAdapter):
         crops = [self.pipeline.crops(s) if tile else 1 for s, tile in zip(sizes, tiled)]
         tokens = self.pipeline(self.split_crops(visual["pixel_values"], crops), sizes)
         full = [self.pipeline.full_tokens(s) if tile else self.tower.num_patches + 1 for s, tile in zip(sizes, tiled)]
-        return [VisualStream("image", self.model.config.image_token_id, tokens, full)]
+        return VisualStream("image", self.model.config.image_token_id, tokens, full)
 
     @staticmethod
     def tiled(batch_num_images, n_images: int) -> list[bool]:
