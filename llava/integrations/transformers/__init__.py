@@ -38,12 +38,16 @@ from transformers import (
     LlavaForConditionalGeneration,
     LlavaNextForConditionalGeneration,
     LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen3VLForConditionalGeneration,
     VideoLlavaForConditionalGeneration,
 )
 
 from llava.integrations.transformers.adapters import LlavaAdapter, LlavaNextAdapter
 from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE, PrunedInputs, PruningHandle
 from llava.integrations.transformers.onevision import OnevisionAdapter
+from llava.integrations.transformers.qwen2_5_vl import Qwen2_5_VLAdapter
+from llava.integrations.transformers.qwen3_vl import Qwen3VLAdapter
 from llava.integrations.transformers.video_llava import VideoLlavaAdapter, answer_video, answer_videos, video_prompt
 from llava.model.pruning import PruningConfig
 
@@ -53,6 +57,8 @@ ADAPTERS: dict[type, type[LlavaAdapter]] = {
     LlavaNextForConditionalGeneration: LlavaNextAdapter,
     VideoLlavaForConditionalGeneration: VideoLlavaAdapter,  # images and videos (video_llava.py)
     LlavaOnevisionForConditionalGeneration: OnevisionAdapter,  # SigLIP without [CLS], images (onevision.py)
+    Qwen2_5_VLForConditionalGeneration: Qwen2_5_VLAdapter,  # merged tokens, kept 3-D positions (qwen2_5_vl.py)
+    Qwen3VLForConditionalGeneration: Qwen3VLAdapter,  # as Qwen2.5-VL, DeepStack levels pruned alike (qwen3_vl.py)
 }
 
 __all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "answer_videos", "apply_pruning", "video_prompt"]
@@ -85,7 +91,10 @@ def apply_pruning(model: nn.Module, method: str = "fastervlm", visual_token_num:
     adapter.check_config(model.config, type(model).__name__)
     adapter.check_mode(anyres_mode)
     vision = model.config.vision_config
-    per_crop = (vision.image_size // vision.patch_size) ** 2
+    if hasattr(adapter, "tokens_per_crop"):  # Qwen: dynamic resolution, no fixed count per crop
+        per_crop = adapter.tokens_per_crop(model.config)
+    else:
+        per_crop = (vision.image_size // vision.patch_size) ** 2
     pruning = PruningConfig(method=method, visual_token_num=per_crop if visual_token_num is None else visual_token_num,
                             tokens_per_crop=per_crop, anyres_mode=anyres_mode, seed=seed, llm_layer=llm_layer)
     previous = model.__dict__.get(HANDLE_ATTRIBUTE)

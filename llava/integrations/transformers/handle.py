@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import functools
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn as nn
@@ -31,6 +31,7 @@ class PrunedInputs:
     features: dict[str, list[torch.Tensor]]
     v_token_num: list[int]
     cls_attn: list
+    call_inputs: dict = field(default_factory=dict)  # further model inputs of the pruned call (Qwen: position_ids)
 
     @property
     def image_features(self) -> list[torch.Tensor]:
@@ -120,7 +121,10 @@ class PruningHandle:
             if attention_mask is not None:
                 placeholders &= attention_mask.bool()
             owner = assign_images(placeholders.sum(dim=1).tolist(), stream.full)
-            keep &= kept_placeholders(placeholders, owner, stream.full, stream.tokens.counts)
+            if hasattr(self.adapter, "kept_placeholders"):  # kept tokens keep their own positions (Qwen: M-RoPE)
+                keep &= self.adapter.kept_placeholders(placeholders, owner, stream)
+            else:
+                keep &= kept_placeholders(placeholders, owner, stream.full, stream.tokens.counts)
             visual_positions |= placeholders
             for i, b in enumerate(owner):
                 v_token_num[b] += stream.tokens.counts[i]
@@ -132,7 +136,10 @@ class PruningHandle:
             budgets = [self.pruning.visual_token_num * a.shape[0] for a in cls_attn]
             v_token_num = self.llm_pruner.arm(visual_positions, budgets)
         ids, mask, new_labels = drop_positions(keep, input_ids, attention_mask, labels, self._pad_id())
-        return PrunedInputs(ids, mask, new_labels, features, v_token_num, cls_attn)
+        extra = {}
+        if hasattr(self.adapter, "pruned_call_inputs"):  # Qwen: the unpruned prompt's positions at the kept columns
+            extra = self.adapter.pruned_call_inputs(input_ids, attention_mask, keep, mask, visual)
+        return PrunedInputs(ids, mask, new_labels, features, v_token_num, cls_attn, extra)
 
     def _take_visual(self, kwargs: dict) -> dict:
         """Take the adapter's visual inputs out of a call's keywords: {name: value} of those given."""
@@ -171,7 +178,7 @@ class PruningHandle:
                               kwargs.get("labels"))
         self.last = pruned
         kwargs.update(input_ids=pruned.input_ids, attention_mask=pruned.attention_mask, labels=pruned.labels,
-                      mm_encoder_outputs=self.adapter.encoder_outputs(pruned.features))
+                      mm_encoder_outputs=self.adapter.encoder_outputs(pruned.features), **pruned.call_inputs)
         return original(**kwargs)
 
     def _generate(self, original, *args, **kwargs):
@@ -191,7 +198,7 @@ class PruningHandle:
         pruned = self.prepare(input_ids, kwargs.get("attention_mask"), self._take_visual(kwargs))
         self.last = pruned
         kwargs.update(attention_mask=pruned.attention_mask,
-                      mm_encoder_outputs=self.adapter.encoder_outputs(pruned.features))
+                      mm_encoder_outputs=self.adapter.encoder_outputs(pruned.features), **pruned.call_inputs)
         if pruned.attention_mask is None:
             kwargs.pop("attention_mask")
         self._generating = True
