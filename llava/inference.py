@@ -16,8 +16,10 @@ import torch
 from llava.cli import check_conv_mode
 from llava.constants import DEFAULT_IMAGE_TOKEN, IMAGE_PLACEHOLDER
 from llava.conversation import Conversation, SeparatorStyle, conv_templates
+from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE
 from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
 from llava.model.builder import load_pretrained_model
+from llava.model.native import CHAT_TEMPLATE_FILES
 from llava.model.placeholders import left_pad
 from llava.model.pruning import PruningConfig
 
@@ -92,6 +94,38 @@ def answer(model, tokenizer, image_processor, prompt: str, images, **gen_kwargs)
     out, v_token_num, cls_attn = model.generate(ids, images=pixels, image_sizes=[im.size for im in images],
                                                 pad_token_id=pad_id(tokenizer), **gen_kwargs)
     return tokenizer.batch_decode(out, skip_special_tokens=True)[0].strip(), v_token_num, cls_attn
+
+
+def native_handle(model):
+    """The `PruningHandle` of a transformers-native model (llava/model/native.py), None for our own model."""
+    return model.__dict__.get(HANDLE_ATTRIBUTE)
+
+
+def native_prompt(processor, query: str, n_images: int, conv_mode: str | None = None) -> str:
+    """The prompt of a native model: its processor's chat template with one image entry per image before the query
+    (the `{"type": "image"}` content items the llava-hf / Qwen-VL templates expand to their image tokens);
+    Video-LLaVA's `VideoLlavaInputs` has no template: `build_prompt` with conv_mode (default llava_v1, as its
+    video prompt). A template-less processor otherwise: an error naming the files it is read from."""
+    if not hasattr(processor, "apply_chat_template"):
+        return build_prompt(query, n_images, conv_mode or "llava_v1")
+    if processor.chat_template is None:
+        raise ValueError(f"the checkpoint's processor has no chat template: expected one of "
+                         f"{list(CHAT_TEMPLATE_FILES)} in the model directory")
+    content = [{"type": "image"}] * n_images + [{"type": "text", "text": query}]
+    return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True,
+                                         tokenize=False)
+
+
+def answer_native(model, processor, prompt: str, images, **gen_kwargs) -> tuple[str, int]:
+    """Generate for one prompt about `images` with a native model and its processor; returns (the new tokens'
+    text, visual tokens kept)."""
+    batch = processor(text=[prompt], images=images, return_tensors="pt")
+    batch = {k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
+             for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    with torch.inference_mode():
+        out = model.generate(**batch, **gen_kwargs)
+    new = out[0, batch["input_ids"].shape[1]:]
+    return processor.tokenizer.decode(new, skip_special_tokens=True).strip(), native_handle(model).last_v_token_num
 
 
 def generate_batch(model, tokenizer, samples, gen_kwargs: dict) -> list[tuple[str, int]]:

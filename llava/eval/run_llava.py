@@ -3,7 +3,9 @@
     python -m llava.eval.run_llava --model-path DIR --image-file IMG[,IMG2] --query "..." --visual-token-num 58
 
 Greedy by default (`--temperature` > 0 samples); the conversation template is the checkpoint's own (`conv_mode`
-in its config) unless `--conv-mode` names one; generation stops at the template's stop string or EOS. Expected
+in its config) unless `--conv-mode` names one; generation stops at the template's stop string or EOS. A
+transformers-native directory (LLaVA-OneVision-hf, Qwen-VL, see llava/model/native.py) is asked through its
+processor's chat template and stops at EOS. Expected
 errors (a bad path, image, budget or template) print one line and exit 1; `--debug` shows the traceback.
 """
 
@@ -17,10 +19,13 @@ from llava.conversation import conv_templates
 from llava.inference import (
     add_model_args,
     answer,
+    answer_native,
     build_prompt,
     check_device,
     generation_kwargs,
     load_from_args,
+    native_handle,
+    native_prompt,
     resolve_conv_mode,
     stop_string,
     trim_at_stop,
@@ -47,6 +52,8 @@ def main(argv=None) -> str:
     PruningConfig.from_args(args)  # a bad pruning flag fails here, before the model loads
     images = load_images(args.image_file.split(args.sep))
     tokenizer, model, image_processor, _ = load_from_args(args)
+    if native_handle(model) is not None:  # transformers' own class: its processor and chat template
+        return answer_natively(args, model, image_processor, images)
     conv_mode = resolve_conv_mode(args.conv_mode, model.config)
     prompt = build_prompt(args.query, len(images), conv_mode)
     stop = stop_string(conv_templates[conv_mode])
@@ -58,6 +65,18 @@ def main(argv=None) -> str:
     print(text)
     print(f"[FasterVLM] {v_token_num} visual tokens kept ({model.pruning.method}, "
           f"{model.pruning.visual_token_num} per crop)", file=sys.stderr)
+    return text
+
+
+def answer_natively(args, model, processor, images) -> str:
+    """A transformers-native checkpoint (llava/model/native.py): the prompt from the processor's chat template,
+    generation until EOS."""
+    prompt = native_prompt(processor, args.query, len(images), args.conv_mode)
+    text, v_token_num = answer_native(model, processor, prompt, images, **generation_kwargs(args))
+    pruning = native_handle(model).pruning
+    print(text)
+    print(f"[FasterVLM] {v_token_num} visual tokens kept ({pruning.method}, {pruning.visual_token_num} per crop)",
+          file=sys.stderr)
     return text
 
 

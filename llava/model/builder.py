@@ -10,15 +10,14 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import AutoTokenizer, BitsAndBytesConfig, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+from transformers import BitsAndBytesConfig
 
 from llava.constants import DEFAULT_IM_END_TOKEN, DEFAULT_IM_START_TOKEN, DEFAULT_IMAGE_PATCH_TOKEN
 from llava.mm_utils import load_image_processor
-from llava.integrations.transformers import apply_pruning
-from llava.integrations.transformers.video_llava import VideoLlavaInputs
-from llava.model.checkpoint import LoadPlan, is_video_llava, plan_load, resolve_local_dir, tower_state
+from llava.model.checkpoint import LoadPlan, native_checkpoint, plan_load, tower_state
 from llava.model.language_model.llava_llama import LlavaLlamaForCausalLM
 from llava.model.multimodal_encoder.builder import build_clip_tower, build_vision_tower
+from llava.model.native import load_native
 from llava.model.pruning import PruningConfig, PruningRequest, resolve_pruning
 from llava.model.tokenizer import load_tokenizer
 from llava.utils import load_state_dict
@@ -156,17 +155,20 @@ def load_pretrained_model(
     attn_implementation: "sdpa" by default (`use_flash_attn=True` is LLaVA's name for "flash_attention_2");
     kwargs:           passed on to transformers' `from_pretrained`.
     `model_name` is accepted for compatibility; the layout is read from the files, not from the name.
-    A Video-LLaVA-hf directory (model_type "video_llava") gives `(tokenizer, model, processor, context_len)`:
-    transformers' VideoLlavaForConditionalGeneration with `apply_pruning` installed (budget per frame), and a
-    `VideoLlavaInputs` processor (llava/integrations/transformers/video_llava.py) in the image processor's place.
+    A transformers-native directory of a class in `llava.integrations.transformers.ADAPTERS` other than LLaVA-1.5 /
+    1.6 (Video-LLaVA-hf, LLaVA-OneVision-hf, the Qwen-VL families once registered) gives `(tokenizer, model,
+    processor, context_len)`: transformers' own class with `apply_pruning` installed (budget per crop / frame), and
+    its processor in the image processor's place (llava/model/native.py; Video-LLaVA: `VideoLlavaInputs`).
     """
     request = pruning_request(pruning, dict(visual_token_num=visual_token_num, pruning_method=pruning_method,
                                             anyres_mode=anyres_mode, llm_layer=llm_layer))
     options = load_options(device=device, device_map=device_map, dtype=dtype, torch_dtype=torch_dtype,
                            attn_implementation=attn_implementation, use_flash_attn=use_flash_attn,
                            load_8bit=load_8bit, load_4bit=load_4bit, extra=kwargs)
-    if is_video_llava(model_path):
-        return load_video_llava(model_path, request, options)
+    model_dir, native = native_checkpoint(model_path)
+    if native is not None:  # transformers' own class with apply_pruning (llava/model/native.py)
+        _refuse_for_native(model_dir, model_base, vision_tower_path)
+        return load_native(model_dir, native, request, options.from_pretrained)
     plan = plan_load(model_path, model_base, vision_tower_path)
     resolved = resolve_pruning(request, plan.tower.tokens_per_crop)  # validated before any weights are read
 
@@ -181,15 +183,11 @@ def load_pretrained_model(
     return tokenizer, model, load_image_processor(plan.processor), context_len
 
 
-def load_video_llava(model_path, request: PruningRequest, options: LoadOptions):
-    """A Video-LLaVA-hf directory -> (tokenizer, model with apply_pruning installed, VideoLlavaInputs, 2048)."""
-    model_dir = resolve_local_dir(model_path)
-    model = VideoLlavaForConditionalGeneration.from_pretrained(model_dir, **options.from_pretrained).eval()
-    tokenizer = AutoTokenizer.from_pretrained(model_dir)
-    processor = VideoLlavaInputs(tokenizer, VideoLlavaImageProcessor.from_pretrained(model_dir),
-                                 model.config.vision_config.patch_size)
-    apply_pruning(model, request.method, request.visual_token_num, seed=request.seed, llm_layer=request.llm_layer)
-    return tokenizer, model, processor, 2048  # Video-LLaVA's model_max_length
+def _refuse_for_native(model_dir, model_base, vision_tower_path) -> None:
+    """A native checkpoint carries its LLM and tower: model_base / vision_tower_path do not apply."""
+    if model_base is not None or vision_tower_path is not None:
+        raise ValueError(f"{model_dir} is a complete transformers-native checkpoint (it carries its LLM and vision "
+                         f"tower): model_base and vision_tower_path / --vision-tower-path do not apply")
 
 
 def load_llm(plan: LoadPlan, options: LoadOptions) -> LlavaLlamaForCausalLM:

@@ -33,6 +33,7 @@ from llava.model.multimodal_encoder.builder import (
     resolve_vision_tower_path,
     tokens_per_crop,
 )
+from llava.model.native import native_class
 from llava.utils import INDEX_FILES, WEIGHT_FILES, find_weight_files, load_state_dict
 
 TOKENIZER_FILES = ("tokenizer.model", "tokenizer.json")
@@ -271,18 +272,12 @@ def _llava_hf_plan(model_dir: Path, raw: dict, model_base, tower_override) -> Lo
                     hf_processor_settings(model_dir))
 
 
-def is_video_llava(model_path) -> bool:
-    """Whether a directory holds Video-LLaVA: the transformers layout (`LanguageBind/Video-LLaVA-7B-hf`, model_type
-    "video_llava") -> True; the original layout (`mm_image_tower` / `mm_video_tower`, LanguageBind towers) is not
-    converted: a ValueError naming the file and the layout to use."""
+def native_checkpoint(model_path) -> tuple[Path, type | None]:
+    """(directory, transformers' class) of a checkpoint loaded natively with `apply_pruning` (Video-LLaVA-hf,
+    LLaVA-OneVision-hf, every class of `llava.integrations.transformers.ADAPTERS` but LLaVA-1.5 / 1.6: see
+    `llava.model.native`), else (directory, None): converted into our model by `plan_load`."""
     model_dir = resolve_local_dir(model_path)
-    raw = _read_config_json(model_dir)
-    if raw.get("mm_video_tower") or raw.get("mm_image_tower"):
-        raise ValueError(
-            f"{model_dir}/config.json is an original Video-LLaVA checkpoint (mm_image_tower / mm_video_tower with "
-            f"LanguageBind towers), which is not converted at load time: use the transformers layout, "
-            f"LanguageBind/Video-LLaVA-7B-hf (config.json model_type 'video_llava')")
-    return raw.get("model_type") == "video_llava"
+    return model_dir, native_class(model_dir, _read_config_json(model_dir))
 
 
 def plan_load(model_path, model_base=None, vision_tower_path=None) -> LoadPlan:
