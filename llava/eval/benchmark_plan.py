@@ -7,6 +7,10 @@ Video benchmarks (``video_folder`` / ``answer_file`` in the declaration) get ``-
 video runs did with 1,000) goes to the entry point and the scorer and names the run ``n_<tokens>_first<N>``, so a
 subset never shares answers or metrics with the full set. The declaration's ``scorer_flags`` (the judge's endpoint)
 go to the scorer instead of the entry point.
+
+Started by a launcher (``RANK`` / ``WORLD_SIZE`` / ``LOCAL_RANK`` set: torchrun, accelerate launch, srun), the plan
+has one chunk per rank (``Plan.launch``, :func:`llava.eval.distributed.launch_from_env`) whatever
+CUDA_VISIBLE_DEVICES lists; ``--num-chunks`` may only repeat ``WORLD_SIZE``.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import os
 from dataclasses import dataclass, field
 
 from llava.cli import check_conv_mode
+from llava.eval.distributed import DEFAULT_RANK_TIMEOUT, Launch, launch_from_env
 from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, FAMILY_HUB,
                               METHOD_PARAMETERS, Benchmark, method_folder)
 
@@ -43,6 +48,8 @@ class Plan:
     score_only: bool = False
     limit: int | None = None  # the first N questions only
     scorer_passthrough: list[str] = field(default_factory=list)
+    launch: Launch | None = None  # started by torchrun / accelerate launch / srun: this rank answers chunk RANK
+    rank_timeout: float = DEFAULT_RANK_TIMEOUT  # seconds a rank may go without a heartbeat before it counts as lost
 
     @property
     def run(self) -> str:
@@ -78,6 +85,10 @@ class Plan:
                  *bench.entry_args, *self._limit_args()]
         return argv + self.passthrough
 
+    def chunk_argv(self, k: int) -> list[str]:
+        """The entry point's arguments for chunk `k` of `chunks` (into :meth:`chunk_answers`)."""
+        return self.entry_argv(self.chunk_answers(k)) + ["--num-chunks", str(self.chunks), "--chunk-idx", str(k)]
+
     def scorer_argv(self) -> list[str]:
         argv = ["--result-file", self.answers]
         for flag, relative in self.bench.scorer_args:
@@ -108,6 +119,9 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
                         help="processes to split the questions over (default: one per GPU in CUDA_VISIBLE_DEVICES)")
     parser.add_argument("--limit", type=int, default=None,
                         help="only the first N questions of the question file (video: the seed used 1000)")
+    parser.add_argument("--rank-timeout", type=float, default=DEFAULT_RANK_TIMEOUT,
+                        help="under torchrun / srun: seconds a rank may go without a heartbeat before the others stop "
+                             f"waiting and name it as lost ({DEFAULT_RANK_TIMEOUT:.0f})")
     parser.add_argument("--no-score", action="store_true", help="stop after the answers file")
     parser.add_argument("--score-only", action="store_true", help="score the existing answers file, answer nothing")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
@@ -115,7 +129,7 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     return parser
 
 
-def _passed_value(passthrough: list[str], flag: str) -> str | None:
+def passed_value(passthrough: list[str], flag: str) -> str | None:
     """The last value given to `flag` among the entry point's arguments (`--flag V` or `--flag=V`), else None."""
     value = None
     for i, arg in enumerate(passthrough):
@@ -152,9 +166,11 @@ def _check_args(args, passthrough: list[str]) -> None:
         raise ValueError(f"--visual-token-num {args.visual_token_num}: must be a positive number of tokens per crop")
     if args.limit is not None and args.limit < 1:
         raise ValueError(f"--limit {args.limit}: must be at least 1 question")
+    if args.rank_timeout <= 0:
+        raise ValueError(f"--rank-timeout {args.rank_timeout}: must be a positive number of seconds")
     if args.no_score and args.score_only:
         raise ValueError("--no-score and --score-only together leave nothing to do")
-    conv_mode = _passed_value(passthrough, "--conv-mode")
+    conv_mode = passed_value(passthrough, "--conv-mode")
     if conv_mode is not None:
         check_conv_mode(conv_mode)
 
@@ -164,19 +180,32 @@ def make_plan(argv=None, description: str | None = None) -> Plan:
     _check_args(args, passthrough)
     bench = BENCHMARKS[args.benchmark]
     passthrough, scorer_passthrough = split_scorer_flags(passthrough, bench.scorer_flags)
-    method_dir = method_folder(args.method, {flag: _passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
+    method_dir = method_folder(args.method, {flag: passed_value(passthrough, flag) for flag, *_ in METHOD_PARAMETERS})
     ckpt = args.ckpt or FAMILY_CKPT[args.family]
     gpus = visible_gpus()
-    chunks = args.num_chunks or max(len(gpus), 1)
-    if chunks < 1:
-        raise ValueError(f"--num-chunks {chunks}: must be at least 1")
+    launch = launch_from_env()
+    chunks = _chunk_count(args.num_chunks, gpus, launch)
     return Plan(
         bench=bench, tokens=args.visual_token_num, ckpt=ckpt,
         model_path=args.model_path or f"{FAMILY_HUB[args.family]}/{ckpt}",
         method=args.method, method_dir=method_dir, folder=os.path.join(args.data_root, bench.folder),
         chunks=chunks, gpus=gpus, passthrough=passthrough, dry_run=args.dry_run, no_score=args.no_score,
-        score_only=args.score_only, limit=args.limit, scorer_passthrough=scorer_passthrough,
+        score_only=args.score_only, limit=args.limit, scorer_passthrough=scorer_passthrough, launch=launch,
+        rank_timeout=args.rank_timeout,
     )
+
+
+def _chunk_count(num_chunks: int | None, gpus: list[str], launch: Launch | None) -> int:
+    """One chunk per rank of a launch, else --num-chunks, else one per GPU in CUDA_VISIBLE_DEVICES (at least 1)."""
+    if launch is not None:
+        if num_chunks not in (None, launch.world_size):
+            raise ValueError(f"--num-chunks {num_chunks} under a launcher with WORLD_SIZE={launch.world_size}: each "
+                             "rank answers one chunk, so leave --num-chunks out (or give WORLD_SIZE)")
+        return launch.world_size
+    chunks = num_chunks or max(len(gpus), 1)
+    if chunks < 1:
+        raise ValueError(f"--num-chunks {chunks}: must be at least 1")
+    return chunks
 
 
 def check_inputs(plan: Plan) -> None:

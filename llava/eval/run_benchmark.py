@@ -1,7 +1,9 @@
-"""Run one benchmark end to end: answer (one process per GPU), merge, score.
+"""Run one benchmark end to end: answer (one process per GPU, or per rank of a launch), merge, score.
 
     python -m llava.eval.run_benchmark --benchmark textvqa --visual-token-num 144
     CUDA_VISIBLE_DEVICES=0,1,2,3 python -m llava.eval.run_benchmark --benchmark vqav2 --visual-token-num 58
+    torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HOST:29500 \
+        -m llava.eval.run_benchmark --benchmark vqav2 --visual-token-num 58
 
 What runs (entry point and its flags, scorer, headline metric) comes from the benchmark's declaration in
 :mod:`llava.eval.tasks`; which model, where the data is and which pruning method from flags (the scripts under
@@ -25,6 +27,13 @@ fallback): if the runner dies, even by ``kill -9``, they stop too. Reruns resume
 flag (``--batch-size 8``, ``--device cpu``, ``--overwrite``, ``--all-rounds``, ...) goes to the
 entry point, except the scorer flags a declaration names (the video judge's ``--api-base``, ``--judge-model``).
 
+Several nodes: started by torchrun, ``accelerate launch`` or ``srun`` with ``RANK`` / ``WORLD_SIZE`` /
+``LOCAL_RANK`` / ``MASTER_ADDR`` / ``MASTER_PORT`` set, each rank answers chunk RANK of WORLD_SIZE in its own
+process (on GPU LOCAL_RANK when CUDA is there, else the CPU) into the same chunk files, under the same locks and
+resume rules; rank 0 then waits for every rank's outcome, merges in chunk order and scores. A rank that fails, or
+goes silent for ``--rank-timeout`` seconds, is named with its host and stops the merge; rerun to resume
+(:mod:`llava.eval.distributed`). The answers data root must be on a filesystem every node shares.
+
 Video (``--family video``: Video-LLaVA-7B-hf, LanguageBind/): ``--visual-token-num`` is per frame (256 = no
 pruning); ``--limit N`` answers and scores the first N questions only (``n_<tokens>_first<N>``); the answering
 and the judging are separate runs: ``--no-score``, then ``--score-only`` (scripts/video/eval/).
@@ -45,7 +54,8 @@ import sys
 from llava.cli import EXPECTED_ERRORS, WATCH_PARENT_ENV, run_cli
 from llava.eval import benchmark_plan
 from llava.eval.answers import hold_lock, merge_answers, skipped_path
-from llava.eval.benchmark_plan import Plan, check_inputs
+from llava.eval.benchmark_plan import Plan, check_inputs, passed_value
+from llava.eval.distributed import RankFailedError, RankGroup, device_args, failure_message
 from llava.eval.scoring.common import write_json
 from llava.eval.scoring.report import NothingScoredError, coverage_line, headline_status, nothing_scored
 
@@ -97,6 +107,9 @@ def _stop(children: list[subprocess.Popen]) -> None:
 def answer(plan: Plan) -> str:
     """Run the entry point (in this process, or one child per chunk) and return the answers file."""
     module = f"llava.eval.{plan.bench.entry}"
+    if plan.launch is not None:
+        _answer_as_rank(plan, module)
+        return plan.answers
     if plan.chunks == 1:
         argv = plan.entry_argv(plan.answers)
         print(f"[{plan.bench.name}] {module_command(module, argv)}", flush=True)
@@ -117,7 +130,7 @@ def _answer_chunks(plan: Plan, module: str) -> None:
     children = []
     try:
         for k in range(plan.chunks):
-            argv = plan.entry_argv(plan.chunk_answers(k)) + ["--num-chunks", str(plan.chunks), "--chunk-idx", str(k)]
+            argv = plan.chunk_argv(k)
             env = dict(os.environ, PYTHONPATH=_with_package_root(os.environ.get("PYTHONPATH")))
             gpu = plan.gpus[k % len(plan.gpus)] if plan.gpus else None
             if gpu is not None:
@@ -135,11 +148,57 @@ def _answer_chunks(plan: Plan, module: str) -> None:
         listed = ", ".join(f"chunk {k} (exit code {rc})" for k, rc in failed)
         raise RuntimeError(f"{plan.bench.name}: {listed} failed; the finished answers are kept, rerun the same "
                            "command to resume")
+    _merge_chunks(plan)
+
+
+def _merge_chunks(plan: Plan) -> None:
     chunk_files = [plan.chunk_answers(k) for k in range(plan.chunks)]
     print(f"[{plan.bench.name}] merge {' '.join(chunk_files)} -> {plan.answers}", flush=True)
     if not plan.dry_run:
         n = merge_answers(chunk_files, plan.answers)
         print(f"[{plan.bench.name}] {n} answers in {plan.answers}", flush=True)
+
+
+def _answer_as_rank(plan: Plan, module: str) -> None:
+    """Under a launcher: answer chunk RANK in this process, report the outcome, and on rank 0 merge once every rank
+    succeeded (else raise RankFailedError naming the failed ranks and hosts). Other ranks re-raise their own error."""
+    launch, name = plan.launch, plan.bench.name
+    argv = plan.chunk_argv(launch.rank) + device_args(launch, passed_value(plan.passthrough, "--device"))
+    print(f"[{name}] rank {launch.rank}/{launch.world_size} on {launch.host}: {module_command(module, argv)}",
+          flush=True)
+    if plan.dry_run:
+        if launch.rank == 0:
+            _merge_chunks(plan)
+        return
+    with RankGroup(launch, plan.rank_timeout) as group:
+        error = None
+        try:
+            importlib.import_module(module).main(argv)  # takes its chunk file's lock itself
+        except (Exception, SystemExit) as err:  # posted to rank 0 first, raised below (argparse exits)
+            error = err
+        group.report(error)
+        if launch.rank != 0:
+            if not group.wait_released():
+                print(f"[{name}] rank {launch.rank}: rank 0 went silent or away before merging; rerun the same "
+                      "command to resume", file=sys.stderr, flush=True)
+            if error is not None:
+                raise error
+            return
+        _collect_and_merge(plan, group)
+
+
+def _collect_and_merge(plan: Plan, group: RankGroup) -> None:
+    """Rank 0: wait for every outcome, then merge (holding the answers file's lock) or name the failed ranks; the
+    release comes last, so under torchrun no rank exits (and gets this process stopped) before that is said."""
+    try:
+        message = failure_message(plan.bench.name, group.collect())
+        if message is not None:
+            print(f"[{plan.bench.name}] {message}", file=sys.stderr, flush=True)
+            raise RankFailedError(message)
+        with hold_lock(plan.answers):  # a second runner on the same answers is refused, naming this PID
+            _merge_chunks(plan)
+    finally:
+        group.release()
 
 
 def _report_skipped(plan: Plan) -> None:
@@ -195,8 +254,11 @@ def main(argv=None) -> dict:
     plan = make_plan(argv)
     if not plan.dry_run:
         check_inputs(plan)
+    if plan.launch is not None and plan.launch.rank != 0 and plan.score_only:
+        return {"answers": plan.answers, "metrics": None}  # rank 0 scores
     answers = plan.answers if plan.score_only else answer(plan)
-    metrics = None if plan.no_score else score(plan)
+    lead = plan.launch is None or plan.launch.rank == 0  # the other ranks of a launch only answer
+    metrics = None if plan.no_score or not lead else score(plan)
     return {"answers": answers, "metrics": metrics}
 
 
