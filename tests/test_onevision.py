@@ -10,6 +10,8 @@ indices of `uniform` computed by hand.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import pytest
 import torch
 from transformers import (
@@ -25,6 +27,8 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 from transformers.processing_utils import ProcessorMixin
 
 from llava.integrations.transformers import apply_pruning
+from llava.model.pruning import METHODS
+from llava.model.pruning.divprune import divprune
 from tests.conftest import pil_image
 
 SIDE, PATCH = 32, 8
@@ -234,13 +238,15 @@ def video_inputs(processor, videos: torch.Tensor, prompts=None) -> dict:
 
 
 @torch.no_grad()
-def video_oracle_embeds(model, batch, kept: list[int]) -> torch.Tensor:
+def video_oracle_embeds(model, batch, kept: list[int] | list[list[int]]) -> torch.Tensor:
     """One sample with one video: transformers' pooled tokens per frame (its `get_video_features`), the `kept`
-    ones of each frame and the final newline at the placeholders, the pruned placeholders dropped -> (L', D)."""
+    ones of each frame (one list for all frames, or one per frame) and the final newline at the placeholders, the
+    pruned placeholders dropped -> (L', D)."""
     pooled = model.model.get_video_features(batch["pixel_values_videos"]).pooler_output[0]  # (T * Q + 1, D)
     n_frames = batch["pixel_values_videos"].shape[1]
     q = (pooled.shape[0] - 1) // n_frames
-    keep_video = torch.tensor([i % q in kept for i in range(n_frames * q)] + [True])
+    per_frame = kept if kept and isinstance(kept[0], list) else [kept] * n_frames
+    keep_video = torch.tensor([i % q in per_frame[i // q] for i in range(n_frames * q)] + [True])
     ids = batch["input_ids"][0]
     spots = ids == model.config.video_token_id
     assert int(spots.sum()) == pooled.shape[0]  # transformers' features fill exactly the processor's placeholders
@@ -297,8 +303,6 @@ def test_video_uniform_equals_the_oracle_with_decode(video_model, video_processo
 def test_video_divprune_selects_among_the_pooled_tokens(video_model, video_processor):
     """The kept set is DivPrune's greedy max-min (llava/model/pruning/divprune.py, tested against the public
     algorithm in tests/test_divprune.py) run on transformers' pooled tokens of each frame, not on the patches."""
-    from llava.model.pruning.divprune import divprune
-
     batch = video_inputs(video_processor, frames(1, 2, VIDEO_SIDE, seed=13))
     pooled = video_model.model.get_video_features(batch["pixel_values_videos"]).pooler_output[0, :-1]
     expected_keep = divprune(pooled.view(2, Q_ODD, -1), None, 4)
@@ -307,20 +311,34 @@ def test_video_divprune_selects_among_the_pooled_tokens(video_model, video_proce
         keep = pruning.adapter.video_pipeline(batch["pixel_values_videos"]).keep[0]
     assert torch.equal(keep, expected_keep)
     assert len(set(map(tuple, keep.tolist()))) == 2  # the frames' kept sets differ: a per-frame choice is visible
-    seq = torch.cat([video_oracle_embeds(video_model, batch, list(range(Q_ODD)))])  # all, then drop by hand below
-    ids = batch["input_ids"][0]
-    start = int((ids == video_model.config.video_token_id).nonzero()[0])
-    drop = [start + f * Q_ODD + q for f in range(2) for q in range(Q_ODD) if q not in keep[f].tolist()]
-    seq = seq[[i for i in range(seq.shape[0]) if i not in drop]]
-    expected = video_model.lm_head(video_model.model.language_model(inputs_embeds=seq[None]).last_hidden_state)
+    expected = oracle_greedy(video_model, video_oracle_embeds(video_model, batch, keep.tolist()), 0)[0]
+    assert torch.allclose(got, expected, atol=1e-5)
+
+
+@pytest.mark.skipif("attention_received" not in METHODS, reason="attention_received is not registered yet")
+@torch.no_grad()
+def test_video_attention_received_ranks_the_pooled_received_attention(video_model, video_processor):
+    """Oracle: transformers' SigLIP attention probabilities at the feature layer (eager, `output_attentions`),
+    averaged over heads and queries (the attention each patch receives), resized to the pooled grid as transformers
+    resizes features (bilinear 5x5 -> 3x3, align_corners=False), top 4 per frame in raster order."""
+    batch = video_inputs(video_processor, frames(1, 2, VIDEO_SIDE, seed=17))
+    pixels = batch["pixel_values_videos"][0]
+    attn = video_model.model.vision_tower(pixels, output_attentions=True).attentions[-1]  # (T, H, P, P), layer 3
+    side = VIDEO_SIDE // PATCH
+    received = attn.mean(dim=1).mean(dim=1).view(2, 1, side, side)
+    pooled = torch.nn.functional.interpolate(received, size=[3, 3], mode="bilinear", align_corners=False)
+    expected_keep = pooled.flatten(1).topk(4, dim=-1).indices.sort(dim=-1).values
+    with apply_pruning(video_model, "attention_received", visual_token_num=4) as pruning:
+        got = logits(video_model, batch)
+        keep = pruning.adapter.video_pipeline(batch["pixel_values_videos"]).keep[0]
+    assert torch.equal(keep, expected_keep)
+    expected = oracle_greedy(video_model, video_oracle_embeds(video_model, batch, keep.tolist()), 0)[0]
     assert torch.allclose(got, expected, atol=1e-5)
 
 
 def test_pooled_score_is_the_mean_of_each_2x2_block(model):
     """A per-patch score map is pooled as the features are: on a 4x4 map transformers' bilinear resize to 2x2
     (scale exactly 2, align_corners=False) is the mean of each 2x2 block; by hand for arange(16)."""
-    from dataclasses import dataclass
-
     @dataclass
     class Out:  # a tower output with one extra per-patch score (as `received` of attention_received)
         features: torch.Tensor
