@@ -11,6 +11,9 @@
 #   METHOD      --pruning-method  pruning method                   (fastervlm)
 #   CUDA_VISIBLE_DEVICES  one answering process per listed GPU, then merge
 #   PYTHON      interpreter                       (python)
+#   LAUNCHER    a launcher that starts the runner on many processes / nodes, given `-m llava.eval.run_benchmark`
+#               (e.g. "torchrun --nnodes 2 --nproc-per-node 8 --rdzv-backend c10d --rdzv-endpoint HEAD:29500"):
+#               each rank answers one chunk, rank 0 merges and scores (see README, several nodes)
 set -euo pipefail
 
 family=$1
@@ -36,5 +39,13 @@ settings=()
 
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 export PYTHONPATH="${repo}${PYTHONPATH:+:${PYTHONPATH}}"
-exec "${PYTHON:-python}" -W ignore -m llava.eval.run_benchmark \
-    --family "${family}" --benchmark "${bench}" --visual-token-num "${token}" ${settings[@]+"${settings[@]}"} "$@"
+runner=(-m llava.eval.run_benchmark --family "${family}" --benchmark "${bench}" --visual-token-num "${token}"
+        ${settings[@]+"${settings[@]}"} "$@")
+if [[ -n "${LAUNCHER:-}" ]]; then
+    # the launcher starts its own interpreters, so warnings are silenced through the environment instead of -W
+    export PYTHONWARNINGS=ignore
+    # LAUNCHER is a command line: split on spaces on purpose
+    # shellcheck disable=SC2086
+    exec ${LAUNCHER} "${runner[@]}"
+fi
+exec "${PYTHON:-python}" -W ignore "${runner[@]}"

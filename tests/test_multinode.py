@@ -237,3 +237,17 @@ def test_collect_names_failed_and_silent_ranks():
     message = failure_message("textvqa", outcomes)
     assert "rank 1 (host node1): bad image img3.png; rank 2 (host node2): lost: no heartbeat" in message
     assert failure_message("textvqa", outcomes[:1]) is None
+
+
+def test_eval_script_starts_the_runner_through_launcher(tmp_path):
+    """scripts/v1_5/eval/textvqa.sh with LAUNCHER=torchrun (dry run): one rank per chunk, rank 0 alone merges."""
+    torchrun_bin = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    env = child_env(DATA_ROOT=str(tmp_path), LAUNCHER=" ".join(torchrun_bin))
+    proc = subprocess.run(["bash", str(REPO / "scripts/v1_5/eval/textvqa.sh"), "144", "--dry-run"], env=env,
+                          capture_output=True, text=True, timeout=180)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    answers = tmp_path / "textvqa" / "answers" / "llava-v1.5-7b" / "fastervlm"
+    for k in range(2):
+        assert f"--answers-file {answers}/n_144/2_{k}.jsonl" in proc.stdout
+        assert f"--num-chunks 2 --chunk-idx {k}" in proc.stdout
+    assert proc.stdout.count(f"-> {answers}/n_144.jsonl") == 1
