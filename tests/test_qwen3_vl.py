@@ -241,9 +241,12 @@ def test_cls_methods_are_refused_naming_the_alternatives(model):
     assert "forward" not in model.__dict__
 
 
-def test_fastv_before_the_last_deepstack_level_is_refused(model):
-    with pytest.raises(NotImplementedError, match="DeepStack.*llm_layer >= 2"):
-        apply_pruning(model, "fastv", 2, llm_layer=1)
+def test_fastv_is_refused_naming_the_reason(model):
+    """Qwen3's q_norm / k_norm are real (the scores FastV would read differ): refused, naming both limits."""
+    attention = model.model.language_model.layers[0].self_attn
+    assert isinstance(attention.q_norm, torch.nn.Module) and isinstance(attention.k_norm, torch.nn.Module)
+    with pytest.raises(NotImplementedError, match="q_norm.*llm_layer must also be >= 2.*attention_received"):
+        apply_pruning(model, "fastv", 2, llm_layer=2)
     assert "forward" not in model.__dict__
 
 
@@ -287,3 +290,45 @@ def test_attention_received_keeps_the_oracle_top_tokens():
     assert [k.tolist() for k in kept] != [uniform_keep(8, 3).tolist(), uniform_keep(6, 3).tolist()]
     prefill, _ = oracle_run(m, inputs, kept, steps=1)
     torch.testing.assert_close(logits, prefill, rtol=0, atol=1e-5)
+
+
+@pytest.mark.skip(reason="fastv is refused on Qwen3-VL until llava/model/pruning/fastv.py scores the q / k after "
+                         "q_norm / k_norm; this is its acceptance oracle (today the kept set differs)")
+def test_fastv_after_the_deepstack_levels_equals_the_oracle(model):
+    """FastV at K = 2 (both DeepStack levels added before it): the kept set is the top-2 visual tokens of the last
+    prompt token's head-mean attention at layer K, from transformers' own eager attention maps; the pruned logits
+    equal layers run by hand, every token up to layer K, the kept ones at their original 3-D positions after."""
+    inputs = batch([[(1, 4, 6)]])
+    ids = inputs["input_ids"]
+    lm, k = model.model.language_model, 2
+    with torch.no_grad():
+        positions, _ = model.model.get_rope_index(ids, inputs["mm_token_type_ids"],
+                                                  image_grid_thw=inputs["image_grid_thw"].clone())
+        merged, deep = oracle_features(model, inputs)
+        visual = ids == IMAGE
+        embeds = lm.embed_tokens(ids)
+        embeds[visual] = torch.cat(merged)
+        deepstack = [torch.cat(level) for level in deep]
+        lm.config._attn_implementation = "eager"
+        try:
+            maps = lm(inputs_embeds=embeds, position_ids=positions, visual_pos_masks=visual,
+                      deepstack_visual_embeds=deepstack, output_attentions=True).attentions
+        finally:
+            lm.config._attn_implementation = "sdpa"
+        row = maps[k - 1][0].float().mean(dim=0)[-1]  # (L,) last query, head mean
+        visual_columns = visual[0].nonzero().flatten()
+        top = visual_columns[row[visual_columns].topk(2).indices]
+        kept = (~visual[0]).nonzero().flatten().tolist() + top.tolist()
+        kept = torch.tensor(sorted(kept))
+        hidden = embeds
+        for i, layer in enumerate(lm.layers):
+            if i == k:
+                hidden, positions, visual = hidden[:, kept], positions[:, :, kept], visual[:, kept]
+            hidden = layer(hidden, attention_mask=None, position_embeddings=lm.rotary_emb(hidden, positions))
+            if i < len(deepstack):
+                hidden = lm._deepstack_process(hidden, visual, deepstack[i])
+        expected = model.lm_head(lm.norm(hidden))[:, -1]
+    with apply_pruning(model, "fastv", 2, llm_layer=k) as handle:
+        logits = logits_of(model, dict(inputs))[:, -1]
+        assert handle.llm_pruner.kept[0].tolist() == kept.tolist()
+    torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
