@@ -74,7 +74,8 @@ def _accepting_none(processor_class: type) -> type:
             return None
         return processor_class.check_argument_for_proper_class(self, argument_name, argument)
 
-    return type(processor_class.__name__, (processor_class,), {"check_argument_for_proper_class": check})
+    return type(processor_class.__name__, (processor_class,),
+                {"check_argument_for_proper_class": check, "__module__": processor_class.__module__})
 
 
 def _sub_processor(name: str, model_dir: Path):
@@ -107,7 +108,9 @@ def load_native_processor(model_dir: Path, model):
     processor_class = PROCESSOR_MAPPING[type(model.config)]
     processor_dict, kwargs = processor_class.get_processor_dict(str(model_dir), local_files_only=True)
     parts = [_sub_processor(name, model_dir) for name in processor_class.get_attributes()]
-    return _accepting_none(processor_class).from_args_and_dict(parts, processor_dict, **kwargs)
+    if any(part is None for part in parts):  # no torchvision: no video processor
+        processor_class = _accepting_none(processor_class)
+    return processor_class.from_args_and_dict(parts, processor_dict, **kwargs)
 
 
 def check_weights_filled(model_dir: Path, info: dict) -> None:
