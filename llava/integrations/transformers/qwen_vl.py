@@ -109,6 +109,7 @@ class QwenVLAdapter:
         self.pipeline = QwenPipeline(pruning)
         self.merge_unit = model.config.vision_config.spatial_merge_size ** 2
         self.kept_extras: dict[str, list[list[torch.Tensor]]] = {}  # the last call's kept extras per stream key
+        self.received_block = 1024  # queries scored at once for attention_received
 
     # -- settings -----------------------------------------------------------------------------------------------
     @staticmethod
@@ -160,7 +161,7 @@ class QwenVLAdapter:
         q, k = (_rotate(x.float(), cos, sin).transpose(0, 1) for x in (q, k))  # (H, L, d)
         frames = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
         bounds = torch.cat([frames.new_zeros(1), frames.cumsum(0)])
-        per_patch = _received_attention(q, k, bounds.tolist(), attn.scaling)  # (L,)
+        per_patch = _received_attention(q, k, bounds.tolist(), attn.scaling, self.received_block)  # (L,)
         per_token = per_patch.view(-1, self.merge_unit).sum(dim=1)  # window order
         return per_token[torch.argsort(self.window_order(grid_thw).to(per_token.device))]
 
@@ -271,12 +272,17 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
 
-def _received_attention(q: torch.Tensor, k: torch.Tensor, bounds: list[int], scale: float) -> torch.Tensor:
+def _received_attention(q: torch.Tensor, k: torch.Tensor, bounds: list[int], scale: float,
+                        block: int = 1024) -> torch.Tensor:
     """Private stand-in for `llava.model.attention_rows.received_attention` (engineer SC's, not committed when this
     was written): q, k (H, L, d), segment bounds [0, .., L] -> (L,) float32, per segment the mean over heads and
-    queries of softmax(q k^T * scale) over that segment's keys. One segment's (H, n, n) scores at a time."""
+    queries of softmax(q k^T * scale) over that segment's keys. `block` queries at a time, so at most
+    H x block x segment-length scores exist at once (a 1024 px image is one segment of ~5,300 patches)."""
     out = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
     for start, stop in zip(bounds[:-1], bounds[1:]):
-        probs = (q[:, start:stop].float() @ k[:, start:stop].float().transpose(-1, -2) * scale).softmax(dim=-1)
-        out[start:stop] = probs.mean(dim=(0, 1))
+        keys = k[:, start:stop].float().transpose(-1, -2)  # (H, d, n)
+        for first in range(start, stop, block):
+            rows = q[:, first:min(first + block, stop)].float()  # (H, r, d)
+            out[start:stop] += (rows @ keys * scale).softmax(dim=-1).sum(dim=(0, 1))
+        out[start:stop] /= q.shape[0] * (stop - start)
     return out
