@@ -22,7 +22,8 @@ def run(name, features, cls_attn, budget, seed=0):
     """A registered selector, given the further tower outputs it declares (VisionZip: keys and the [CLS] row)."""
     gen = torch.Generator().manual_seed(1)
     signals = {"keys": torch.randn(*features.shape[:2], 4, generator=gen),
-               "cls_token": torch.randn(features.shape[0], features.shape[2], generator=gen)}
+               "cls_token": torch.randn(features.shape[0], features.shape[2], generator=gen),
+               "received": features[..., 0].sigmoid()}  # per crop, so one crop alone gets its own row
     selector = METHODS[name]
     extra = {k: signals[k] for k in getattr(selector, "needs", ())}
     return as_selection(selector(features, cls_attn, budget, seed=seed, **extra)), signals

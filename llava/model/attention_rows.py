@@ -6,12 +6,16 @@ attention (which never materialise the (H, L, L) map that `output_attentions=Tru
 - FastV (`llava.model.pruning.fastv`): the last prompt token's row at LLM layer K, after rotary, with the padded
   prompt's mask (`last_query_attention`);
 - the attention analyses (`llava.analysis.capture`): causal rows of the prompt onto the image columns
-  (`causal_rows`).
+  (`causal_rows`);
+- towers without [CLS] (SigLIP, Qwen2.5-VL's ViT): the attention each token *receives*, averaged over every query
+  of its attention segment and every head (`received_attention`, blockwise over queries).
 All of them capture the layer's query / key projections with `QKCapture` and score with `attention_rows`:
 scaling, grouped-query attention (each query head reads its key head), a boolean mask of blocked keys, and the
 softmax in float32 (over hundreds of keys fp16/bf16 would lose the small weights that rankings need). Rotary
 position embedding is the Llama form (RoFormer, arXiv 2104.09864; transformers' `apply_rotary_pos_emb` in
-models/llama/modeling_llama.py): x * cos + rotate_half(x) * sin.
+models/llama/modeling_llama.py): x * cos + rotate_half(x) * sin, with the (cos, sin) the layer itself is given:
+Qwen2-VL / Qwen2.5-VL / Qwen3-VL fold their 3-D (M-RoPE) positions into that same (b, T, D) pair before the decoder
+layers (transformers 5.x `Qwen2_5_VLRotaryEmbedding.recomposition_frequencies`), so one formula serves them all.
 """
 
 from __future__ import annotations
@@ -152,3 +156,39 @@ def causal_rows(q: torch.Tensor, k: torch.Tensor, rows: torch.Tensor, columns: s
         probs = attention_rows(q[:, :, chunk], k[:, :, :top], scale, future)  # (1, H, c, top)
         out.append(probs[0, :, :, columns].mean(dim=0))  # (c, columns)
     return torch.cat(out)
+
+
+def _segment_bounds(cu_seqlens: torch.Tensor | list[int] | None, length: int) -> list[int]:
+    """cu_seqlens (S + 1,) -> its boundaries as ints, checked: from 0 to `length`, non-decreasing."""
+    if cu_seqlens is None:
+        return [0, length]
+    bounds = [int(x) for x in cu_seqlens]
+    if len(bounds) < 2 or bounds[0] != 0 or bounds[-1] != length or any(a > b for a, b in zip(bounds, bounds[1:])):
+        raise ValueError(f"received_attention (llava/model/attention_rows.py): cu_seqlens {bounds} must rise from 0 "
+                         f"to the sequence length {length}")
+    return bounds
+
+
+def received_attention(q: torch.Tensor, k: torch.Tensor, cu_seqlens: torch.Tensor | list[int] | None = None,
+                       block: int = 1024, scale: float | None = None) -> torch.Tensor:
+    """The attention each token receives: for token j of segment [s, e), the mean over heads h and queries i in
+    [s, e) of softmax_j(q_hi . k_hj * scale) over the keys of that segment (bidirectional, as in a ViT block).
+
+    q, k: (H, L, d) after any rotary; cu_seqlens: (S + 1,) segment boundaries (Qwen2.5-VL's window / image
+    segments), None for one segment; scale: d^-0.5 unless given. Scored `block` queries at a time, so at most
+    H x block x segment-length scores exist at once. Returns (L,) float32; each segment's values sum to 1.
+    """
+    heads, length, dim = q.shape
+    scale = dim ** -0.5 if scale is None else scale
+    bounds = _segment_bounds(cu_seqlens, length)
+    out = torch.zeros(length, dtype=torch.float32, device=q.device)
+    for start, stop in zip(bounds[:-1], bounds[1:]):
+        if stop == start:
+            continue
+        keys = k[:, start:stop].float()  # (H, n, d)
+        total = torch.zeros(stop - start, dtype=torch.float32, device=q.device)
+        for first in range(start, stop, block):
+            rows = q[:, first:min(first + block, stop)].float()  # (H, r, d)
+            total += ((rows @ keys.transpose(-1, -2)) * scale).softmax(dim=-1).sum(dim=(0, 1))
+        out[start:stop] = total / (heads * (stop - start))
+    return out

@@ -1,7 +1,8 @@
 """The image path with FasterVLM pruning, as one object (`VisualTokenPipeline`, no nn.Module: it owns no weights,
 it holds the modules of the model it serves):
 
-    encode  -> the vision tower gives patch features (N, P, C) and [CLS] attention (N, P) for all N crops
+    encode  -> the vision tower gives patch features (N, P, C) and [CLS] attention (N, P) for all N crops (a tower
+               without [CLS] gives (N, 0) and, instead, the attention each patch receives: `TowerOutput.received`)
     select  -> the pruning method keeps k patch indices per crop (N, k), sorted (raster order)
     project -> only the kept features go through the projector (N, k, D)
     merge   -> per image, crops are laid out as one token sequence (base crop, then the grid; LLaVA-1.6 only;
@@ -84,7 +85,8 @@ class VisualTokenPipeline:
             check_image_sizes(per_image, image_sizes, self.grid_layout)
         crops = [c.shape[0] for c in per_image]
         out = self.encode(torch.cat(per_image))
-        selection = self.select(out.features, out.cls_attn, keys=out.keys, cls_token=out.cls_token)
+        selection = self.select(out.features, out.cls_attn, keys=out.keys, cls_token=out.cls_token,
+                                received=out.received)
         projected = self.project(out.features, selection)  # (N, k, D), k = prefix + m + suffix
         keep = list(selection.keep.split(crops))
         embeds = [self.merge(e, k, image_sizes[i] if image_sizes is not None else None, selection.n_prefix,
@@ -93,13 +95,18 @@ class VisualTokenPipeline:
         return VisualTokens(embeds=embeds, cls_attn=list(out.cls_attn.split(crops)), keep=keep)
 
     def encode(self, crops: torch.Tensor):
-        """crops (N, 3, S, S) -> TowerOutput(features (N, P, C), cls_attn (N, P), keys, cls_token)."""
+        """crops (N, 3, S, S) -> TowerOutput(features (N, P, C), cls_attn (N, P), keys, cls_token[, received]).
+        `received` (N, P) is scored only for a method that needs it, by a tower that declares `scores_received`
+        (it costs one more attention pass at the tower layer); other towers leave it None and `select` says so."""
+        if "received" in getattr(get_selector(self.pruning.method), "needs", ()) and \
+                getattr(self.tower, "scores_received", False):
+            return self.tower(crops, received=True)
         return self.tower(crops)
 
     def select(self, features: torch.Tensor, cls_attn: torch.Tensor, **signals: torch.Tensor) -> Selection:
         """Kept patch indices (N, k), ascending per crop, k = pruning.visual_token_num (+ merged or extra tokens); all
-        P patches for a method that prunes inside the LLM. `signals` are further tower outputs (keys, cls_token) for
-        the selectors that declare them in `needs` (VisionZip)."""
+        P patches for a method that prunes inside the LLM. `signals` are further tower outputs (keys, cls_token,
+        received) for the selectors that declare them in `needs` (VisionZip, attention_received)."""
         selector = get_selector(self.pruning.method)
         needs = getattr(selector, "needs", ())
         missing = [name for name in needs if signals.get(name) is None]

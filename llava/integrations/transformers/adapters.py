@@ -21,22 +21,19 @@ from transformers.models.llava_next.modeling_llava_next import get_anyres_image_
 from llava.model.convert_hf import check_supported
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.pipeline import VisualTokenPipeline, VisualTokens
-from llava.model.pruning import METHODS, PruningConfig
-
-# The registered methods that never read the [CLS] attention (random, uniform; fastv ranks inside the LLM;
-# divprune: feature diversity): the only ones a tower without [CLS] (`has_cls = False`) can run.
-NO_CLS_METHODS = ("random", "uniform", "fastv", "divprune")
+from llava.model.pruning import PruningConfig
+from llava.model.pruning.registry import methods_without_cls, needs_cls
 
 
 def check_tower_supports(tower: nn.Module, method: str, what: str) -> None:
-    """Refuse, once when the pruning is applied, a method that ranks by [CLS] attention (fastervlm, visionzip,
-    vispruner, ...) on a tower that declares `has_cls = False`, naming the methods that work there."""
-    if getattr(tower, "has_cls", True) or method in NO_CLS_METHODS:
+    """Refuse, once when the pruning is applied, a method that reads the [CLS] token (fastervlm, visionzip,
+    vispruner: `needs_cls`, declared next to each method in llava/model/pruning) on a tower that declares
+    `has_cls = False`, naming the methods that work there (`methods_without_cls`)."""
+    if getattr(tower, "has_cls", True) or not needs_cls(method):
         return
-    alternatives = ", ".join(m for m in NO_CLS_METHODS if m in METHODS)
     raise ValueError(f"pruning method {method!r} ranks patches by the [CLS] token's attention, but {what}'s vision "
                      f"tower ({type(tower).__name__}) has no [CLS] token; use a method that needs no [CLS]: "
-                     f"{alternatives} (llava/integrations/transformers/adapters.py NO_CLS_METHODS)")
+                     f"{', '.join(methods_without_cls())} (llava/integrations/transformers/adapters.py)")
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 
-from llava.model.attention_rows import QKCapture, cls_attention_from_qk
+from llava.model.attention_rows import QKCapture, cls_attention_from_qk, received_attention, split_heads
 
 
 @dataclass
@@ -23,6 +23,16 @@ class TowerOutput:
     cls_attn: torch.Tensor  # (N, P) head-mean softmax of the [CLS] query at that layer, patch columns only
     keys: torch.Tensor | None = None  # (N, P, C / heads) head-mean key projections of the patches at that layer
     cls_token: torch.Tensor | None = None  # (N, C) the [CLS] row of the selected layer's output
+    received: torch.Tensor | None = None  # (N, P) mean attention each patch receives at that layer (no-[CLS] towers)
+
+
+def received_per_crop(q: torch.Tensor, k: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
+    """q, k (N, T, C) projections of one ViT layer -> (N, T) float32: the attention each token receives from every
+    token of its own crop (`received_attention`, one segment per crop)."""
+    n, t, _ = q.shape
+    heads_first = [split_heads(x, num_heads).transpose(0, 1).reshape(num_heads, n * t, -1) for x in (q, k)]
+    cu = torch.arange(n + 1) * t  # crop boundaries in the flattened (N * T) sequence
+    return received_attention(*heads_first, cu_seqlens=cu, scale=scale).view(n, t)
 
 
 def head_mean(x: torch.Tensor, num_heads: int) -> torch.Tensor:
@@ -34,6 +44,7 @@ def head_mean(x: torch.Tensor, num_heads: int) -> torch.Tensor:
 class ClsAttentionTower(nn.Module):
     """Shared logic for ViTs with a leading [CLS] token; subclasses say where embeddings, layers and q/k live."""
 
+    scores_received = True  # forward(..., received=True) also gives TowerOutput.received (attention_received)
     # "cls_patch" (LLaVA's option to keep the [CLS] row) is not offered: pruning ranks and indexes patch tokens only.
     select_feature_options = ("patch",)
 
@@ -96,9 +107,10 @@ class ClsAttentionTower(nn.Module):
         return self.num_patches_per_side**2
 
     @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> TowerOutput:
+    def forward(self, pixel_values: torch.Tensor, received: bool = False) -> TowerOutput:
         """pixel_values (N, 3, S, S) -> features (N, P, C), cls_attn (N, P), P = (S / patch)^2, plus the patches'
-        head-mean keys and the [CLS] row of the same layer (for selectors that need them, e.g. VisionZip)."""
+        head-mean keys and the [CLS] row of the same layer (for selectors that need them, e.g. VisionZip), and with
+        `received` the attention each patch receives from all 1 + P tokens of its crop (N, P)."""
         hidden = self.embed(pixel_values.to(device=self.device, dtype=self.dtype))  # (N, 1 + P, C)
         layers = self.layers()
         for layer in layers[: self.attn_layer]:
@@ -109,7 +121,9 @@ class ClsAttentionTower(nn.Module):
             hidden = self.run_layer(layers[self.attn_layer], hidden)
         cls_attn = cls_attention_from_qk(captured.q, captured.k, num_heads, scale)[:, 1:]  # (N, P)
         keys = head_mean(captured.k[:, 1:], num_heads)  # (N, P, C / heads)
-        return TowerOutput(features=hidden[:, 1:], cls_attn=cls_attn, keys=keys, cls_token=hidden[:, 0])
+        scores = received_per_crop(captured.q, captured.k, num_heads, scale)[:, 1:] if received else None
+        return TowerOutput(features=hidden[:, 1:], cls_attn=cls_attn, keys=keys, cls_token=hidden[:, 0],
+                           received=scores)
 
 
 class CLIPVisionTower(ClsAttentionTower):

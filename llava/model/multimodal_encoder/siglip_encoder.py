@@ -1,5 +1,9 @@
 """A SigLIP vision tower, which has no [CLS] token (`SiglipTower`, over transformers' `SiglipVisionModel`), and the
 pipeline for such towers (`NoClsPipeline`). LLaVA-OneVision uses them (llava/integrations/transformers/onevision.py).
+
+The score such a tower gives instead of a [CLS] row is the attention each patch receives (`attention_received`,
+llava/model/pruning/received.py), at the feature layer: the last layer run, whose q / k projections are captured
+(`QKCapture`) and scored blockwise (`llava.model.attention_rows.received_attention`), only when the method needs it.
 """
 
 from __future__ import annotations
@@ -7,9 +11,9 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from llava.model.multimodal_encoder.clip_encoder import TowerOutput
+from llava.model.attention_rows import QKCapture
+from llava.model.multimodal_encoder.clip_encoder import TowerOutput, received_per_crop
 from llava.model.pipeline import VisualTokenPipeline
-from llava.model.pruning import Selection
 
 
 class SiglipTower(nn.Module):
@@ -20,6 +24,7 @@ class SiglipTower(nn.Module):
     the post-layernorm, as `get_image_features` selects it)."""
 
     has_cls = False
+    scores_received = True  # forward(..., received=True) also gives TowerOutput.received
 
     def __init__(self, vision_tower: nn.Module, select_layer: int = -1) -> None:
         super().__init__()
@@ -47,21 +52,31 @@ class SiglipTower(nn.Module):
         return self.num_patches_per_side ** 2
 
     @torch.no_grad()
-    def forward(self, pixel_values: torch.Tensor) -> TowerOutput:
-        """pixel_values (N, 3, S, S) -> features (N, P, C) of the selected layer; cls_attn (N, 0): no [CLS]."""
+    def forward(self, pixel_values: torch.Tensor, received: bool = False) -> TowerOutput:
+        """pixel_values (N, 3, S, S) -> features (N, P, C) of the selected layer; cls_attn (N, 0): no [CLS]; with
+        `received`, the attention each patch receives from all P patches of its crop at that layer (N, P)."""
         weight = next(self.vision_tower.parameters())
         hidden = self.vision_tower.embeddings(pixel_values.to(weight.device, weight.dtype))
-        for layer in self.layers()[: self.n_run]:
-            out = layer(hidden, None)
-            hidden = out[0] if isinstance(out, tuple) else out
-        return TowerOutput(features=hidden, cls_attn=hidden.new_zeros(hidden.shape[0], 0))
+        *before, last = self.layers()[: self.n_run]
+        for layer in before:
+            hidden = self.run_layer(layer, hidden)
+        if not received:
+            hidden = self.run_layer(last, hidden)
+            return TowerOutput(features=hidden, cls_attn=hidden.new_zeros(hidden.shape[0], 0))
+        attn = last.self_attn
+        with QKCapture(attn.q_proj, attn.k_proj) as captured:
+            hidden = self.run_layer(last, hidden)
+        scores = received_per_crop(captured.q, captured.k, attn.num_heads, attn.scale)  # (N, P)
+        return TowerOutput(features=hidden, cls_attn=hidden.new_zeros(hidden.shape[0], 0), received=scores)
+
+    @staticmethod
+    def run_layer(layer: nn.Module, hidden: torch.Tensor) -> torch.Tensor:
+        out = layer(hidden, None)
+        return out[0] if isinstance(out, tuple) else out
 
 
 class NoClsPipeline(VisualTokenPipeline):
-    """The pipeline over a tower without [CLS]: the selectors that run here (random, uniform; keep_all for fastv)
-    read only the score tensor's shape and, for random's per-image seed, its content; they get each patch's feature
-    norm (N, P) in place of a [CLS] attention. The methods that rank by [CLS] attention never get here
-    (`check_tower_supports` refuses them when the pruning is applied)."""
-
-    def select(self, features: torch.Tensor, cls_attn: torch.Tensor, **signals: torch.Tensor) -> Selection:
-        return super().select(features, features.float().norm(dim=-1), **signals)
+    """The pipeline over a tower without [CLS]. Nothing differs any more: the selectors that run here read the
+    features (random's per-image seed: the patch feature norms, `selectors.content_scores`) or the tower's
+    `received` scores, and the [CLS] methods are refused when the pruning is applied (`check_tower_supports`).
+    Kept as a name for the adapters that import it."""

@@ -65,3 +65,6 @@ def divprune(features: torch.Tensor, cls_attn: torch.Tensor | None, budget: int,
         taken[rows, picked] = True
         to_kept = torch.minimum(to_kept, dist[rows, picked])
     return torch.stack(kept, dim=1).sort(dim=-1).values
+
+
+divprune.needs_cls = False  # reads only the features (registry.needs_cls)

@@ -38,6 +38,9 @@ class LLMPruner:
         self._handles: list = []  # anything with .remove(): hook handles, an attention_rows.QKCapture
         self._armed: PruneRequest | None = None
 
+    # An in-LLM method ranks inside the language model, never by the tower's [CLS] (see registry.needs_cls).
+    needs_cls = False
+
     def arm(self, visual_mask: torch.Tensor, budgets: list[int]) -> list[int]:
         """Prune the next prefill: keep `budgets[b]` of sample b's visual tokens (visual_mask (B, L) bool).
         Returns the visual tokens each sample keeps, which is what the model reports as `v_token_num`."""
@@ -60,8 +63,8 @@ class LLMPruner:
 
 
 def keep_all(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
-    """The pre-projector stage of an in-LLM method: every patch of every crop, (N, P)."""
-    n, p = cls_attn.shape
+    """The pre-projector stage of an in-LLM method: every patch of every crop, (N, P) (features (N, P, C))."""
+    n, p = cls_attn.shape if features is None else features.shape[:2]
     if budget != p:
         raise ValueError(f"keep_all keeps all {p} patches of a crop, but a budget of {budget} was asked for")
     return torch.arange(p, device=cls_attn.device).unsqueeze(0).expand(n, -1)

@@ -15,12 +15,29 @@ def fastervlm(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed:
     return keep.sort(dim=-1).values
 
 
+fastervlm.needs_cls = True
+
+
+def crop_shape(features: torch.Tensor | None, cls_attn: torch.Tensor) -> tuple[int, int]:
+    """(N, P): from the features (N, P, C), which every tower gives; from cls_attn (N, P) when called without them."""
+    return tuple(cls_attn.shape) if features is None else tuple(features.shape[:2])
+
+
+def content_scores(features: torch.Tensor | None, cls_attn: torch.Tensor) -> torch.Tensor:
+    """(N, P) per-crop values that identify a crop's content: its [CLS] attention, or on a tower without [CLS]
+    (cls_attn (N, 0)) each patch's feature norm."""
+    if features is None or cls_attn.shape[-1] == features.shape[1]:
+        return cls_attn
+    return features.float().norm(dim=-1)
+
+
 def random(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
     """A uniformly random subset of each crop. The draw is seeded by `seed` and the crop's own content (a hash of
-    its [CLS] attention), so every image gets its own subset, and the same one in any batch, run or resume."""
-    n, p = cls_attn.shape
+    its [CLS] attention, or of its patch feature norms without [CLS]), so every image gets its own subset, and the
+    same one in any batch, run or resume."""
+    n, p = crop_shape(features, cls_attn)
     rows = []
-    for scores in cls_attn.detach().float().cpu():
+    for scores in content_scores(features, cls_attn).detach().float().cpu():
         content = int((scores * 1e6).round().long().sum().item()) % (2**31)
         gen = torch.Generator().manual_seed(seed * 1_000_003 + content)
         rows.append(torch.randperm(p, generator=gen)[:budget])
@@ -28,11 +45,15 @@ def random(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: in
 
 
 random.uses_seed = True  # the seed changes the kept set (recorded in answers files)
+random.needs_cls = False
 
 
 def uniform(features: torch.Tensor, cls_attn: torch.Tensor, budget: int, seed: int = 0) -> torch.Tensor:
     """Spatially uniform subsample: `budget` positions evenly spaced over the raster order of each crop."""
-    n, p = cls_attn.shape
+    n, p = crop_shape(features, cls_attn)
     # floor((i + 0.5) * p / k) spreads k picks evenly and is strictly increasing for k <= p.
     idx = ((torch.arange(budget, dtype=torch.float64) + 0.5) * p / budget).floor().long()
     return idx.unsqueeze(0).expand(n, -1).to(cls_attn.device)
+
+
+uniform.needs_cls = False
