@@ -8,6 +8,11 @@
 
 `--synthetic video-7b / video-small / video-tiny` runs transformers' Video-LLaVA on one 8-frame video instead, pruned
 per frame through `apply_pruning` (llava/bench/video.py; budgets are per frame, default 256,64,26).
+`--synthetic onevision-7b / onevision-video-7b / qwen2.5-vl-7b / qwen2.5-vl-video-7b` (and -small / -tiny) run
+transformers' LLaVA-OneVision or Qwen2.5-VL on a 1024x1024 image or an 8-frame video (llava/bench/native.py; budgets
+per crop / pooled frame / image / frame pair, default every token and 75 / 90 / 95 % fewer; default methods the ones
+that need no [CLS]: fastv, divprune, attention_received, random). Their towers have no [CLS] row, so vision_ms
+is the model's own encoder (tower + projector or merger) and vision_plain_ms is n/a.
 
 For one image and one LLaVA-style prompt, each (method, budget) is run end to end with greedy decoding of
 `--new-tokens` tokens, and these are reported as the median over `--repeats` runs after `--warmup` runs (repeats are
@@ -42,6 +47,7 @@ from PIL import Image
 
 from llava.bench.flops import LlamaShape
 from llava.bench.measure import BASELINE, Case, ImageSubject, Inputs, benchmark
+from llava.bench.native import NATIVE_SHAPES, build_native_subject
 from llava.bench.report import format_table, plot, summarize, write_csv
 from llava.bench.synthetic import SHAPES, build_synthetic_model, synthetic_inputs
 from llava.bench.video import VIDEO_SHAPES, VideoSubject, build_video_model, video_inputs
@@ -86,14 +92,18 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--model-path", help="a LLaVA checkpoint directory (liuhaotian layout)")
-    source.add_argument("--synthetic", choices=[*SHAPES, *VIDEO_SHAPES],
-                        help="random weights in a LLaVA-1.5 shape (llava.bench.synthetic) or, video-*, in a "
-                             "Video-LLaVA shape with one 8-frame video (llava.bench.video)")
+    source.add_argument("--synthetic", choices=[*SHAPES, *VIDEO_SHAPES, *NATIVE_SHAPES],
+                        help="random weights in a LLaVA-1.5 shape (llava.bench.synthetic), video-*: a Video-LLaVA "
+                             "shape with one 8-frame video (llava.bench.video), onevision-* / qwen2.5-vl-*: "
+                             "LLaVA-OneVision / Qwen2.5-VL on one image or 8-frame video (llava.bench.native)")
     parser.add_argument("--vision-tower-path", default=None)
     parser.add_argument("--image", default=None, help="image for --model-path (default: random pixels)")
-    parser.add_argument("--methods", default=DEFAULT_METHODS, help=f"comma-separated ({DEFAULT_METHODS})")
+    parser.add_argument("--methods", default=None,
+                        help=f"comma-separated (default {DEFAULT_METHODS}; onevision-* / qwen2.5-vl-*: "
+                             f"the methods without [CLS])")
     parser.add_argument("--budgets", default=None,
-                        help="visual tokens per crop / video frame (default 576,144,58,29; video: 256,64,26)")
+                        help="visual tokens per crop / video frame (default 576,144,58,29; video: 256,64,26; "
+                             "onevision-* / qwen2.5-vl-*: all, 75/90/95%% fewer per crop / frame / image)")
     parser.add_argument("--new-tokens", type=int, default=32, help="tokens generated per run (greedy)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
@@ -112,6 +122,9 @@ def parse_args(argv=None):
 
 def build_subject(args, device: torch.device, dtype: torch.dtype) -> tuple[str, object]:
     """(model name, what `benchmark` runs): a synthetic image or video shape, or a LLaVA checkpoint."""
+    if args.synthetic in NATIVE_SHAPES:
+        return f"synthetic-{args.synthetic}", build_native_subject(args.synthetic, device, dtype,
+                                                                   args.attn_implementation)
     if args.synthetic in VIDEO_SHAPES:
         model = build_video_model(args.synthetic, device, dtype, args.attn_implementation)
         return f"synthetic-{args.synthetic}", VideoSubject(model, video_inputs(model, device, dtype))
@@ -127,7 +140,8 @@ def build_subject(args, device: torch.device, dtype: torch.dtype) -> tuple[str, 
 
 def parse_cases(args, subject) -> list[Case]:
     """The unpruned case, then every (method, budget) of the command line, checked."""
-    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    methods = [m.strip() for m in (args.methods or getattr(subject, "default_methods", DEFAULT_METHODS)).split(",")
+               if m.strip()]
     unknown = [m for m in methods if m not in METHODS]
     if unknown:
         raise SystemExit(f"unknown method(s) {unknown}; registered: {sorted(METHODS)}")

@@ -86,11 +86,17 @@ def format_table(rows: list[dict]) -> str:
     r = rows[0]
     head = (f"model: {r['model']}   device: {r['device']}   new tokens: {r['new_tokens']}   "
             f"median of {r['repeats']} runs\n"
-            f"vision tower: {r['vision_ms']:.1f} ms with [CLS] attention vs {r['vision_plain_ms']:.1f} ms without "
-            f"({r['cls_overhead_pct']:+.1f}%)\n"
+            f"{_tower_line(r)}\n"
             f"(x): ratio to the unpruned model (first row); speedup = unpruned prefill / prefill; "
             f"FLOPs bound = unpruned FLOPs / FLOPs")
     return head + "\n" + "\n".join(lines)
+
+
+def _tower_line(r: dict) -> str:
+    if math.isnan(r["vision_plain_ms"]):  # a tower without [CLS] (llava.bench.native): nothing to compare
+        return f"vision encoder: {r['vision_ms']:.1f} ms (tower + projector; no [CLS] row)"
+    return (f"vision tower: {r['vision_ms']:.1f} ms with [CLS] attention vs {r['vision_plain_ms']:.1f} ms without "
+            f"({r['cls_overhead_pct']:+.1f}%)")
 
 
 def write_csv(rows: list[dict], path: Path) -> None:
