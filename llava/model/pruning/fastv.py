@@ -38,6 +38,15 @@ outputs captured by hooks, RoPE applied here: `llava.model.attention_rows`), so 
 (or eager). Memory-efficient kernels never materialise the attention map FastV's public code reads (it needs eager
 attention + output_attentions).
 
+Any transformers decoder (Llama, Qwen2, the Qwen2.5-VL / Qwen3-VL text models): the ranking query / key are the
+outputs of the modules right before rotary (`query_key_modules`: q_proj / k_proj, or Qwen3's per-head q_norm /
+k_norm), rotated with the (cos, sin) the scoring layer is called with. Qwen2.5-VL's M-RoPE (3-D position ids,
+temporal / height / width frequency sections) reaches the layers as one such (b, L, D) pair, already recomposed by
+the model's rotary module, so nothing is recomputed from 1-D positions; after pruning, the kept tokens get that
+pair's rows at their positions (their 3-D rotary unchanged; tests/test_fastv_mrope.py). Qwen3-VL adds deepstack
+features to the visual tokens after its first layers: with K inside those layers the visual mask no longer fits the
+pruned sequence, which the Qwen3-VL adapter has to handle (not done here).
+
 Mechanics (transformers 5.x): `LlamaModel.forward` builds one causal mask and one (cos, sin) pair for the full
 sequence from layer 0's cache length, and hands them to every layer; each `DynamicCache` layer is separate. So the
 pre-hook of layer K+1 (0-based K) gathers the hidden states, (cos, sin), position ids and the mask at the kept
@@ -68,6 +77,14 @@ def _take(x: torch.Tensor, index: torch.Tensor, dim: int = 1) -> torch.Tensor:
     expanded = list(x.shape)
     expanded[dim] = index.shape[1]
     return x.gather(dim, index.view(shape).expand(expanded))
+
+
+def query_key_modules(attn: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """The modules whose outputs are the layer's queries / keys just before rotary: the per-head RMSNorms where the
+    attention has them (Qwen3, Qwen3-VL text: `q_norm(q_proj(x))`), else the projections (Llama, Qwen2, Qwen2.5-VL)."""
+    if getattr(attn, "q_norm", None) is not None and getattr(attn, "k_norm", None) is not None:
+        return attn.q_norm, attn.k_norm
+    return attn.q_proj, attn.k_proj
 
 
 def choose_kept(attention: torch.Tensor, visual_mask: torch.Tensor, keep: list[int]) -> torch.Tensor:
@@ -115,7 +132,7 @@ class FastV(LLMPruner):
         self._prefill_len = 0
         self._prefill = False
         self._scoring: tuple | None = None  # (request, position_embeddings, mask) while layer K runs
-        self._qk = QKCapture(attn.q_proj, attn.k_proj)  # active only while a pruned prefill runs layer K
+        self._qk = QKCapture(*query_key_modules(attn))  # active only while a pruned prefill runs layer K
         self._qk.active = False
         self._step: dict | None = None  # arguments of layers > K for the current forward
         self._handles = [
@@ -178,7 +195,7 @@ class FastV(LLMPruner):
     def _prune_prefill(self, hidden: torch.Tensor, kwargs: dict) -> torch.Tensor:
         request, (cos, sin), mask = self._scoring
         self._scoring = None
-        q, k = self._qk.q[:, -1:], self._qk.k
+        q, k = self._qk.q[:, -1:].flatten(2), self._qk.k.flatten(2)  # per-head norm outputs are (B, L, H, D)
         self._qk.active = False
         self._qk.clear()
         visual, keep = request.visual_mask.to(hidden.device), request.keep
