@@ -5,13 +5,16 @@ Sources of truth: the released checkpoints' parameter counts (hub pages: llava-h
 bf16) and transformers' own config defaults for the 7B shapes; token counts, FLOPs and KV-cache bytes of the tiny
 rows worked out by hand in the comments. No timing is asserted."""
 
-import csv
+import math
 
 import pytest
 import torch
 from transformers import LlavaOnevisionConfig, Qwen2_5_VLConfig
 
-from llava.bench.native import NATIVE_SHAPES, build_native_model, qwen_config
+from llava.bench.flops import LlamaShape
+from llava.bench.measure import BASELINE, Case, benchmark
+from llava.bench.native import NATIVE_SHAPES, build_native_model, build_native_subject, qwen_config
+from llava.bench.report import format_table, summarize
 
 
 @pytest.mark.parametrize("name, params, rel", [("onevision-7b", 8.03e9, 1e-3), ("qwen2.5-vl-7b", 8_292_166_656, 0)])
@@ -61,51 +64,53 @@ CASES = {
 }
 
 
+def rows_of(subject, cases, fastv_layer=2, new_tokens=3) -> dict:
+    """One timed pass of `cases` (no CSV / plot), summarised as the CLI does: {(method, budget): row}."""
+    results, tower = benchmark(subject, cases, new_tokens, 1, 0, fastv_layer, log=lambda *_: None)
+    rows = summarize(results, tower, LlamaShape.from_config(subject.llm_config), fastv_layer, new_tokens, "cpu", "t")
+    return {(r["method"], r["budget"]): r for r in rows}
+
+
 @pytest.mark.parametrize("name", list(CASES))
-def test_tiny_rows_token_counts_flops_and_kv_cache(name, tmp_path):
-    from llava.bench.efficiency import main
-
-    text, full, budgets, kept = CASES[name]
-    main(["--synthetic", name, "--methods", "random", "--new-tokens", "3", "--repeats", "1", "--warmup", "0",
-          "--device", "cpu", "--output-dir", str(tmp_path)])  # default budgets: every token, 75 / 90 / 95 % fewer
-    with open(tmp_path / f"efficiency_synthetic-{name}.csv") as f:
-        rows = {(r["method"], int(r["budget"])): r for r in csv.DictReader(f)}
-    per_unit = budgets[0]
-    fewer = [per_unit, round(0.25 * per_unit), round(0.1 * per_unit), round(0.05 * per_unit)]
-    assert sorted(rows) == sorted([("unpruned", per_unit)] + [("random", b) for b in fewer])
-    base, pruned = rows[("unpruned", per_unit)], rows[("random", budgets[1])]
-    assert (int(base["kept_visual"]), int(base["llm_tokens"]), int(base["prompt_len"])) == (full, text + full,
-                                                                                           text + full)
-    assert (int(pruned["kept_visual"]), int(pruned["llm_tokens"]), int(pruned["prompt_len"])) == (kept, text + kept,
-                                                                                                 text + kept)
-    assert int(rows[("random", per_unit)]["kept_visual"]) == full  # every token kept
-    gflops = {k: float(r["prefill_gflops"]) * 1e9 for k, r in rows.items()}
-    assert gflops[("unpruned", per_unit)] == pytest.approx(4 * layer(text + full) + HEAD, rel=1e-12)
-    assert gflops[("random", budgets[1])] == pytest.approx(4 * layer(text + kept) + HEAD, rel=1e-12)
-    assert float(pruned["flops_bound"]) == pytest.approx((4 * layer(text + full) + HEAD)
-                                                         / (4 * layer(text + kept) + HEAD), rel=1e-12)
+def test_tiny_rows_token_counts_flops_and_kv_cache(name):
+    text, full, (per_unit, budget), kept = CASES[name]
+    subject = build_native_subject(name, "cpu", torch.float32)
+    rows = rows_of(subject, [Case(BASELINE, per_unit), Case("random", budget)]
+                   + [Case("fastv", budget)] * (name == "onevision-tiny"))
+    base, pruned = rows[(BASELINE, per_unit)], rows[("random", budget)]
+    assert (base["kept_visual"], base["llm_tokens"], base["prompt_len"]) == (full, text + full, text + full)
+    assert (pruned["kept_visual"], pruned["llm_tokens"], pruned["prompt_len"]) == (kept, text + kept, text + kept)
+    assert base["prefill_gflops"] * 1e9 == pytest.approx(4 * layer(text + full) + HEAD, rel=1e-12)
+    assert pruned["prefill_gflops"] * 1e9 == pytest.approx(4 * layer(text + kept) + HEAD, rel=1e-12)
+    assert pruned["flops_bound"] == pytest.approx((4 * layer(text + full) + HEAD) / (4 * layer(text + kept) + HEAD),
+                                                  rel=1e-12)
     # the cache after 3 new tokens holds the prompt + 2 tokens in each of the 4 layers
-    assert float(base["kv_cache_mb"]) * 2**20 == pytest.approx(4 * PER_TOKEN * (text + full + 2), rel=1e-12)
-    assert float(pruned["kv_cache_mb"]) * 2**20 == pytest.approx(4 * PER_TOKEN * (text + kept + 2), rel=1e-12)
-    assert base["vision_plain_ms"] == "nan" and float(base["vision_ms"]) > 0
+    assert base["kv_cache_mb"] * 2**20 == pytest.approx(4 * PER_TOKEN * (text + full + 2), rel=1e-12)
+    assert pruned["kv_cache_mb"] * 2**20 == pytest.approx(4 * PER_TOKEN * (text + kept + 2), rel=1e-12)
+    assert math.isnan(base["vision_plain_ms"]) and base["vision_ms"] > 0
+    assert "forward" not in subject.model.__dict__  # benchmark ends with the model as built: no handle left
+    assert "no [CLS] row" in format_table(list(rows.values()))
+    if name == "onevision-tiny":
+        check_fastv(rows[("fastv", budget)], text + full)
 
 
-def test_fastv_row_keeps_every_token_before_its_layer():
-    """FastV on OneVision: the prompt is unpruned (1,549 tokens for layers 0-1), its KV cache holds them in 2 layers
-    and the kept ones in the other 2; FLOPs = 2 full layers + 2 pruned + the ranking row (K = 2)."""
-    from llava.bench.measure import Case, benchmark
-    from llava.bench.native import build_native_subject
-    from llava.bench.report import summarize
-    from llava.bench.flops import LlamaShape
+def test_cli_cases_default_to_methods_without_cls_and_75_90_95_percent_budgets():
+    """`--synthetic onevision-video-tiny` with no --methods / --budgets: the unpruned row, then every method that
+    needs no [CLS] at 196 per frame and 75 / 90 / 95 % fewer: 49 (196 / 4), 20 (19.6), 10 (9.8)."""
+    from llava.bench.efficiency import build_subject, parse_args, parse_cases
 
-    subject = build_native_subject("onevision-tiny", "cpu", torch.float32)
-    results, tower = benchmark(subject, [Case("unpruned", 729), Case("fastv", 182)], 3, 1, 0, log=lambda *_: None)
-    rows = {r["method"]: r for r in summarize(results, tower, LlamaShape.from_config(subject.llm_config), 2, 3,
-                                              "cpu", "t")}
-    fastv, full = rows["fastv"], TEXT + 1485
+    args = parse_args(["--synthetic", "onevision-video-tiny", "--device", "cpu"])
+    _, subject = build_subject(args, torch.device("cpu"), torch.float32)
+    cases = [(c.method, c.budget) for c in parse_cases(args, subject)]
+    methods = ("fastv", "divprune", "attention_received", "random")
+    assert cases == [(BASELINE, 196)] + [(m, b) for m in methods for b in (196, 49, 20, 10)]
+
+
+def check_fastv(fastv: dict, full: int) -> None:
+    """FastV (K = 2): the prompt is unpruned (`full` tokens for layers 0-1), its KV cache holds them in 2 layers and
+    the kept ones in the other 2; FLOPs = 2 full layers + 2 pruned + the ranking row."""
     kept = TEXT + fastv["kept_visual"]
     assert fastv["prompt_len"] == full and fastv["llm_tokens"] == kept
     assert fastv["prefill_gflops"] * 1e9 == pytest.approx(2 * layer(full) + 2 * layer(kept) + 2 * 64 * full + HEAD,
                                                           rel=1e-12)
     assert fastv["kv_cache_mb"] * 2**20 == pytest.approx(PER_TOKEN * (2 * (full + 2) + 2 * (kept + 2)), rel=1e-12)
-    assert "forward" not in subject.model.__dict__  # benchmark ends with the model as built: no handle left
