@@ -43,7 +43,7 @@ def processor(tok_dir):
     return make_processor(tok_dir, SIDE)
 
 
-def make_processor(tok_dir, side: int):
+def make_processor(tok_dir, side: int, max_crops: int = 9):
     """transformers' LlavaOnevisionProcessor on the tiny tokenizer (`<image>`, `<video>` added). Its video
     processor needs torchvision, which this package does not require: the class check is skipped for that one
     argument (None), the image path is transformers' own."""
@@ -60,7 +60,8 @@ def make_processor(tok_dir, side: int):
     ProcessorMixin.check_argument_for_proper_class = skip_none
     try:
         return LlavaOnevisionProcessor(image_processor=images, tokenizer=tokenizer, video_processor=None,
-                                       num_image_tokens=(side // PATCH) ** 2, vision_feature_select_strategy="full")
+                                       num_image_tokens=(side // PATCH) ** 2, vision_feature_select_strategy="full",
+                                       vision_aspect_ratio=f"anyres_max_{max_crops}")
     finally:
         ProcessorMixin.check_argument_for_proper_class = check
 
@@ -70,7 +71,7 @@ def model(processor):
     return make_model(processor, SIDE)
 
 
-def make_model(processor, side: int):
+def make_model(processor, side: int, max_crops: int = 9):
     """Tiny random OneVision: 3-layer SigLIP (`side` px, patch 8), 3-layer Qwen2; `<image>` / `<video>` are the last
     two vocabulary rows."""
     vocab = len(processor.tokenizer) - 2
@@ -82,7 +83,7 @@ def make_model(processor, side: int):
     config = LlavaOnevisionConfig(vision_config=vision, text_config=text, image_token_index=vocab,
                                   video_token_index=vocab + 1, vision_feature_layer=-1,
                                   vision_feature_select_strategy="full", image_grid_pinpoints=PINPOINTS,
-                                  tie_word_embeddings=False)
+                                  vision_aspect_ratio=f"anyres_max_{max_crops}", tie_word_embeddings=False)
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration._from_config(config, attn_implementation="eager").eval()
     torch.nn.init.normal_(model.model.image_newline, std=1.0)
@@ -187,21 +188,6 @@ def test_apply_and_undo_restore_bit_identical_outputs(model, processor):
     assert not torch.equal(logits(model, batch)[0, -1], before[0, -1])
     pruning.undo()
     assert torch.equal(logits(model, batch), before)
-
-
-def test_downsampled_grids_are_refused(model, processor):
-    """With "anyres_max_1" transformers interpolates a 2x1 grid down (its processor counts fewer placeholders than
-    the unpadded grid has tokens); refused instead of passing through unpruned."""
-    batch = inputs(processor, [pil_image(*IMAGES["wide"], seed=9)])
-    model.config.vision_aspect_ratio = processor.vision_aspect_ratio = "anyres_max_1"
-    try:
-        small = inputs(processor, [pil_image(*IMAGES["wide"], seed=9)])
-        assert small["input_ids"].shape[1] < batch["input_ids"].shape[1]  # transformers downsampled it
-        with apply_pruning(model, "uniform", visual_token_num=4), pytest.raises(NotImplementedError,
-                                                                                 match="is downsampled by"):
-            logits(model, small)
-    finally:
-        model.config.vision_aspect_ratio = processor.vision_aspect_ratio = "anyres_max_9"
 
 
 # -- videos: pooled 2x2 after the projector, pruned per frame after the pooling, one newline per video -----------
@@ -386,3 +372,142 @@ def test_video_apply_and_undo_restore_bit_identical_outputs(model, processor):
     assert not torch.equal(logits(model, batch)[0, -1], before[0, -1])
     pruning.undo()
     assert torch.equal(logits(model, batch), before)
+
+
+# -- "anyres_max_N" grids that transformers resizes: pruned after the resize, the grid as one unit --------------
+# Sources of truth: the unmodified model; transformers' own `get_image_features` / `pack_image_features` (stitch,
+# unpad, bilinear resize, newlines) for the oracle's tokens and for the resized attention map; the geometry and the
+# kept indices of `uniform` by hand. With anyres_max_2 (P = 16): "tall" (1x3 crops) unpads to 12x4 = 48 tokens,
+# ratio sqrt(48 / 32) = 1.22 > 1.1, resized to int(12 // 1.22) x int(4 // 1.22) = 9x3; "wide3" (3x1 crops) to 3x9;
+# "wide" (2x1 crops, 4x6 = 24 tokens, ratio 0.87) is not resized.
+RESIZED = {"tall": (9, 3), "wide3": (3, 9)}  # (h', w') by hand
+MAX2_IMAGES = {**IMAGES, "wide3": (90, 30)}
+UNIFORM_7_OF_27 = [1, 5, 9, 13, 17, 21, 25]  # floor((i + 0.5) * 27 / 7), i = 0..6; 7 = floor(4 * 27 / 16 + 1/2)
+
+
+@pytest.fixture(scope="module")
+def max2_processor(tok_dir):
+    return make_processor(tok_dir, SIDE, max_crops=2)
+
+
+@pytest.fixture(scope="module")
+def max2_model(max2_processor):
+    return make_model(max2_processor, SIDE, max_crops=2)
+
+
+def max2_inputs(processor, shapes: list[str], seed: int) -> dict:
+    return inputs(processor, [pil_image(*MAX2_IMAGES[s], seed=seed + i) for i, s in enumerate(shapes)])
+
+
+@torch.no_grad()
+def resized_oracle_embeds(model, batch, base_kept: list[int], grid_kept: list[int], shape: str) -> torch.Tensor:
+    """One sample with one resized image: transformers' own image tokens (base crop, resized grid, a newline per
+    row) at the placeholders, the base crop's `base_kept` patches, the grid's `grid_kept` raster indices and every
+    newline kept, the rest dropped -> (L', D)."""
+    ov = model.model
+    tokens = ov.get_image_features(pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"],
+                                   vision_aspect_ratio=model.config.vision_aspect_ratio).pooler_output[0]
+    height, width = RESIZED[shape]
+    newline = (tokens == ov.image_newline).all(dim=-1)
+    assert newline.nonzero().flatten().tolist() == [P + r * (width + 1) + width for r in range(height)]
+    raster = (~newline[P:]).long().cumsum(0) - 1  # each grid token's raster index on the h' x w' grid
+    keep = torch.cat([torch.isin(torch.arange(P), torch.tensor(base_kept)),
+                      newline[P:] | torch.isin(raster, torch.tensor(grid_kept))])
+    ids = batch["input_ids"][0]
+    spots = ids == model.config.image_token_id
+    assert int(spots.sum()) == tokens.shape[0]  # transformers' tokens fill exactly the processor's placeholders
+    seq = model.get_input_embeddings()(ids).clone()
+    seq[spots] = tokens
+    kept = torch.ones_like(spots)
+    kept[spots] = keep
+    return seq[kept]
+
+
+@pytest.mark.parametrize("method, shapes", [("uniform", ["tall", "wide3"]), ("random", ["tall", "wide"]),
+                                            ("divprune", ["wide3"]), ("attention_received", ["tall"]),
+                                            ("fastv", ["tall"])])
+def test_resized_grid_full_budget_equals_the_unmodified_model(max2_model, max2_processor, method, shapes):
+    batch = max2_inputs(max2_processor, shapes, seed=21)
+    expected = logits(max2_model, batch)
+    greedy = max2_model.generate(**batch, max_new_tokens=4, do_sample=False)
+    with apply_pruning(max2_model, method, visual_token_num=P):
+        assert torch.allclose(logits(max2_model, batch), expected, atol=1e-5)
+        assert torch.equal(max2_model.generate(**batch, max_new_tokens=4, do_sample=False), greedy)
+
+
+@torch.no_grad()
+def test_resized_grid_uniform_equals_the_oracle_with_decode(max2_model, max2_processor):
+    """4 of 16 base patches and 7 of the 27 resized grid tokens (by hand); 9 newlines; 3 greedy tokens."""
+    batch = max2_inputs(max2_processor, ["tall"], seed=22)
+    seq = resized_oracle_embeds(max2_model, batch, UNIFORM_4_OF_16, UNIFORM_7_OF_27, "tall")
+    expected, expected_tokens = oracle_greedy(max2_model, seq, 3)
+    with apply_pruning(max2_model, "uniform", visual_token_num=4) as pruning:
+        got = logits(max2_model, batch)
+        assert pruning.last_v_token_num == 4 + 7 + 9
+        out = max2_model.generate(**batch, max_new_tokens=3, do_sample=False)
+        keep = pruning.adapter.resized_grid(batch["pixel_values"][0], MAX2_IMAGES["tall"])[2]
+    assert keep.tolist() == [UNIFORM_4_OF_16 + [P + i for i in UNIFORM_7_OF_27]]
+    assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
+    assert out[0, batch["input_ids"].shape[1]:].tolist() == expected_tokens
+
+
+@torch.no_grad()
+def test_resized_grid_attention_received_ranks_the_resized_attention(max2_model, max2_processor):
+    """Oracle: transformers' eager SigLIP attention at the feature layer, averaged over heads and queries (the
+    attention each patch receives), laid out and resized by transformers' own `pack_image_features` (the score as a
+    1-channel feature, newline marker -1); top 4 of the base crop, top 7 of the 27 resized grid scores."""
+    batch = max2_inputs(max2_processor, ["wide3"], seed=23)
+    ov, pixels = max2_model.model, batch["pixel_values"][0]
+    attn = ov.vision_tower(pixels, output_attentions=True).attentions[-1]  # (crops, H, P, P), layer 3 of 3
+    received = attn.mean(dim=1).mean(dim=1)  # (crops, P)
+    packed = ov.pack_image_features([received[..., None]], batch["image_sizes"], image_newline=torch.tensor([-1.0]),
+                                    vision_aspect_ratio="anyres_max_2")[0][0][:, 0]
+    grid = packed[P:][packed[P:] >= 0]
+    assert grid.shape == (27,)
+    base_keep = received[0].topk(4).indices.sort().values.tolist()
+    grid_keep = grid.topk(7).indices.sort().values.tolist()
+    with apply_pruning(max2_model, "attention_received", visual_token_num=4) as pruning:
+        got = logits(max2_model, batch)
+        keep = pruning.adapter.resized_grid(pixels, MAX2_IMAGES["wide3"])[2]
+    assert keep.tolist() == [base_keep + [P + i for i in grid_keep]]
+    expected = oracle_greedy(max2_model, resized_oracle_embeds(max2_model, batch, base_keep, grid_keep, "wide3"), 0)
+    assert torch.allclose(got, expected[0], atol=1e-5)
+
+
+@torch.no_grad()
+def test_resized_grid_divprune_selects_among_the_resized_tokens(max2_model, max2_processor):
+    """The grid's kept set is DivPrune's greedy max-min (tested against the public algorithm in
+    tests/test_divprune.py) on transformers' resized grid tokens; the base crop's on its SigLIP features."""
+    batch = max2_inputs(max2_processor, ["tall"], seed=24)
+    ov, pixels = max2_model.model, batch["pixel_values"][0]
+    tokens = ov.get_image_features(pixel_values=batch["pixel_values"], image_sizes=batch["image_sizes"],
+                                   vision_aspect_ratio="anyres_max_2").pooler_output[0]
+    grid = tokens[P:][~(tokens[P:] == ov.image_newline).all(dim=-1)]  # (27, D) in raster order
+    base_keep = divprune(ov.vision_tower(pixels[:1], output_hidden_states=True).hidden_states[-1], None, 4)[0]
+    grid_keep = divprune(grid[None], None, 7)[0]
+    with apply_pruning(max2_model, "divprune", visual_token_num=4) as pruning:
+        got = logits(max2_model, batch)
+        keep = pruning.adapter.resized_grid(pixels, MAX2_IMAGES["tall"])[2]
+    assert keep.tolist() == [base_keep.tolist() + (P + grid_keep).tolist()]
+    expected = oracle_greedy(max2_model, resized_oracle_embeds(max2_model, batch, base_keep.tolist(),
+                                                               grid_keep.tolist(), "tall"), 0)
+    assert torch.allclose(got, expected[0], atol=1e-5)
+
+
+def test_batch_of_a_resized_and_a_plain_image_equals_each_alone(max2_model, max2_processor):
+    images = [pil_image(*MAX2_IMAGES["wide"], seed=25), pil_image(*MAX2_IMAGES["tall"], seed=26)]
+    with apply_pruning(max2_model, "uniform", visual_token_num=4) as pruning:
+        both = logits(max2_model, inputs(max2_processor, images))
+        assert pruning.last_v_token_num[1] == 4 + 7 + 9
+        alone = [logits(max2_model, inputs(max2_processor, [image]))[0, -1] for image in images]
+    for row, one in zip(both[:, -1], alone):
+        assert torch.allclose(row, one, atol=1e-5)
+
+
+def test_resized_grid_apply_and_undo_restore_bit_identical_outputs(max2_model, max2_processor):
+    batch = max2_inputs(max2_processor, ["tall"], seed=27)
+    before = logits(max2_model, batch)
+    pruning = apply_pruning(max2_model, "random", visual_token_num=3)
+    assert not torch.equal(logits(max2_model, batch)[0, -1], before[0, -1])
+    pruning.undo()
+    assert torch.equal(logits(max2_model, batch), before)

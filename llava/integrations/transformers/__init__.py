@@ -56,7 +56,7 @@ ADAPTERS: dict[type, type[LlavaAdapter]] = {
     LlavaForConditionalGeneration: LlavaAdapter,
     LlavaNextForConditionalGeneration: LlavaNextAdapter,
     VideoLlavaForConditionalGeneration: VideoLlavaAdapter,  # images and videos (video_llava.py)
-    LlavaOnevisionForConditionalGeneration: OnevisionAdapter,  # SigLIP without [CLS], images (onevision.py)
+    LlavaOnevisionForConditionalGeneration: OnevisionAdapter,  # images and videos (onevision.py, onevision_video.py)
     Qwen2_5_VLForConditionalGeneration: Qwen2_5_VLAdapter,  # merged tokens, kept 3-D positions (qwen2_5_vl.py)
     Qwen3VLForConditionalGeneration: Qwen3VLAdapter,  # as Qwen2.5-VL, DeepStack levels pruned alike (qwen3_vl.py)
 }

@@ -12,10 +12,9 @@ P); the grid's kept tokens are laid out as LLaVA-1.6's upstream mode does (`llav
 Videos (`pixel_values_videos`) are pruned per frame after transformers' 2x2 pooling, in pooled-token units
 (llava/integrations/transformers/onevision_video.py).
 
-Not supported yet (refused with an error, never passed through unpruned):
-- "anyres_max_N" downsampling: when the unpadded grid holds more than 1.1^2 x N crops' tokens, transformers
-  interpolates it bilinearly, which mixes neighbouring tokens, so a per-crop kept set has no meaning there. With
-  `anyres_max_9` this happens only for grids above 3x3 crops (images larger than about 1152 px at 384 px crops).
+"anyres_max_N" downsampling: when the unpadded grid holds more than 1.1^2 x N crops' tokens, transformers resizes
+it bilinearly (with `anyres_max_9`, grids above 3x3 crops); such an image's grid is pruned after the resize, as one
+unit of h'w' tokens keeping the per-crop fraction v / P (llava/integrations/transformers/onevision_grid.py).
 
 Methods: the tower has no [CLS] row, so the [CLS]-attention methods are refused when the pruning is applied
 (`adapters.check_tower_supports`); random, uniform and the in-LLM fastv need no [CLS]. `last_cls_attn` is then an
@@ -24,17 +23,16 @@ empty (crops, 0) tensor per image: there is no [CLS] attention to report.
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.integrations.transformers.adapters import LlavaNextAdapter, VisualStream
+from llava.integrations.transformers.onevision_grid import DownsampledGrid
 from llava.integrations.transformers.onevision_video import VideoPoolPipeline, video_pruning
 from llava.model.image_checks import as_crop_list
-from llava.model.merge import unpad_window
 from llava.model.multimodal_encoder.siglip_encoder import NoClsPipeline, SiglipTower
+from llava.model.pipeline import VisualTokens
 
 SIGLIP_TYPES = ("siglip_vision_model",)
 
@@ -54,6 +52,7 @@ class OnevisionAdapter(LlavaNextAdapter):
             self.tower, model.model.multi_modal_projector, model.get_input_embeddings(),
             video_pruning(self.pipeline.pruning, self.tower.num_patches_per_side),
             pool=model.model.apply_pooling, image_newline=model.model.image_newline)
+        self.resized_grid = DownsampledGrid(self.pipeline, int(model.config.vision_aspect_ratio.split("_")[-1]))
 
     def make_tower(self, model: nn.Module) -> nn.Module:
         return SiglipTower(model.model.vision_tower, select_layer=model.config.vision_feature_layer)
@@ -95,16 +94,28 @@ class OnevisionAdapter(LlavaNextAdapter):
         return out
 
     def image_stream(self, visual: dict) -> VisualStream:
-        """pixel_values, image_sizes, batch_num_images -> the image stream (base crop, unpadded grid, newlines)."""
+        """pixel_values, image_sizes, batch_num_images -> the image stream (base crop, unpadded grid, newlines); a
+        grid that transformers resizes ("anyres_max_N") goes through `DownsampledGrid`."""
         sizes = self.image_sizes(visual.get("image_sizes"))
         tiled = self.tiled(visual.get("batch_num_images"), len(sizes))
-        for size, tile in zip(sizes, tiled):
-            if tile:
-                self.check_not_downsampled(size)
+        resized = [tile and self.resized_grid.shape(s) is not None for s, tile in zip(sizes, tiled)]
         crops = [self.pipeline.crops(s) if tile else 1 for s, tile in zip(sizes, tiled)]
-        tokens = self.pipeline(self.split_crops(visual["pixel_values"], crops), sizes)
-        full = [self.pipeline.full_tokens(s) if tile else self.tower.num_patches + 1 for s, tile in zip(sizes, tiled)]
+        tokens = self.image_tokens(self.split_crops(visual["pixel_values"], crops), sizes, resized)
+        full = [self.resized_grid.full_tokens(s) if r else self.pipeline.full_tokens(s) if tile
+                else self.tower.num_patches + 1 for s, tile, r in zip(sizes, tiled, resized)]
         return VisualStream("image", self.model.config.image_token_id, tokens, full)
+
+    def image_tokens(self, pixels: list[torch.Tensor], sizes: list, resized: list[bool]) -> VisualTokens:
+        """Per image (crops_i, 3, S, S): the images transformers keeps at grid resolution through the pipeline in one
+        call, each resized one through `DownsampledGrid`; results in image order."""
+        plain = [i for i, r in enumerate(resized) if not r]
+        parts = {}
+        if plain:
+            tokens = self.pipeline([pixels[i] for i in plain], [sizes[i] for i in plain])
+            parts = {i: (tokens.embeds[j], tokens.cls_attn[j], tokens.keep[j]) for j, i in enumerate(plain)}
+        parts.update({i: self.resized_grid(pixels[i], sizes[i]) for i, r in enumerate(resized) if r})
+        embeds, cls_attn, keep = (list(column) for column in zip(*(parts[i] for i in range(len(pixels)))))
+        return VisualTokens(embeds=embeds, cls_attn=cls_attn, keep=keep)
 
     @staticmethod
     def tiled(batch_num_images, n_images: int) -> list[bool]:
@@ -116,17 +127,3 @@ class OnevisionAdapter(LlavaNextAdapter):
         if len(tiled) != n_images:
             raise ValueError(f"batch_num_images sums to {len(tiled)} but {n_images} image size(s) were given")
         return tiled
-
-    def check_not_downsampled(self, image_size: tuple[int, int]) -> None:
-        """Refuse an image whose unpadded grid transformers would interpolate down ("anyres_max_N", ratio > 1.1)."""
-        layout = self.pipeline.grid_layout(image_size)
-        r0, r1, c0, c1 = unpad_window(image_size, layout.rows * layout.side, layout.cols * layout.side,
-                                      "transformers")
-        max_crops = int(self.model.config.vision_aspect_ratio.removeprefix("anyres_max_"))
-        ratio = math.sqrt((r1 - r0) * (c1 - c0) / (max_crops * layout.side ** 2))
-        if ratio > 1.1:
-            raise NotImplementedError(
-                f"image of (width, height) {image_size}: its {layout.cols}x{layout.rows} crop grid is downsampled by "
-                f"{self.model.config.vision_aspect_ratio!r} (ratio {ratio:.2f} > 1.1), which interpolates "
-                f"neighbouring tokens; pruning such images is not supported yet "
-                f"(llava/integrations/transformers/onevision.py)")
