@@ -19,7 +19,8 @@ import pytest
 from torch.distributed import HashStore
 
 from llava.eval import run_benchmark
-from llava.eval.distributed import Launch, RankGroup, failure_message, launch_from_env
+from llava.eval.benchmark_plan import Launch, launch_from_env
+from llava.eval.distributed import RankGroup, failure_message
 from tests.conftest import pil_image
 
 REPO = Path(__file__).resolve().parents[1]

@@ -17,16 +17,61 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 from dataclasses import dataclass, field
 
 from llava.cli import check_conv_mode
-from llava.eval.distributed import DEFAULT_RANK_TIMEOUT, Launch, launch_from_env
 from llava.eval.tasks import (BENCHMARKS, DEFAULT_DATA_ROOT, DEFAULT_METHOD, FAMILY_CKPT, FAMILY_HUB,
                               METHOD_PARAMETERS, Benchmark, method_folder)
+
+DEFAULT_RANK_TIMEOUT = 600.0  # seconds without a heartbeat before a rank of a launch counts as lost
 
 # Entry-point flags the runner sets itself (from its own flags and the paths of the declaration).
 RUNNER_FLAGS = ("--question-file", "--image-folder", "--answers-file", "--num-chunks", "--chunk-idx",
                 "--video-folder", "--gt-file-answers")
+
+
+@dataclass(frozen=True)
+class Launch:
+    """This process's place in a launch: chunk ``rank`` of ``world_size``, GPU ``local_rank`` of its node."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    host: str
+
+
+def _int_env(environ, name: str) -> int:
+    value = environ[name]
+    try:
+        return int(value)
+    except ValueError:
+        raise ValueError(f"{name}={value!r}: expected an integer (set by torchrun / accelerate launch / srun; "
+                         "llava/eval/benchmark_plan.py)") from None
+
+
+def launch_from_env(environ=None) -> Launch | None:
+    """The launch this process belongs to, or None when neither ``RANK`` nor ``WORLD_SIZE`` is set (a plain run).
+
+    ``LOCAL_RANK`` falls back to Slurm's ``SLURM_LOCALID``; a partial or inconsistent environment is a ValueError.
+    """
+    environ = os.environ if environ is None else environ
+    if "RANK" not in environ and "WORLD_SIZE" not in environ:
+        return None
+    for name in ("RANK", "WORLD_SIZE"):
+        if name not in environ:
+            raise ValueError(f"{name} is not set but {'WORLD_SIZE' if name == 'RANK' else 'RANK'} is: start the "
+                             "runner with torchrun / accelerate launch, or export RANK, WORLD_SIZE, LOCAL_RANK, "
+                             "MASTER_ADDR and MASTER_PORT for every process (llava/eval/benchmark_plan.py)")
+    local_name = "LOCAL_RANK" if "LOCAL_RANK" in environ else "SLURM_LOCALID"
+    if local_name not in environ:
+        raise ValueError("LOCAL_RANK is not set (nor SLURM_LOCALID): it picks this process's GPU "
+                         "(llava/eval/benchmark_plan.py)")
+    rank, world_size = _int_env(environ, "RANK"), _int_env(environ, "WORLD_SIZE")
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"RANK={rank}, WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE "
+                         "(llava/eval/benchmark_plan.py)")
+    return Launch(rank, world_size, _int_env(environ, local_name), socket.gethostname())
 
 
 @dataclass

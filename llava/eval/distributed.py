@@ -1,7 +1,7 @@
 """The benchmark runner started by a launcher on several processes and nodes (``torchrun``, ``accelerate launch``,
-or Slurm ``srun`` with the torchrun-style environment): who this process is (:class:`Launch`, from ``RANK``,
-``WORLD_SIZE``, ``LOCAL_RANK``), which device it answers on (:func:`device_args`), and how the ranks meet once
-their chunks are answered (:class:`RankGroup`).
+or Slurm ``srun`` with the torchrun-style environment): which device a rank answers on (:func:`device_args`) and
+how the ranks meet once their chunks are answered (:class:`RankGroup`). Who a process is (rank, world size, local
+rank, host) is read in :func:`llava.eval.benchmark_plan.launch_from_env`, which needs no torch.
 
 How the ranks meet: through the TCP key-value store every torch launcher already sets up for its rendezvous
 (``MASTER_ADDR:MASTER_PORT``; the agent's store under ``torchrun``, one hosted by rank 0 otherwise), opened with
@@ -23,65 +23,21 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import threading
 import time
-from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
-DEFAULT_RANK_TIMEOUT = 600.0  # seconds without a heartbeat before a rank counts as lost
+from llava.eval.benchmark_plan import DEFAULT_RANK_TIMEOUT, Launch
+
 CONNECT_TIMEOUT = timedelta(minutes=30)  # ranks of a Slurm job may start minutes apart
 RELEASED = "released"  # key rank 0 sets once it has every outcome (and has merged or failed)
 
 
 class RankFailedError(RuntimeError):
     """One or more ranks failed or were lost, so the chunks were not merged."""
-
-
-@dataclass(frozen=True)
-class Launch:
-    """This process's place in a launch: chunk ``rank`` of ``world_size``, GPU ``local_rank`` of its node."""
-
-    rank: int
-    world_size: int
-    local_rank: int
-    host: str
-
-
-def _int_env(environ, name: str) -> int:
-    value = environ[name]
-    try:
-        return int(value)
-    except ValueError:
-        raise ValueError(f"{name}={value!r}: expected an integer (set by torchrun / accelerate launch / srun; "
-                         "llava/eval/distributed.py)") from None
-
-
-def launch_from_env(environ=None) -> Launch | None:
-    """The launch this process belongs to, or None when neither ``RANK`` nor ``WORLD_SIZE`` is set (a plain run).
-
-    ``LOCAL_RANK`` falls back to Slurm's ``SLURM_LOCALID``; a partial or inconsistent environment is a ValueError.
-    """
-    environ = os.environ if environ is None else environ
-    if "RANK" not in environ and "WORLD_SIZE" not in environ:
-        return None
-    for name in ("RANK", "WORLD_SIZE"):
-        if name not in environ:
-            raise ValueError(f"{name} is not set but {'WORLD_SIZE' if name == 'RANK' else 'RANK'} is: start the "
-                             "runner with torchrun / accelerate launch, or export RANK, WORLD_SIZE, LOCAL_RANK, "
-                             "MASTER_ADDR and MASTER_PORT for every process (llava/eval/distributed.py)")
-    local_name = "LOCAL_RANK" if "LOCAL_RANK" in environ else "SLURM_LOCALID"
-    if local_name not in environ:
-        raise ValueError("LOCAL_RANK is not set (nor SLURM_LOCALID): it picks this process's GPU "
-                         "(llava/eval/distributed.py)")
-    rank, world_size = _int_env(environ, "RANK"), _int_env(environ, "WORLD_SIZE")
-    if world_size < 1 or not 0 <= rank < world_size:
-        raise ValueError(f"RANK={rank}, WORLD_SIZE={world_size}: need 0 <= RANK < WORLD_SIZE "
-                         "(llava/eval/distributed.py)")
-    return Launch(rank, world_size, _int_env(environ, local_name), socket.gethostname())
 
 
 def device_args(launch: Launch, device: str | None) -> list[str]:

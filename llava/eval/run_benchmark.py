@@ -55,7 +55,6 @@ from llava.cli import EXPECTED_ERRORS, WATCH_PARENT_ENV, run_cli
 from llava.eval import benchmark_plan
 from llava.eval.answers import hold_lock, merge_answers, skipped_path
 from llava.eval.benchmark_plan import Plan, check_inputs, passed_value
-from llava.eval.distributed import RankFailedError, RankGroup, device_args, failure_message
 from llava.eval.scoring.common import write_json
 from llava.eval.scoring.report import NothingScoredError, coverage_line, headline_status, nothing_scored
 
@@ -162,15 +161,17 @@ def _merge_chunks(plan: Plan) -> None:
 def _answer_as_rank(plan: Plan, module: str) -> None:
     """Under a launcher: answer chunk RANK in this process, report the outcome, and on rank 0 merge once every rank
     succeeded (else raise RankFailedError naming the failed ranks and hosts). Other ranks re-raise their own error."""
+    # imported by name like the entry points: it needs torch, which plain and dry runs never load
+    distributed = importlib.import_module("llava.eval.distributed")
     launch, name = plan.launch, plan.bench.name
-    argv = plan.chunk_argv(launch.rank) + device_args(launch, passed_value(plan.passthrough, "--device"))
+    argv = plan.chunk_argv(launch.rank) + distributed.device_args(launch, passed_value(plan.passthrough, "--device"))
     print(f"[{name}] rank {launch.rank}/{launch.world_size} on {launch.host}: {module_command(module, argv)}",
           flush=True)
     if plan.dry_run:
         if launch.rank == 0:
             _merge_chunks(plan)
         return
-    with RankGroup(launch, plan.rank_timeout) as group:
+    with distributed.RankGroup(launch, plan.rank_timeout) as group:
         error = None
         try:
             importlib.import_module(module).main(argv)  # takes its chunk file's lock itself
@@ -184,17 +185,17 @@ def _answer_as_rank(plan: Plan, module: str) -> None:
             if error is not None:
                 raise error
             return
-        _collect_and_merge(plan, group)
+        _collect_and_merge(plan, group, distributed)
 
 
-def _collect_and_merge(plan: Plan, group: RankGroup) -> None:
+def _collect_and_merge(plan: Plan, group, distributed) -> None:
     """Rank 0: wait for every outcome, then merge (holding the answers file's lock) or name the failed ranks; the
     release comes last, so under torchrun no rank exits (and gets this process stopped) before that is said."""
     try:
-        message = failure_message(plan.bench.name, group.collect())
+        message = distributed.failure_message(plan.bench.name, group.collect())
         if message is not None:
             print(f"[{plan.bench.name}] {message}", file=sys.stderr, flush=True)
-            raise RankFailedError(message)
+            raise distributed.RankFailedError(message)
         with hold_lock(plan.answers):  # a second runner on the same answers is refused, naming this PID
             _merge_chunks(plan)
     finally:
