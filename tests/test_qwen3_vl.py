@@ -104,7 +104,7 @@ def oracle_run(model, inputs: dict, kept: list[torch.Tensor], steps: int = 3):
     kept tokens; then `steps` greedy decode steps through its cache at positions max + 1, ... per sample.
 
     kept: per item (image or video), the kept merged-token indices (ascending). Returns (prefill logits at the last
-    position (B, V), greedy tokens (B, steps))."""
+    position (B, V), greedy tokens (B, steps), the logits of each decode step [(B, V)])."""
     lm, token_id = model.model.language_model, IMAGE if "pixel_values" in inputs else VIDEO
     grid_key = "image_grid_thw" if token_id == IMAGE else "video_grid_thw"
     ids, mask = inputs["input_ids"], inputs["attention_mask"]
@@ -134,7 +134,7 @@ def oracle_run(model, inputs: dict, kept: list[torch.Tensor], steps: int = 3):
         out = lm(inputs_embeds=new_embeds, attention_mask=new_mask, position_ids=new_pos, cache=cache,
                  use_cache=True, visual_pos_masks=visual, deepstack_visual_embeds=deepstack)
         logits = model.lm_head(out.last_hidden_state[:, -1])
-        prefill, tokens = logits, []
+        prefill, tokens, steps_logits = logits, [], []
         next_pos = (positions.masked_fill(mask[None] == 0, 0).amax(dim=(0, 2)) + 1)  # (B,)
         for _ in range(steps):
             token = logits.argmax(-1)
@@ -143,7 +143,8 @@ def oracle_run(model, inputs: dict, kept: list[torch.Tensor], steps: int = 3):
             out = lm(inputs_embeds=lm.embed_tokens(token[:, None]), attention_mask=new_mask,
                      position_ids=next_pos.view(1, -1, 1).expand(3, -1, 1), cache=cache, use_cache=True)
             logits, next_pos = model.lm_head(out.last_hidden_state[:, -1]), next_pos + 1
-    return prefill, torch.stack(tokens, dim=1)
+            steps_logits.append(logits)
+    return prefill, torch.stack(tokens, dim=1), steps_logits
 
 
 def kept_flat(handle, key: str, grid_thw: torch.Tensor) -> list[torch.Tensor]:
@@ -184,9 +185,27 @@ def test_pruned_image_forward_and_decode_equal_the_oracle(model, method):
         tokens = model.generate(**dict(inputs), max_new_tokens=3, do_sample=False)[:, inputs["input_ids"].shape[1]:]
     if method == "uniform":
         assert [k.tolist() for k in kept] == [uniform_keep(6, 2).tolist()] * 2
-    prefill, greedy = oracle_run(model, inputs, kept)
+    prefill, greedy, _ = oracle_run(model, inputs, kept)
     torch.testing.assert_close(logits, prefill, rtol=0, atol=1e-5)
     assert torch.equal(tokens, greedy)
+
+
+def test_direct_decode_step_through_the_cache_equals_the_oracle(model):
+    """A forward with use_cache, then one forward of the next token with that cache and no position ids: the model
+    continues from `rope_deltas`, which must put the token at the UNPRUNED prompt's max position + 1. (No mask in
+    the step: transformers 5.24's own Qwen3-VL fails a masked direct decode step, `compute_3d_position_ids` builds
+    positions over the whole mask; so one unpadded sample.)"""
+    inputs = batch([[(1, 6, 6)]])
+    with apply_pruning(model, "uniform", 3) as handle:
+        with torch.no_grad():
+            out = model(**dict(inputs), use_cache=True)
+            token = out.logits[:, -1].argmax(-1, keepdim=True)
+            step = model(input_ids=token, cache=out.cache, use_cache=True).logits[:, -1]
+        kept = kept_flat(handle, "image", inputs["image_grid_thw"])
+    prefill, greedy, steps = oracle_run(model, inputs, kept, steps=1)
+    torch.testing.assert_close(out.logits[:, -1], prefill, rtol=0, atol=1e-5)
+    assert torch.equal(token[:, 0], greedy[:, 0])
+    torch.testing.assert_close(step, steps[0], rtol=0, atol=1e-5)
 
 
 def test_batch_of_two_sizes_equals_batch_one(model):
@@ -203,7 +222,7 @@ def test_batch_of_two_sizes_equals_batch_one(model):
             assert torch.equal(kept_flat(handle, "image", one["image_grid_thw"])[0], kept_together[b])
             alone = model.generate(**dict(one), max_new_tokens=3, do_sample=False)[:, one["input_ids"].shape[1]:]
             assert torch.equal(alone[0], tokens[b])
-    prefill, greedy = oracle_run(model, both, kept_together)  # the padded batch against the oracle too
+    prefill, greedy, _ = oracle_run(model, both, kept_together)  # the padded batch against the oracle too
     torch.testing.assert_close(together, prefill, rtol=0, atol=1e-5)
     assert torch.equal(tokens, greedy)
 
@@ -220,7 +239,7 @@ def test_video_pruned_per_frame_equals_the_oracle(model):
         tokens = model.generate(**dict(inputs), max_new_tokens=3, do_sample=False)[:, inputs["input_ids"].shape[1]:]
     by_hand = uniform_keep(6, 2)
     assert kept[0].tolist() == torch.cat([by_hand, by_hand + 6]).tolist()
-    prefill, greedy = oracle_run(model, inputs, kept)
+    prefill, greedy, _ = oracle_run(model, inputs, kept)
     torch.testing.assert_close(logits, prefill, rtol=0, atol=1e-5)
     assert torch.equal(tokens, greedy)
 
@@ -288,7 +307,7 @@ def test_attention_received_keeps_the_oracle_top_tokens():
         kept = kept_flat(handle, "image", inputs["image_grid_thw"])
     assert len(maps) == 2 and [k.tolist() for k in kept] == [e.tolist() for e in expected]
     assert [k.tolist() for k in kept] != [uniform_keep(8, 3).tolist(), uniform_keep(6, 3).tolist()]
-    prefill, _ = oracle_run(m, inputs, kept, steps=1)
+    prefill, _, _ = oracle_run(m, inputs, kept, steps=1)
     torch.testing.assert_close(logits, prefill, rtol=0, atol=1e-5)
 
 
