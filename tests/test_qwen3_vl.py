@@ -260,12 +260,9 @@ def test_cls_methods_are_refused_naming_the_alternatives(model):
     assert "forward" not in model.__dict__
 
 
-def test_fastv_is_refused_naming_the_reason(model):
-    """Qwen3's q_norm / k_norm are real (the scores FastV would read differ): refused, naming both limits."""
-    attention = model.model.language_model.layers[0].self_attn
-    assert isinstance(attention.q_norm, torch.nn.Module) and isinstance(attention.k_norm, torch.nn.Module)
-    with pytest.raises(NotImplementedError, match="q_norm.*llm_layer must also be >= 2.*attention_received"):
-        apply_pruning(model, "fastv", 2, llm_layer=2)
+def test_fastv_before_the_last_deepstack_level_is_refused(model):
+    with pytest.raises(NotImplementedError, match="DeepStack.*use llm_layer >= 2"):
+        apply_pruning(model, "fastv", 2, llm_layer=1)
     assert "forward" not in model.__dict__
 
 
@@ -311,12 +308,11 @@ def test_attention_received_keeps_the_oracle_top_tokens():
     torch.testing.assert_close(logits, prefill, rtol=0, atol=1e-5)
 
 
-@pytest.mark.skip(reason="fastv is refused on Qwen3-VL until llava/model/pruning/fastv.py scores the q / k after "
-                         "q_norm / k_norm; this is its acceptance oracle (today the kept set differs)")
 def test_fastv_after_the_deepstack_levels_equals_the_oracle(model):
     """FastV at K = 2 (both DeepStack levels added before it): the kept set is the top-2 visual tokens of the last
-    prompt token's head-mean attention at layer K, from transformers' own eager attention maps; the pruned logits
-    equal layers run by hand, every token up to layer K, the kept ones at their original 3-D positions after."""
+    prompt token's head-mean attention at layer K, from transformers' own eager attention maps (after Qwen3's
+    q_norm / k_norm, which the model applies before the rotary); the pruned logits equal layers run by hand, every
+    token up to layer K, the kept ones at their original 3-D positions after, DeepStack at the kept visual tokens."""
     inputs = batch([[(1, 4, 6)]])
     ids = inputs["input_ids"]
     lm, k = model.model.language_model, 2

@@ -1,5 +1,5 @@
 """Qwen3-VL (transformers' `Qwen3VLForConditionalGeneration`, the `Qwen/Qwen3-VL-*-Instruct` layout): the adapter
-`apply_pruning` uses for it (`Qwen3VLAdapter`) and the vision run it prunes (`run_vision`).
+`apply_pruning` uses for it (`Qwen3VLAdapter`, on the Qwen-family base llava/integrations/transformers/qwen_vl.py).
 
 Token layout (transformers 5.x `modeling_qwen3_vl.py`, `processing_qwen3_vl.py`): the processor cuts an image into
 16 px patches (2 frames deep; an image is its own frame twice) and orders them so that each 2x2 window of patches is 4
@@ -21,12 +21,10 @@ Selection runs on the merged features (the merger is Qwen's projector), in raste
 Methods: random, uniform, divprune (merged features), attention_received (the mean attention each patch receives at
 the LAST vision block, over its image / frame, summed over the 4 patches of each merged token; computed blockwise by
 `llava.model.attention_rows.received_attention` from that block's q / k after its 2-D rotary, by the Qwen base).
-Refused: the [CLS]-attention methods (the tower has no [CLS]) and, for now, the in-LLM fastv: Qwen3's text attention
-applies RMSNorm to each head's query and key (`q_norm` / `k_norm`) before the rotary, and FastV's scores read the raw
-`q_proj` / `k_proj` outputs, so it would rank by an attention the model never computes (tests/test_qwen3_vl.py holds
-the oracle, skipped until then: with FastV's own kept set the pruned forward already equals it). Once FastV reads the
-normalised q / k, `llm_layer` must also be >= the number of DeepStack levels (3 in the released models): the model
-adds level l after LLM layer l at the unpruned visual positions, which a sequence pruned earlier no longer has.
+The in-LLM fastv ranks with the query / key right before the rotary, i.e. after Qwen3's per-head `q_norm` /
+`k_norm` (llava/model/pruning/fastv.py), and needs `llm_layer` >= the number of DeepStack levels (3 in the released
+models, so the default K = 2 is refused: use 3): the model adds level l after LLM layer l at the unpruned visual
+positions, which a sequence pruned earlier no longer has. The [CLS]-attention methods are refused (no [CLS] token).
 """
 
 from __future__ import annotations
@@ -52,17 +50,14 @@ class Qwen3VLAdapter(QwenVLAdapter):
 
     @staticmethod
     def check_fastv(config, pruning: PruningConfig) -> None:
-        """Refuse the in-LLM fastv (see the module docstring): it would rank by another attention than the model's."""
-        if get_llm_pruner(pruning.method) is None:
-            return
+        """FastV drops tokens after LLM layer K; the model still adds DeepStack level l after layer l (0-based) at
+        the unpruned visual positions, so K must be at least the number of levels."""
         levels = len(config.vision_config.deepstack_visual_indexes)
-        raise NotImplementedError(
-            f"fastv on Qwen3-VL is not supported yet: its text attention normalises queries and keys (q_norm / "
-            f"k_norm) before the rotary, while FastV scores the raw q_proj / k_proj outputs "
-            f"(llava/model/pruning/fastv.py), so it would rank by an attention the model never computes. (Once it "
-            f"reads the normalised q / k, llm_layer must also be >= {levels}: the model adds its {levels} DeepStack "
-            f"levels after LLM layers 1..{levels} at the unpruned visual positions.) Use random, uniform, divprune "
-            f"or attention_received {WHERE}")
+        if get_llm_pruner(pruning.method) is not None and pruning.llm_layer < levels:
+            raise NotImplementedError(
+                f"fastv with llm_layer={pruning.llm_layer} on Qwen3-VL: the model adds its {levels} DeepStack "
+                f"feature levels to the outputs of LLM layers 1..{levels} at the unpruned visual positions, so FastV "
+                f"can prune only after them; use llm_layer >= {levels} {WHERE}")
 
     def score_block(self) -> int:
         """The last vision block: no window attention in Qwen3-VL, every block attends over a whole image / frame."""
