@@ -289,9 +289,12 @@ def _copy_without(ov_dir, tmp_path, *names):
                                             (("tokenizer.json", "tokenizer.model"), "tokenizer"),
                                             (("config.json",), "config.json")])
 def test_missing_files_are_named(ov_dir, tmp_path, load, removed, named):
+    """Named before any weights are read (from_pretrained is never reached)."""
     path = _copy_without(ov_dir, tmp_path, *removed)
-    with pytest.raises(FileNotFoundError, match=named):
-        load(path)
+    never = AssertionError("weights were read before the missing file was reported")
+    with patch.object(LlavaOnevisionForConditionalGeneration, "from_pretrained", side_effect=never):
+        with pytest.raises(FileNotFoundError, match=named):
+            load(path)
 
 
 def test_missing_chat_template_is_named(ov_dir, tmp_path, image_file):
