@@ -71,10 +71,15 @@ def child_env(**extra) -> dict:
     return env
 
 
-def torchrun(root: Path, model, ckpt: str, *extra: str) -> subprocess.Popen:
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+# accelerate's multi-process launch goes through torch's elastic agent too (on CPU as well, with --multi_gpu)
+ACCELERATE = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+def torchrun(root: Path, model, ckpt: str, *extra: str, launcher=TORCHRUN) -> subprocess.Popen:
     """`torchrun --standalone --nproc_per_node 2 -m llava.eval.run_benchmark ...` (CPU: no --device given)."""
-    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-               "-m", "llava.eval.run_benchmark", *runner_argv(root, model, ckpt, *extra)]
+    command = [*launcher, "-m", "llava.eval.run_benchmark", *runner_argv(root, model, ckpt, *extra)]
     return subprocess.Popen(command, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
@@ -157,9 +162,11 @@ def test_killed_rank_resumes_with_nothing_lost_or_duplicated(root, v15_dir, sing
 
 
 def test_failed_rank_is_named_with_its_host_and_nothing_is_merged(tmp_path, v15_dir):
+    """Launched by `accelerate launch --num_processes 2` (the torchrun tests cover torchrun itself)."""
+    pytest.importorskip("accelerate")
     folder = make_textvqa(tmp_path, n=4)
     (folder / "train_images" / "img3.png").write_bytes(b"not a png")  # question 3: chunk 1 (ceil(4 / 2) = 2)
-    code, _, err = finish(torchrun(tmp_path, v15_dir, "broken", "--no-score"))
+    code, _, err = finish(torchrun(tmp_path, v15_dir, "broken", "--no-score", launcher=ACCELERATE))
     assert code != 0
     assert f"rank 1 (host {socket.gethostname()}): " in err and "img3.png" in err
     assert "rank 0 (host" not in err  # rank 0's chunk was fine
