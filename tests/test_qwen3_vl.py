@@ -88,37 +88,47 @@ def batch(samples: list[list[tuple[int, int, int]]], kind: int = IMAGE, seed: in
 
 
 # -- the oracle --------------------------------------------------------------------------------------------------
-def oracle_features(model, inputs: dict):
+def oracle_features(model, inputs: dict, key: str = "image"):
     """transformers' own per-item merged features and DeepStack levels: (list of (n_i, D), list over levels of
-    lists of (n_i, D)) for the images or videos of `inputs`."""
+    lists of (n_i, D)) for the images (key "image") or videos ("video") of `inputs`."""
     with torch.no_grad():
-        if "pixel_values" in inputs:
+        if key == "image":
             out = model.model.get_image_features(inputs["pixel_values"], inputs["image_grid_thw"])
         else:
             out = model.model.get_video_features(inputs["pixel_values_videos"], inputs["video_grid_thw"])
     return list(out.pooler_output), [list(level) for level in out.deepstack_features]
 
 
-def oracle_run(model, inputs: dict, kept: list[torch.Tensor], steps: int = 3):
+KINDS = (("image", IMAGE, "pixel_values", "image_grid_thw"), ("video", VIDEO, "pixel_values_videos", "video_grid_thw"))
+
+
+def oracle_run(model, inputs: dict, kept, steps: int = 3):
     """The unmodified language model on the kept tokens at their ORIGINAL 3-D positions, DeepStack restricted to the
     kept tokens; then `steps` greedy decode steps through its cache at positions max + 1, ... per sample.
 
-    kept: per item (image or video), the kept merged-token indices (ascending). Returns (prefill logits at the last
-    position (B, V), greedy tokens (B, steps), the logits of each decode step [(B, V)])."""
-    lm, token_id = model.model.language_model, IMAGE if "pixel_values" in inputs else VIDEO
-    grid_key = "image_grid_thw" if token_id == IMAGE else "video_grid_thw"
-    ids, mask = inputs["input_ids"], inputs["attention_mask"]
+    kept: per item, the kept merged-token indices (ascending): a list for the one kind of input, or a dict
+    {"image": [...], "video": [...]}. Returns (prefill logits at the last position (B, V), greedy tokens
+    (B, steps), the logits of each decode step [(B, V)])."""
+    lm, ids, mask = model.model.language_model, inputs["input_ids"], inputs["attention_mask"]
+    present = [kind for kind in KINDS if inputs.get(kind[2]) is not None]
+    kept = kept if isinstance(kept, dict) else {present[0][0]: kept}
     with torch.no_grad():
-        positions, _ = model.model.get_rope_index(ids, inputs["mm_token_type_ids"], attention_mask=mask,
-                                                  **{grid_key: inputs[grid_key].clone()})
-        merged, deep = oracle_features(model, inputs)
+        grids = {grid: inputs[grid].clone() for _, _, _, grid in present}
+        positions, _ = model.model.get_rope_index(ids, inputs["mm_token_type_ids"], attention_mask=mask, **grids)
         embeds = lm.embed_tokens(ids)
-        placeholders = ids == token_id
-        embeds[placeholders] = torch.cat(merged)
-        # which placeholders stay: per item, its kept indices among its own placeholders (items in batch order)
-        flags = torch.cat([torch.zeros(len(m), dtype=torch.bool).index_fill_(0, k, True) for m, k in zip(merged, kept)])
-        keep = ~placeholders
-        keep[placeholders] = flags
+        keep = torch.ones_like(ids, dtype=torch.bool)
+        levels = len(model.config.vision_config.deepstack_visual_indexes)
+        deep_at = torch.zeros(levels, *ids.shape, embeds.shape[-1])  # each level's feature at each position
+        for key, token_id, _, _ in present:
+            merged, deep = oracle_features(model, inputs, key)
+            spots = ids == token_id
+            embeds[spots] = torch.cat(merged)  # row-major over the batch, as masked_scatter fills
+            for level in range(levels):
+                deep_at[level][spots] = torch.cat(deep[level])
+            # which placeholders stay: per item, its kept indices among its own placeholders (items in batch order)
+            keep[spots] = torch.cat([torch.zeros(len(m), dtype=torch.bool).index_fill_(0, k, True)
+                                     for m, k in zip(merged, kept[key])])
+        placeholders = (ids == IMAGE) | (ids == VIDEO)
         rows = [keep[b].nonzero().flatten() for b in range(ids.shape[0])]
         width = max(len(r) for r in rows)
         # left-pad the kept columns again (as the pruned model's prompt is)
@@ -129,7 +139,7 @@ def oracle_run(model, inputs: dict, kept: list[torch.Tensor], steps: int = 3):
         new_pos = torch.gather(positions, 2, take[None].expand(3, -1, -1))
         new_pos = new_pos.masked_fill(~valid[None], 1)
         visual = torch.gather(placeholders, 1, take) & valid
-        deepstack = [torch.cat([f[k] for f, k in zip(level, kept)]) for level in deep]
+        deepstack = [torch.gather(d, 1, take[..., None].expand(-1, -1, d.shape[-1]))[visual] for d in deep_at]
         cache = DynamicCache(config=lm.config)
         out = lm(inputs_embeds=new_embeds, attention_mask=new_mask, position_ids=new_pos, cache=cache,
                  use_cache=True, visual_pos_masks=visual, deepstack_visual_embeds=deepstack)
@@ -347,3 +357,31 @@ def test_fastv_after_the_deepstack_levels_equals_the_oracle(model):
         logits = logits_of(model, dict(inputs))[:, -1]
         assert handle.llm_pruner.kept[0].tolist() == kept.tolist()
     torch.testing.assert_close(logits, expected, rtol=0, atol=1e-5)
+
+
+def test_image_and_video_in_one_prompt_equal_the_oracle(model):
+    """An image then a 2-frame video in one prompt: transformers interleaves the two kinds' DeepStack rows by
+    position (`visual_pos_masks` = image | video); the oracle places each level's rows at their own positions."""
+    image_ids, image_types = sample_ids([(1, 4, 6)], IMAGE)
+    video_ids, video_types = sample_ids([(2, 4, 4)], VIDEO)
+    ids = torch.tensor([image_ids[:-len(SUFFIX)] + video_ids[len(PREFIX):]])
+    types = torch.tensor([image_types[:-len(SUFFIX)] + video_types[len(PREFIX):]])
+    generator = torch.Generator().manual_seed(5)
+    inputs = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "mm_token_type_ids": types,
+              "pixel_values": torch.randn(24, ROW, generator=generator), "image_grid_thw": torch.tensor([[1, 4, 6]]),
+              "pixel_values_videos": torch.randn(32, ROW, generator=generator),
+              "video_grid_thw": torch.tensor([[2, 4, 4]])}
+    reference = logits_of(model, dict(inputs))[:, -1]
+    with apply_pruning(model, "uniform", None):
+        torch.testing.assert_close(logits_of(model, dict(inputs))[:, -1], reference, rtol=0, atol=1e-5)
+    with apply_pruning(model, "uniform", 2) as handle:
+        logits = logits_of(model, dict(inputs))[:, -1]
+        kept = {"image": kept_flat(handle, "image", inputs["image_grid_thw"]),
+                "video": kept_flat(handle, "video", inputs["video_grid_thw"])}
+        assert handle.last_v_token_num == 2 + 2 * 2
+        tokens = model.generate(**dict(inputs), max_new_tokens=3, do_sample=False)[:, ids.shape[1]:]
+    assert kept["image"][0].tolist() == uniform_keep(6, 2).tolist()
+    assert kept["video"][0].tolist() == torch.cat([uniform_keep(4, 2), uniform_keep(4, 2) + 4]).tolist()
+    prefill, greedy, _ = oracle_run(model, inputs, kept)
+    torch.testing.assert_close(logits, prefill, rtol=0, atol=1e-5)
+    assert torch.equal(tokens, greedy)
