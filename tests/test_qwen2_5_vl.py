@@ -163,6 +163,8 @@ def test_pruned_forward_and_decode_step_equal_oracle(model):
         out = model(**inputs, use_cache=True)
         assert handle.last_v_token_num == 5
         assert torch.allclose(out.logits, prefill, atol=1e-5)
+        # without a cache or a mask transformers builds the causal mask from position_ids' text row
+        assert torch.allclose(model(**inputs, use_cache=False).logits, prefill, atol=1e-5)
         # one decode step through the cache, no position ids: the model continues at max position + 1
         step = model(input_ids=torch.tensor([[tokens[0]]]), cache=out.cache, use_cache=True)
         assert torch.allclose(step.logits, steps[0], atol=1e-5)
@@ -171,12 +173,17 @@ def test_pruned_forward_and_decode_step_equal_oracle(model):
 @torch.no_grad()
 def test_generate_equals_oracle_greedy_loop(model):
     inputs = image_inputs(seed=3)
-    _, tokens, _ = oracle_greedy(model, inputs, uniform_indices(24, 6), steps=5)
+    prefill, tokens, steps = oracle_greedy(model, inputs, uniform_indices(24, 6), steps=5)
     with apply_pruning(model, "uniform", visual_token_num=6):
-        out = model.generate(**inputs, max_new_tokens=5, do_sample=False)
+        out = model.generate(**inputs, max_new_tokens=5, do_sample=False, return_dict_in_generate=True,
+                             output_logits=True)
     length = inputs["input_ids"].shape[1]
-    assert torch.equal(out[:, :length], inputs["input_ids"])  # the caller's unpruned prompt comes back
-    assert out[0, length:].tolist() == tokens
+    assert torch.equal(out.sequences[:, :length], inputs["input_ids"])  # the caller's unpruned prompt comes back
+    assert out.sequences[0, length:].tolist() == tokens
+    # each step's logits, not only the argmax: the decode positions continue at the oracle's max + 1, + 2, ...
+    expected = [prefill[:, -1]] + [s[:, -1] for s in steps[:-1]]
+    for got, want in zip(out.logits, expected):
+        assert torch.allclose(got, want, atol=1e-5)
 
 
 @torch.no_grad()
