@@ -12,15 +12,17 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
 import pytest
+import torch
 from torch.distributed import HashStore
 
 from llava.eval import run_benchmark
 from llava.eval.benchmark_plan import Launch, launch_from_env
-from llava.eval.distributed import RankGroup, failure_message
+from llava.eval.distributed import RankGroup, device_args, failure_message
 from tests.conftest import pil_image
 
 REPO = Path(__file__).resolve().parents[1]
@@ -232,25 +234,54 @@ def test_plan_under_a_launcher_has_world_size_chunks(monkeypatch, tmp_path):
         run_benchmark.make_plan(["--benchmark", "textvqa", "--visual-token-num", "6", "--num-chunks", "2"])
 
 
-def test_collect_names_failed_and_silent_ranks():
-    """Three ranks on one in-memory store: rank 1 reports an error, rank 2 joins and then never beats again."""
+def collect_within(group: RankGroup, seconds: float) -> list[dict]:
+    """group.collect() in a thread, so that a collect that never returns fails the test instead of hanging it."""
+    result = []
+    thread = threading.Thread(target=lambda: result.append(group.collect(poll=0.05)), daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert result, f"collect() did not return within {seconds} s"
+    return result[0]
+
+
+def test_collect_names_failed_and_silent_ranks_and_waits_for_slow_ones():
+    """Four ranks on one in-memory store: rank 1 reports an error, rank 2 joins and then never beats again, rank 3
+    is alive (beating) and reports ok only after three times the timeout."""
     store = HashStore()
-    groups = [RankGroup(Launch(r, 3, r, f"node{r}"), rank_timeout=0.4, store=store) for r in range(3)]
+    groups = [RankGroup(Launch(r, 4, r, f"node{r}"), rank_timeout=0.4, store=store) for r in range(4)]
     groups[2].__enter__()
     groups[2].__exit__(None, None, None)  # stops beating: as if killed
     groups[1].report(ValueError("bad image\n img3.png"))
     groups[0].report(None)
-    outcomes = groups[0].collect(poll=0.05)
-    assert [o["error"] is None for o in outcomes] == [True, False, False]
-    message = failure_message("textvqa", outcomes)
-    assert "rank 1 (host node1): bad image img3.png; rank 2 (host node2): lost: no heartbeat" in message
-    assert failure_message("textvqa", outcomes[:1]) is None
+    with groups[3]:
+        threading.Timer(1.2, groups[3].report, args=(None,)).start()
+        outcomes = collect_within(groups[0], 20)
+    assert [o["error"] is None for o in outcomes] == [True, False, False, True]
+    message = failure_message(outcomes)
+    assert message.startswith("rank 1 (host node1): bad image img3.png; rank 2 (host node2): lost: no heartbeat")
+    assert "rank 3" not in message and "rank 0" not in message
+    assert failure_message(outcomes[:1]) is None
+
+
+def test_each_rank_gets_its_local_gpu(monkeypatch):
+    """Under a launcher on a node with 2 GPUs: LOCAL_RANK picks cuda:<LOCAL_RANK>; an explicit device stands."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    chosen = []
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    launch = Launch(5, 8, 1, "node2")
+    assert device_args(launch, None) == ["--device", "cuda:1"] and chosen == [1]
+    assert device_args(launch, "cuda") == ["--device", "cuda:1"]
+    assert device_args(launch, "cpu") == [] and device_args(launch, "cuda:0") == []
+    with pytest.raises(ValueError, match="LOCAL_RANK=2 on node2, but only 2 CUDA device"):
+        device_args(Launch(2, 8, 2, "node2"), None)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert device_args(launch, None) == []  # CPU: the entry point's own default
 
 
 def test_eval_script_starts_the_runner_through_launcher(tmp_path):
     """scripts/v1_5/eval/textvqa.sh with LAUNCHER=torchrun (dry run): one rank per chunk, rank 0 alone merges."""
-    torchrun_bin = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    env = child_env(DATA_ROOT=str(tmp_path), LAUNCHER=" ".join(torchrun_bin))
+    env = child_env(DATA_ROOT=str(tmp_path), LAUNCHER=" ".join(TORCHRUN))
     proc = subprocess.run(["bash", str(REPO / "scripts/v1_5/eval/textvqa.sh"), "144", "--dry-run"], env=env,
                           capture_output=True, text=True, timeout=180)
     assert proc.returncode == 0, proc.stderr[-3000:]

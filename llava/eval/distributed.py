@@ -165,11 +165,10 @@ class RankGroup:
         return True
 
 
-def failure_message(bench: str, outcomes: list[dict]) -> str | None:
+def failure_message(outcomes: list[dict]) -> str | None:
     """One line naming every failed or lost rank with its host, or None when all succeeded."""
     failed = [o for o in outcomes if o.get("error") is not None]
     if not failed:
         return None
     listed = "; ".join(f"rank {o['rank']} (host {o.get('host') or 'unknown'}): {o['error']}" for o in failed)
-    return (f"{bench}: {listed}. The chunks were not merged; the finished answers are kept, rerun the same "
-            "command to resume")
+    return f"{listed}. The chunks were not merged; the finished answers are kept, rerun the same command to resume"

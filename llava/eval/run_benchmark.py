@@ -192,10 +192,10 @@ def _collect_and_merge(plan: Plan, group, distributed) -> None:
     """Rank 0: wait for every outcome, then merge (holding the answers file's lock) or name the failed ranks; the
     release comes last, so under torchrun no rank exits (and gets this process stopped) before that is said."""
     try:
-        message = distributed.failure_message(plan.bench.name, group.collect())
+        message = distributed.failure_message(group.collect())
         if message is not None:
             print(f"[{plan.bench.name}] {message}", file=sys.stderr, flush=True)
-            raise distributed.RankFailedError(message)
+            raise distributed.RankFailedError(f"{plan.bench.name}: {message}")
         with hold_lock(plan.answers):  # a second runner on the same answers is refused, naming this PID
             _merge_chunks(plan)
     finally:
