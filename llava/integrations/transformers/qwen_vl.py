@@ -7,7 +7,8 @@ Token layout (transformers 5.x `processing_qwen2_5_vl.py` / `image_processing_qw
 tokens, one `<|image_pad|>` (`<|video_pad|>`) placeholder each, in (t, h/2, w/2) raster order. A frame group is one
 t index: h * w / 4 tokens. `visual_token_num` is the budget of merged (LLM) tokens kept per image and per frame
 group; an image or frame group with fewer tokens than the budget keeps all of them (`last_v_token_num` reports the
-real counts; `visual_token_num=None` keeps everything).
+real counts; `visual_token_num=None` keeps everything). FastV keeps every token up to its LLM layer K and then
+`visual_token_num` x (frame groups) of each sample's visual tokens, ranked together (its rule across crops).
 
 Positions are kept, not recomputed. The model's own `get_rope_index` is run on the UNPRUNED prompt (with the
 processor's grid_thw, mm_token_type_ids, attention_mask and second_per_grid_ts), the pruned placeholders' columns are
@@ -20,11 +21,16 @@ decode step through the cache (no position ids) uses `model.model.rope_deltas`, 
 max position + 1 - kept prompt length (counting real tokens only, so left padding works as in transformers), i.e.
 it continues at the unpruned prompt's max position + 1. At full budget every call equals the unmodified model.
 
-What the peers do (read 2026-11): VisionZip (dvlab-research/VisionZip) and VisPruner (Theia-4869/VisPruner) ship
-LLaVA code only; FastV (pkunlp-icler/FastV) and DivPrune (vbdi/divprune) too, with 1-D RoPE, where FastV keeps the
-original positions of the kept tokens (`position_ids` gathered at the kept indices) and DivPrune splices the kept
-tokens into a fresh, contiguous sequence. None documents a Qwen2.5-VL / M-RoPE path, so there is no peer choice to
-follow for 3-D positions; keeping them is the choice that leaves every kept token's rotation unchanged.
+What the peers do (their stored public code, read 2026-11): none has a Qwen2.5-VL path. VisionZip
+(dvlab-research/VisionZip: `llava/model/llava_arch.py`, `clip_encoder.py`), VisPruner (Theia-4869/VisPruner, README:
+LLaVA-1.5 / 1.6 checkpoints) and DivPrune (vbdi/divprune, README: LLaVA-1.5 through lmms-eval) prune before the LLM
+in LLaVA's `prepare_inputs_labels_for_multimodal`, which splices the kept tokens into a new sequence with consecutive
+1-D positions: positions are recomputed, the gap closes. FastV (pkunlp-icler/FastV, see llava/model/pruning/fastv.py)
+prunes inside a Llama LLM and keeps the kept tokens' original 1-D positions. Keeping the positions is FastV's choice
+carried to M-RoPE: every kept token is rotated exactly as in the full prompt.
+
+If the call has no `mm_token_type_ids` (the processor returns them), they are built from the placeholders; the
+unmodified transformers model would then fall back to 1-D positions, so only calls with them equal it at full budget.
 
 Hooks a subclass (Qwen3-VL, llava/integrations/transformers/qwen3_vl.py) may override:
 - `check_config(config, what)`: refuse settings not handled;
@@ -47,7 +53,7 @@ import torch.nn as nn
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from llava.integrations.transformers.adapters import VisualStream, check_tower_supports
-from llava.model.attention_rows import QKCapture
+from llava.model.attention_rows import QKCapture, received_attention
 from llava.model.pipeline import VisualTokens
 from llava.model.pruning import PruningConfig, get_llm_pruner, get_selector
 
@@ -161,7 +167,7 @@ class QwenVLAdapter:
         q, k = (_rotate(x.float(), cos, sin).transpose(0, 1) for x in (q, k))  # (H, L, d)
         frames = torch.repeat_interleave(grid_thw[:, 1] * grid_thw[:, 2], grid_thw[:, 0])
         bounds = torch.cat([frames.new_zeros(1), frames.cumsum(0)])
-        per_patch = _received_attention(q, k, bounds.tolist(), attn.scaling, self.received_block)  # (L,)
+        per_patch = received_attention(q, k, bounds, block=self.received_block, scale=attn.scaling)  # (L,)
         per_token = per_patch.view(-1, self.merge_unit).sum(dim=1)  # window order
         return per_token[torch.argsort(self.window_order(grid_thw).to(per_token.device))]
 
@@ -271,18 +277,3 @@ def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tens
     half = x.shape[-1] // 2
     return x * cos + torch.cat([-x[..., half:], x[..., :half]], dim=-1) * sin
 
-
-def _received_attention(q: torch.Tensor, k: torch.Tensor, bounds: list[int], scale: float,
-                        block: int = 1024) -> torch.Tensor:
-    """Private stand-in for `llava.model.attention_rows.received_attention` (engineer SC's, not committed when this
-    was written): q, k (H, L, d), segment bounds [0, .., L] -> (L,) float32, per segment the mean over heads and
-    queries of softmax(q k^T * scale) over that segment's keys. `block` queries at a time, so at most
-    H x block x segment-length scores exist at once (a 1024 px image is one segment of ~5,300 patches)."""
-    out = torch.zeros(q.shape[1], dtype=torch.float32, device=q.device)
-    for start, stop in zip(bounds[:-1], bounds[1:]):
-        keys = k[:, start:stop].float().transpose(-1, -2)  # (H, d, n)
-        for first in range(start, stop, block):
-            rows = q[:, first:min(first + block, stop)].float()  # (H, r, d)
-            out[start:stop] += (rows @ keys * scale).softmax(dim=-1).sum(dim=(0, 1))
-        out[start:stop] /= q.shape[0] * (stop - start)
-    return out
