@@ -97,8 +97,8 @@ def onevision_config(s: NativeShape) -> LlavaOnevisionConfig:
     width, layers, heads, mlp = s.vision
     vision = SiglipVisionConfig(hidden_size=width, num_hidden_layers=layers, num_attention_heads=heads,
                                 intermediate_size=mlp, image_size=384, patch_size=14, vision_use_head=False)
-    return LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**_qwen2(s)), image_token_index=s.vocab - 2,
-                                video_token_index=s.vocab - 1)
+    return LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**_qwen2(s)),
+                                image_token_index=s.vocab - 2, video_token_index=s.vocab - 1)
 
 
 def qwen_config(s: NativeShape) -> Qwen2_5_VLConfig:

@@ -10,10 +10,10 @@ The full counts come from transformers' own placeholder rules, not from a re-der
 - LLaVA-OneVision: `LlavaOnevisionProcessor._get_number_of_features` (`processing_llava_onevision.py`) over the
   `LlavaOnevisionConfig` default pinpoints and "anyres_max_9" (SigLIP 384/14, no [CLS]: 729 per crop); a video frame is
   pooled 2x2 to ceil(27 / 2)^2 = 196 tokens and the video gets one newline (`replace_video_token`);
-- Qwen2.5-VL: `smart_resize` (`image_processing_pil_qwen2_vl.py`, the torchvision-free copy) with the Qwen2.5-VL-7B-Instruct preprocessor's
-  bounds (min_pixels 3136, max_pixels 12845056; hub `preprocessor_config.json`) for images and
-  `Qwen2VLVideoProcessor`'s default bounds (128 to 768 x 28 x 28 pixels per frame) for videos; 14 px patches merged
-  2x2 (one LLM token per 28 x 28 pixels) and 2 frames per temporal patch;
+- Qwen2.5-VL: `smart_resize` (`image_processing_pil_qwen2_vl.py`, the torchvision-free copy) with the
+  Qwen2.5-VL-7B-Instruct preprocessor's bounds (min_pixels 3136, max_pixels 12845056; hub
+  `preprocessor_config.json`) for images and `Qwen2VLVideoProcessor`'s default bounds (128 to 768 x 28 x 28 pixels
+  per frame) for videos; 14 px patches merged 2x2 (one LLM token per 28 x 28 pixels), 2 frames per temporal patch;
 - Video-LLaVA: `VideoLlavaConfig().video_seq_length` = 8 frames x (256 patches + the [CLS] row transformers keeps).
 
 A budget is per unit: per crop (LLaVA-1.5 / 1.6, OneVision images), per frame (Video-LLaVA, OneVision videos, after
@@ -151,8 +151,9 @@ def grid_shape(pinpoints, height: int, width: int, side: int) -> tuple[int, int]
 
 def _check(count: int, layout: int, what: str) -> None:
     if count != layout:
-        raise ValueError(f"{what}: transformers counts {count} placeholders but the crop layout gives {layout}; "
-                         f"this table handles square inputs whose grid is not downsampled (llava/bench/token_budgets.py)")
+        raise ValueError(f"{what}: transformers counts {count} placeholders but the crop layout gives {layout}; this "
+                         f"table handles inputs whose grid is neither unpadded nor downsampled "
+                         f"(llava/bench/token_budgets.py)")
 
 
 def typical() -> list[Budget]:
