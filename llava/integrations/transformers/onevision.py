@@ -17,7 +17,8 @@ it bilinearly (with `anyres_max_9`, grids above 3x3 crops); such an image's grid
 unit of h'w' tokens keeping the per-crop fraction v / P (llava/integrations/transformers/onevision_grid.py).
 
 Methods: the tower has no [CLS] row, so the [CLS]-attention methods are refused when the pruning is applied
-(`adapters.check_tower_supports`); random, uniform and the in-LLM fastv need no [CLS]. `last_cls_attn` is then an
+(`adapters.check_tower_supports`); random, uniform, divprune, attention_received (the attention each patch
+receives, `SiglipTower` scores it) and the in-LLM fastv need no [CLS]. `last_cls_attn` is then an
 empty (crops, 0) tensor per image: there is no [CLS] attention to report.
 """
 

@@ -18,7 +18,7 @@ the resize, as the video path prunes after transformers' 2x2 pooling (onevision_
    resized projector outputs (the tokens the LLM gets, as the public DivPrune code and our video path do);
 4. budget: the grid is ONE selection unit of h'w' tokens and keeps k' = floor(v h'w' / P + 1/2) of them (the same
    fraction v / P as every crop; at least 1, at most h'w'), in raster order. fastv keeps every token here and
-   prunes inside the LLM;
+   prunes inside the LLM, to its budget of v x crops per image (handle.py), as for every anyres image;
 5. layout: base crop's kept tokens, then the grid's kept tokens row by row with one `image_newline` after EVERY
    one of the h' rows, kept or not: the convention of `llava.model.merge.merge_grid_upstream`, whose newlines are
    never pruned. An image gives k + k' + h' tokens (full budget: P + h'(w' + 1), the processor's count).
