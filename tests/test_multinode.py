@@ -275,6 +275,8 @@ def test_each_rank_gets_its_local_gpu(monkeypatch):
     assert device_args(launch, "cpu") == [] and device_args(launch, "cuda:0") == []
     with pytest.raises(ValueError, match="LOCAL_RANK=2 on node2, but only 2 CUDA device"):
         device_args(Launch(2, 8, 2, "node2"), None)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)  # srun --gpus-per-task 1: the task's own GPU
+    assert device_args(launch, None) == ["--device", "cuda:0"]
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert device_args(launch, None) == []  # CPU: the entry point's own default
 

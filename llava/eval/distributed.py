@@ -45,10 +45,12 @@ def device_args(launch: Launch, device: str | None) -> list[str]:
 
     ``device`` is the ``--device`` the user gave (None: not given). An explicit ``cpu`` or ``cuda:<i>`` stands;
     no flag or plain ``cuda`` (which would spread one model over every GPU) becomes this rank's GPU when CUDA is
-    there."""
+    there: ``cuda:<LOCAL_RANK>`` among the node's visible GPUs, or ``cuda:0`` when the process sees only one."""
     if device not in (None, "cuda") or not torch.cuda.is_available():
         return []  # without CUDA the entry point's default is the CPU, and its own check refuses "cuda"
     count = torch.cuda.device_count()
+    if count == 1:  # one GPU visible to this process: Slurm's per-task binding (--gpus-per-task 1) already chose it
+        return ["--device", "cuda:0"]
     if launch.local_rank >= count:
         raise ValueError(f"LOCAL_RANK={launch.local_rank} on {launch.host}, but only {count} CUDA device(s) are "
                          "visible: start at most one process per GPU (llava/eval/distributed.py)")
