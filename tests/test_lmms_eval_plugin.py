@@ -174,3 +174,26 @@ def test_unknown_model_args_are_refused_before_loading():
 
     with pytest.raises(ValueError, match=r"fastervlm\.py\): unknown model_args \['visual_tokens'\]"):
         FasterVLM(pretrained="/nonexistent", visual_tokens=58)
+
+
+def test_mean_visual_tokens_in_the_results_leaves_out_padding_requests(monkeypatch):
+    """Hand case: kept counts 10, 20, 33 and a rank-padding request (1000) -> lmms-eval's summary says 21, and each
+    answer carries its own count in request order, across batches of 2."""
+    from lmms_eval.api.instance import Instance
+    from lmms_eval.models.model_utils.gen_metrics import reset_logged_metrics, summarize_logged_metrics
+
+    from llava.integrations.lmms_eval.models.fastervlm import PADDING_KEY, FasterVLM
+
+    model = object.__new__(FasterVLM)  # no checkpoint: only the bookkeeping around `_answer` is under test
+    model._world_size, model.batch_size_per_rank, model._device = 1, 2, "cpu"
+    kept = {"a": 10, "b": 20, "c": 33, "pad": 1000}
+    monkeypatch.setattr(model, "_answer", lambda reqs: [(r.args[0] + "!", kept[r.args[0]]) for r in reqs])
+    requests = [Instance("generate_until", (ctx, {}, None, i, "t", "test"), idx=0,
+                         metadata={"task": "t", "doc_id": i, "repeats": 1, PADDING_KEY: ctx == "pad"})
+                for i, ctx in enumerate(["a", "b", "c", "pad"])]
+    reset_logged_metrics()
+    out = model.generate_until(requests)
+    assert [(r.text, r.token_counts.to_dict()) for r in out] == \
+        [("a!", {"v_token_num": 10}), ("b!", {"v_token_num": 20}), ("c!", {"v_token_num": 33}),
+         ("pad!", {"v_token_num": 1000})]
+    assert summarize_logged_metrics()["avg_v_token_num"] == 21
