@@ -114,3 +114,12 @@ def check_fastv(fastv: dict, full: int) -> None:
     assert fastv["prefill_gflops"] * 1e9 == pytest.approx(2 * layer(full) + 2 * layer(kept) + 2 * 64 * full + HEAD,
                                                           rel=1e-12)
     assert fastv["kv_cache_mb"] * 2**20 == pytest.approx(PER_TOKEN * (2 * (full + 2) + 2 * (kept + 2)), rel=1e-12)
+
+
+def test_unpruned_case_is_the_unmodified_model():
+    """The unpruned row runs transformers' model as built: no handle, no wrapped forward / generate."""
+    subject = build_native_subject("qwen2.5-vl-tiny", "cpu", torch.float32)
+    subject.set_case(Case("random", 144), fastv_layer=2)
+    assert subject.model.fastervlm.pruning.visual_token_num == 144 and "forward" in subject.model.__dict__
+    subject.set_case(Case(BASELINE, 576), fastv_layer=2)
+    assert not {"fastervlm", "forward", "generate"} & set(subject.model.__dict__)
