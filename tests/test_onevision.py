@@ -10,8 +10,6 @@ indices of `uniform` computed by hand.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 from transformers import (
@@ -27,6 +25,7 @@ from transformers.models.llava_onevision.modeling_llava_onevision import image_s
 from transformers.processing_utils import ProcessorMixin
 
 from llava.integrations.transformers import apply_pruning
+from llava.model.multimodal_encoder.clip_encoder import TowerOutput
 from llava.model.pruning import METHODS
 from llava.model.pruning.divprune import divprune
 from tests.conftest import pil_image
@@ -325,15 +324,8 @@ def test_video_attention_received_ranks_the_pooled_received_attention(video_mode
 def test_pooled_score_is_the_mean_of_each_2x2_block(model):
     """A per-patch score map is pooled as the features are: on a 4x4 map transformers' bilinear resize to 2x2
     (scale exactly 2, align_corners=False) is the mean of each 2x2 block; by hand for arange(16)."""
-    @dataclass
-    class Out:  # a tower output with one extra per-patch score (as `received` of attention_received)
-        features: torch.Tensor
-        cls_attn: torch.Tensor
-        received: torch.Tensor
-        keys: torch.Tensor | None = None
-
-    with apply_pruning(model, "uniform", visual_token_num=2) as pruning:
-        out = Out(torch.zeros(1, 16, 32), torch.zeros(1, 0), torch.arange(16.0)[None])
+    with apply_pruning(model, "uniform", visual_token_num=2) as pruning:  # a tower output with a received map
+        out = TowerOutput(torch.zeros(1, 16, 32), torch.zeros(1, 0), received=torch.arange(16.0)[None])
         maps = pruning.adapter.video_pipeline.pooled_scores(out)
     assert list(maps) == ["received"]
     assert maps["received"].tolist() == [[2.5, 4.5, 10.5, 12.5]]  # (0+1+4+5)/4, (2+3+6+7)/4, ...

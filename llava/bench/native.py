@@ -43,10 +43,10 @@ from transformers import (
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
 from llava.bench import token_budgets
-from llava.bench.measure import BASELINE, Case, Clock, Sample, cache_bytes, greedy_decode
+from llava.bench.measure import BASELINE, Case, Clock, Sample
 from llava.bench.synthetic import PROMPT_AFTER, PROMPT_BEFORE
-from llava.integrations.transformers import adapter_class, apply_pruning
-from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE
+from llava.bench.video import HandleSubject, run_handled_once
+from llava.integrations.transformers import adapter_class
 
 FRAMES = 8
 DEFAULT_METHODS = "fastv,divprune,attention_received,random"  # the registered methods that need no [CLS]
@@ -190,31 +190,12 @@ def qwen_inputs(model, s: NativeShape, device, dtype) -> NativeInputs:
     return NativeInputs(ids, visual, token, budget.per_unit, budget.unit, {"mm_token_type_ids": types})
 
 
-@torch.inference_mode()
 def run_native_once(model, inputs: NativeInputs, new_tokens: int, clock: Clock) -> Sample:
-    """One call as users make it (the handle prunes inside `forward`), then `new_tokens - 1` greedy decode steps.
-    `prepare_ms` ends where the decoder starts (a pre-hook on the language model): tower + selection + merger /
-    projector + splice; `prefill_ms` is the decoder, the LM head on the last position and the argmax."""
-    marks = []
-    hook = model.model.language_model.register_forward_pre_hook(lambda *_: marks.append(clock.mark()))
-    t0 = clock.mark()
-    try:
-        out = model(**inputs.call_kwargs(), use_cache=True, logits_to_keep=1)
-    finally:
-        hook.remove()
-    token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
-    t2 = clock.mark()
-    cache = greedy_decode(model, out, token, new_tokens - 1)
-    t3 = clock.mark()
-    placeholders = int((inputs.ids == inputs.placeholder_id).sum())
-    handle = model.__dict__.get(HANDLE_ATTRIBUTE)
-    kept = int(handle.last.v_token_num[0]) if handle is not None else placeholders
-    prompt_len = handle.last.input_ids.shape[1] if handle is not None else inputs.ids.shape[1]
-    return Sample(clock.ms(t0, marks[0]), clock.ms(marks[0], t2), clock.ms(t2, t3), kept, prompt_len,
-                  inputs.ids.shape[1] - placeholders, cache_bytes(cache))
+    """One call of the native model on its image or video, then greedy decode steps (`run_handled_once`)."""
+    return run_handled_once(model, inputs.call_kwargs(), inputs.placeholder_id, new_tokens, clock)
 
 
-class NativeSubject:
+class NativeSubject(HandleSubject):
     """A transformers-native model on one image or video, as `benchmark` runs it: `set_case` installs the case's
     pruning with `apply_pruning` (none for the unpruned case), `run` is one end-to-end call, `time_tower` the
     model's own visual encoder (tower + projector / merger; these towers have no [CLS] row to compare against)."""
@@ -229,20 +210,13 @@ class NativeSubject:
         self.device = model.device
 
     def set_case(self, case: Case, fastv_layer: int) -> None:
-        if case.method == BASELINE:
-            self.reset()
-            return
-        try:
-            adapter_class(self.model)
-        except TypeError as err:
-            raise SystemExit(f"pruned rows of {type(self.model).__name__} need its adapter in "
-                             f"llava.integrations.transformers.ADAPTERS (llava/bench/native.py): {err}") from err
-        apply_pruning(self.model, case.method, case.budget, llm_layer=fastv_layer)
-
-    def reset(self) -> None:
-        handle = self.model.__dict__.get(HANDLE_ATTRIBUTE)
-        if handle is not None:
-            handle.undo()
+        if case.method != BASELINE:
+            try:
+                adapter_class(self.model)
+            except TypeError as err:
+                raise SystemExit(f"pruned rows of {type(self.model).__name__} need its adapter in "
+                                 f"llava.integrations.transformers.ADAPTERS (llava/bench/native.py): {err}") from err
+        super().set_case(case, fastv_layer)
 
     def run(self, new_tokens: int, clock: Clock) -> Sample:
         return run_native_once(self.model, self.inputs, new_tokens, clock)

@@ -96,32 +96,58 @@ def video_inputs(model, device, dtype) -> VideoInputs:
 
 
 @torch.inference_mode()
-def run_video_once(model, inputs: VideoInputs, new_tokens: int, clock: Clock) -> Sample:
-    """One call of the model as users make it (the handle prunes inside `forward`), then `new_tokens - 1` greedy
-    decode steps with the cache. `prepare_ms` ends where the decoder starts (a pre-hook on the language model marks
-    it): tower + selection + projector + dropped placeholders + embedding splice; `prefill_ms` is the decoder, the
-    LM head on the last position and the argmax."""
+def run_handled_once(model, call: dict, placeholder_id: int, new_tokens: int, clock: Clock) -> Sample:
+    """One call of a transformers model as users make it (an installed `apply_pruning` handle prunes inside
+    `forward`), then `new_tokens - 1` greedy decode steps with the cache. `call`: the model's keywords (input_ids,
+    attention_mask, pixels, ...). `prepare_ms` ends where the decoder starts (a pre-hook on the language model marks
+    it): tower + selection + projector / merger + dropped placeholders + embedding splice; `prefill_ms` is the decoder,
+    the LM head on the last position and the argmax."""
     marks = []
     hook = model.model.language_model.register_forward_pre_hook(lambda *_: marks.append(clock.mark()))
     t0 = clock.mark()
     try:
-        out = model(input_ids=inputs.ids, attention_mask=inputs.mask, pixel_values_videos=inputs.pixels,
-                    use_cache=True, logits_to_keep=1)
+        out = model(**call, use_cache=True, logits_to_keep=1)
     finally:
         hook.remove()
     token = out.logits[:, -1].argmax(dim=-1, keepdim=True)
     t2 = clock.mark()
     cache = greedy_decode(model, out, token, new_tokens - 1)
     t3 = clock.mark()
-    placeholders = int((inputs.ids == model.config.video_token_id).sum())
+    ids = call["input_ids"]
+    placeholders = int((ids == placeholder_id).sum())
     handle = model.__dict__.get(HANDLE_ATTRIBUTE)
     kept = int(handle.last.v_token_num[0]) if handle is not None else placeholders
-    prompt_len = handle.last.input_ids.shape[1] if handle is not None else inputs.ids.shape[1]
+    prompt_len = handle.last.input_ids.shape[1] if handle is not None else ids.shape[1]
     return Sample(clock.ms(t0, marks[0]), clock.ms(marks[0], t2), clock.ms(t2, t3), kept, prompt_len,
-                  inputs.ids.shape[1] - placeholders, cache_bytes(cache))
+                  ids.shape[1] - placeholders, cache_bytes(cache))
 
 
-class VideoSubject:
+def run_video_once(model, inputs: VideoInputs, new_tokens: int, clock: Clock) -> Sample:
+    """One Video-LLaVA call on the video, then greedy decode steps (`run_handled_once`)."""
+    call = dict(input_ids=inputs.ids, attention_mask=inputs.mask, pixel_values_videos=inputs.pixels)
+    return run_handled_once(model, call, model.config.video_token_id, new_tokens, clock)
+
+
+class HandleSubject:
+    """A transformers model pruned through `apply_pruning`: `set_case` installs the case's pruning (none for the
+    unpruned case), `reset` removes it. Subclasses set `model`."""
+
+    model = None
+
+    def set_case(self, case: Case, fastv_layer: int) -> None:
+        if case.method == BASELINE:
+            self.reset()
+        else:
+            apply_pruning(self.model, case.method, case.budget, llm_layer=fastv_layer)
+
+    def reset(self) -> None:
+        """The model as built: no pruning installed."""
+        handle = self.model.__dict__.get(HANDLE_ATTRIBUTE)
+        if handle is not None:
+            handle.undo()
+
+
+class VideoSubject(HandleSubject):
     """Video-LLaVA on one video, as `benchmark` runs it: `set_case` installs the case's pruning with
     `apply_pruning` (or none: the unpruned model), `run` is one end-to-end call, `time_tower` the video tower with
     and without the [CLS] row of our pruning path."""
@@ -135,18 +161,6 @@ class VideoSubject:
         self.llm_config = model.config.text_config
         self.per_crop = self.tower.num_patches
         self.device = model.device
-
-    def set_case(self, case: Case, fastv_layer: int) -> None:
-        if case.method == BASELINE:
-            self.reset()
-        else:
-            apply_pruning(self.model, case.method, case.budget, llm_layer=fastv_layer)
-
-    def reset(self) -> None:
-        """The model as built: no pruning installed."""
-        handle = self.model.__dict__.get(HANDLE_ATTRIBUTE)
-        if handle is not None:
-            handle.undo()
 
     def run(self, new_tokens: int, clock: Clock) -> Sample:
         return run_video_once(self.model, self.inputs, new_tokens, clock)

@@ -30,7 +30,6 @@ of each kept token on the h' x w' grid.
 from __future__ import annotations
 
 import math
-from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -107,7 +106,7 @@ class DownsampledGrid:
             raise ValueError(f"image of size {image_size}: {crops.shape[0]} crops, expected 1 + {layout.cols}x"
                              f"{layout.rows} {WHERE}")
         out = pipe.encode(crops)
-        scores = self.score_maps(out)
+        scores = out.score_maps()
         base = pipe.select(out.features[:1], out.cls_attn[:1], **{k: v[:1] for k, v in scores.items()})
         base_embeds = pipe.project(out.features[:1], base)[0]  # (k, D)
         projected = pipe.projector(out.features[1:].to(pipe.embed_tokens.weight.dtype))  # every grid token
@@ -117,19 +116,6 @@ class DownsampledGrid:
         grid_seq = with_row_newlines(grid[kept], kept, shape, pipe.image_newline)
         keep = torch.cat([base.keep[0], pipe.tower.num_patches + kept])[None]
         return torch.cat([base_embeds, grid_seq]), out.cls_attn, keep
-
-    @staticmethod
-    def score_maps(out) -> dict[str, torch.Tensor]:
-        """Every per-patch score map (N, P) of the tower's output besides features / [CLS] attention (e.g.
-        `received`), float32: what the resize must carry along (as onevision_video.py's `pooled_scores`)."""
-        n, p = out.features.shape[:2]
-        maps = {}
-        for field in fields(out):
-            value = getattr(out, field.name)
-            if field.name not in ("features", "cls_attn") and isinstance(value, torch.Tensor) and \
-                    value.shape == (n, p):
-                maps[field.name] = value.float()
-        return maps
 
     def select_grid(self, grid: torch.Tensor, cls_attn: torch.Tensor, scores: dict) -> torch.Tensor:
         """grid (h'w', D), scores {name: (1, h'w')} -> kept raster indices (k',), ascending, by the method with the

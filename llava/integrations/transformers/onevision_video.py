@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import fields
 
 import torch
 
@@ -73,16 +72,9 @@ class VideoPoolPipeline(NoClsPipeline):
                             keep=list(selection.keep.split(frames)))
 
     def pooled_scores(self, out) -> dict[str, torch.Tensor]:
-        """Every per-patch score map (N, P) of the tower's output (besides features / cls_attn), pooled as the
-        features are: (N, P) -> (N, Q), float32."""
-        n, p = out.features.shape[:2]
-        maps = {}
-        for field in fields(out):
-            value = getattr(out, field.name)
-            if field.name not in ("features", "cls_attn") and isinstance(value, torch.Tensor) and \
-                    value.shape == (n, p):
-                maps[field.name] = self.pool(value.float().unsqueeze(-1)).squeeze(-1)
-        return maps
+        """Every per-patch score map (N, P) of the tower's output (`TowerOutput.score_maps`), pooled as the features
+        are: (N, P) -> (N, Q), float32."""
+        return {name: self.pool(m.unsqueeze(-1)).squeeze(-1) for name, m in out.score_maps().items()}
 
     def check_video_budget(self, embeds: list[torch.Tensor], frames: list[int]) -> None:
         per_frame = self.pruning.pre_projector_budget

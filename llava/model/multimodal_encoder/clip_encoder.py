@@ -9,7 +9,7 @@ the layers after the selected one are never run.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import torch
 import torch.nn as nn
@@ -24,6 +24,15 @@ class TowerOutput:
     keys: torch.Tensor | None = None  # (N, P, C / heads) head-mean key projections of the patches at that layer
     cls_token: torch.Tensor | None = None  # (N, C) the [CLS] row of the selected layer's output
     received: torch.Tensor | None = None  # (N, P) mean attention each patch receives at that layer (no-[CLS] towers)
+
+    def score_maps(self) -> dict[str, torch.Tensor]:
+        """Every per-patch score map (N, P) besides the features and the [CLS] attention (e.g. `received`), float32:
+        what a path that resizes or pools the token map must carry along to the selector (LLaVA-OneVision's videos
+        and resized grids)."""
+        n, p = self.features.shape[:2]
+        return {f.name: getattr(self, f.name).float() for f in fields(self)
+                if f.name not in ("features", "cls_attn") and isinstance(getattr(self, f.name), torch.Tensor)
+                and getattr(self, f.name).shape == (n, p)}
 
 
 def received_per_crop(q: torch.Tensor, k: torch.Tensor, num_heads: int, scale: float) -> torch.Tensor:
