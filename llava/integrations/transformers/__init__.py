@@ -1,6 +1,7 @@
-"""FasterVLM (or any registered pruning method) on a transformers-native LLaVA: one loaded
-`LlavaForConditionalGeneration` / `LlavaNextForConditionalGeneration` / `VideoLlavaForConditionalGeneration`
-instance, used with its own `AutoProcessor` (Video-LLaVA: images and videos, one budget per frame; video_llava.py).
+"""FasterVLM (or any registered pruning method) on a transformers-native VLM: one loaded instance of a class in
+`ADAPTERS` (LLaVA-1.5 / 1.6, Video-LLaVA, LLaVA-OneVision, Qwen2.5-VL, Qwen3-VL), used with its own `AutoProcessor`.
+Each family is one adapter module (video_llava.py, onevision.py, qwen2_5_vl.py, qwen3_vl.py, ...) and one line in
+`ADAPTERS`; budgets are in the family's own token units (per crop, per frame, per image after Qwen's merger).
 
     pruning = apply_pruning(model, method="fastervlm", visual_token_num=58)
     out = model.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=64)
@@ -61,7 +62,8 @@ ADAPTERS: dict[type, type[LlavaAdapter]] = {
     Qwen3VLForConditionalGeneration: Qwen3VLAdapter,  # as Qwen2.5-VL, DeepStack levels pruned alike (qwen3_vl.py)
 }
 
-__all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "answer_videos", "apply_pruning", "video_prompt"]
+__all__ = ["ADAPTERS", "PrunedInputs", "PruningHandle", "answer_video", "answer_videos", "apply_pruning",
+           "video_prompt"]
 
 
 def adapter_class(model: nn.Module) -> type[LlavaAdapter]:
@@ -76,13 +78,13 @@ def adapter_class(model: nn.Module) -> type[LlavaAdapter]:
 
 def apply_pruning(model: nn.Module, method: str = "fastervlm", visual_token_num: int | None = None, *,
                   anyres_mode: str = "upstream", seed: int = 0, llm_layer: int = 2) -> PruningHandle:
-    """Prune the visual tokens of one transformers model instance of a class in `ADAPTERS`
-    (`LlavaForConditionalGeneration`, `LlavaNextForConditionalGeneration`, `VideoLlavaForConditionalGeneration`);
-    returns the `PruningHandle` (also `model.fastervlm`).
+    """Prune the visual tokens of one transformers model instance of a class in `ADAPTERS`; returns the
+    `PruningHandle` (also `model.fastervlm`).
 
-    method:           a name in `llava.model.pruning.METHODS` (fastervlm, random, uniform, visionzip, vispruner, fastv)
-    visual_token_num: tokens kept per crop, i.e. per video frame (None: all of them, e.g. to read the [CLS]
-                      attention only)
+    method:           a name in `llava.model.pruning.METHODS`; on a tower without [CLS] (OneVision, Qwen) only the
+                      methods that declare `needs_cls = False` (random, uniform, divprune, fastv, attention_received)
+    visual_token_num: tokens kept per unit of the family: per crop, per video frame, per image or frame group after
+                      Qwen's merger (None: all of them, e.g. to read the [CLS] attention only)
     anyres_mode:      LLaVA-1.6: "upstream" only (see the module docstring); ignored for LLaVA-1.5
     seed, llm_layer:  as in `PruningConfig` (random's seed; FastV's layer K)
     Applying again replaces the previous pruning of this model.
@@ -90,11 +92,7 @@ def apply_pruning(model: nn.Module, method: str = "fastervlm", visual_token_num:
     adapter = adapter_class(model)
     adapter.check_config(model.config, type(model).__name__)
     adapter.check_mode(anyres_mode)
-    vision = model.config.vision_config
-    if hasattr(adapter, "tokens_per_crop"):  # Qwen: dynamic resolution, no fixed count per crop
-        per_crop = adapter.tokens_per_crop(model.config)
-    else:
-        per_crop = (vision.image_size // vision.patch_size) ** 2
+    per_crop = adapter.tokens_per_crop(model.config)
     pruning = PruningConfig(method=method, visual_token_num=per_crop if visual_token_num is None else visual_token_num,
                             tokens_per_crop=per_crop, anyres_mode=anyres_mode, seed=seed, llm_layer=llm_layer)
     previous = model.__dict__.get(HANDLE_ATTRIBUTE)

@@ -71,6 +71,12 @@ class LlavaAdapter:
         return {}
 
     @staticmethod
+    def tokens_per_crop(config) -> int:
+        """Patch tokens of one crop (the budget's unit and bound): (image_size / patch_size)^2."""
+        vision = config.vision_config
+        return (vision.image_size // vision.patch_size) ** 2
+
+    @staticmethod
     def check_config(config, what: str) -> None:
         """The llava-hf settings this adapter prunes (`convert_hf.check_supported`: CLIP, one layer, patches)."""
         check_supported(config, what)
