@@ -1,6 +1,11 @@
 """From a question and its images to an answer: the prompt, the generation settings, one prompt or a left-padded
 batch through `model.generate`, and the model flags every command line shares.
 
+Two ways of asking, behind one small interface (`asking_for`): `LlavaAsking` (our model: a conversation template,
+`tokenizer_image_token`, `process_images`, `generate_batch`) and `NativeAsking` (a transformers-native model from
+llava/model/native.py: the processor's chat template, the processor's own batch, `generate_native_batch`). The eval
+loop (`llava.eval.answering`) and the lmms-eval plugin call only `sample` / `generate`, so they keep one loop.
+
 Used by `llava.eval.run_llava`, the eval entry points (`llava.eval.answering`), the demo and the analyses, so that
 each asks the model the same way. The prompt follows LLaVA's `run_llava.py` / `model_vqa_loader.py`
 (github.com/haotian-liu/LLaVA, llava/eval/): one `<image>` per image before the query, in the template's user turn.
@@ -10,6 +15,8 @@ from __future__ import annotations
 
 import argparse
 import re
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 
@@ -147,6 +154,96 @@ def generate_batch(model, tokenizer, samples, gen_kwargs: dict) -> list[tuple[st
     texts = [t.strip() for t in tokenizer.batch_decode(out, skip_special_tokens=True)]
     counts = v_token_num if isinstance(v_token_num, list) else [int(v_token_num)] * len(samples)
     return list(zip(texts, counts))
+
+
+def native_batch(processor, samples, device, dtype) -> dict:
+    """The processor's inputs for `samples` (their `prompt` and `images`), left-padded to one (B, L) batch on
+    `device`, floating tensors in `dtype`. Images go in prompt order, flat over the samples (each processor pairs
+    them with its image entries in that order)."""
+    images = [im for s in samples for im in s.images] or None
+    # transformers' processors pad only when asked to; Video-LLaVA's VideoLlavaInputs always pads, takes no flag
+    padding = {"padding": True} if hasattr(processor, "apply_chat_template") else {}
+    batch = processor(text=[s.prompt for s in samples], images=images, return_tensors="pt", padding_side="left",
+                      **padding)
+    return {k: v.to(device, dtype=dtype) if v.is_floating_point() else v.to(device)
+            for k, v in batch.items() if isinstance(v, torch.Tensor)}
+
+
+def generate_native_batch(model, processor, samples, gen_kwargs: dict) -> list[tuple[str, int]]:
+    """(answer text, visual tokens kept) per sample of a transformers-native model, one `generate` call for all.
+
+    samples: `Sample`s with `prompt` (the chat-template text, `native_prompt`) and `images` (PIL). The prompts are
+    left-padded with an attention mask by the processor, so under greedy decoding each answer equals its batch-1
+    answer; the kept counts are the pruning handle's, per sample (0 for a text-only one).
+    """
+    batch = native_batch(processor, samples, model.device, model.dtype)
+    with torch.inference_mode():
+        out = model.generate(**batch, pad_token_id=pad_id(processor.tokenizer), **gen_kwargs)
+    # generate returns the (padded) prompt first: every answer starts at the same column
+    texts = processor.tokenizer.batch_decode(out[:, batch["input_ids"].shape[1]:], skip_special_tokens=True)
+    last = native_handle(model).last
+    counts = list(last.v_token_num) if last is not None else [0] * len(samples)
+    return [(text.strip(), int(n)) for text, n in zip(texts, counts)]
+
+
+# --------------------------------------------------------------------------- one interface for both
+
+
+@dataclass
+class Sample:
+    """One question ready to be batched. Our model: `input_ids` / `pixels` / `image_size`; a native model:
+    `prompt` / `images`. `error` (--skip-bad-images): why the image could not be read (then nothing else is set)."""
+
+    index: int  # into the questions being answered
+    input_ids: Any = None  # (L,) LongTensor with IMAGE_TOKEN_INDEX
+    pixels: Any = None  # (3, S, S) or (crops, 3, S, S) tensor, None without an image
+    image_size: tuple[int, int] | None = None  # (width, height)
+    error: str | None = None
+    prompt: str | None = None  # native: the chat-template prompt (image entries expanded by the processor)
+    images: list = field(default_factory=list)  # native: PIL images in prompt order
+
+
+class LlavaAsking:
+    """Our model: `build_prompt` with a conversation template, the image through `process_images` (one per prompt;
+    several go through `answer`), batches through `generate_batch`. Picklable (DataLoader workers)."""
+
+    def __init__(self, tokenizer, image_processor, model_config, conv_mode: str, anyres_mode: str | None = None):
+        self.tokenizer, self.image_processor, self.model_config = tokenizer, image_processor, model_config
+        self.conv_mode, self.anyres_mode = conv_mode, anyres_mode
+
+    def sample(self, index: int, query: str, images: list) -> Sample:
+        ids = tokenizer_image_token(build_prompt(query, len(images), self.conv_mode), self.tokenizer,
+                                    return_tensors="pt")
+        if not images:
+            return Sample(index, ids)
+        pixels = process_images(images[:1], self.image_processor, self.model_config, anyres_mode=self.anyres_mode)
+        return Sample(index, ids, pixels[0], images[0].size)
+
+    def generate(self, model, samples: list[Sample], gen_kwargs: dict) -> list[tuple[str, int]]:
+        return generate_batch(model, self.tokenizer, samples, gen_kwargs)
+
+
+class NativeAsking:
+    """A transformers-native model: `native_prompt` (the processor's chat template; Video-LLaVA: `conv_mode`), the
+    images kept as PIL for the processor, batches through `generate_native_batch`."""
+
+    def __init__(self, processor, conv_mode: str | None = None):
+        self.processor, self.conv_mode = processor, conv_mode
+
+    def sample(self, index: int, query: str, images: list) -> Sample:
+        prompt = native_prompt(self.processor, query, len(images), self.conv_mode)
+        return Sample(index, prompt=prompt, images=list(images))
+
+    def generate(self, model, samples: list[Sample], gen_kwargs: dict) -> list[tuple[str, int]]:
+        return generate_native_batch(model, self.processor, samples, gen_kwargs)
+
+
+def asking_for(model, tokenizer, image_processor, conv_mode: str | None) -> LlavaAsking | NativeAsking:
+    """How to ask `model` as `load_pretrained_model` returned it (with its tokenizer and image processor, which is
+    the whole processor for a native model)."""
+    if native_handle(model) is not None:
+        return NativeAsking(image_processor, conv_mode)
+    return LlavaAsking(tokenizer, image_processor, model.config, conv_mode, model.pruning.anyres_mode)
 
 
 # --------------------------------------------------------------------------- the model flags

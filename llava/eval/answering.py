@@ -3,21 +3,24 @@
 
 :func:`run` numbers repeated ids, takes this chunk, resumes what ``--answers-file`` already holds (refusing another
 run's file before the model loads, :mod:`llava.eval.run_identity`), checks the images, loads the model, and answers
-the rest in batches (:func:`llava.inference.generate_batch`), one fsynced line per answer (:mod:`llava.eval.answers`).
+the rest in batches, one fsynced line per answer (:mod:`llava.eval.answers`). The model's way of asking
+(:func:`llava.inference.asking_for`: our conversation templates, or a transformers-native checkpoint's chat template
+and processor) builds each prompt and runs each batch; everything else is shared.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import os
 import sys
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
 
 from torch.utils.data import DataLoader
 from tqdm import tqdm
+from transformers import VideoLlavaForConditionalGeneration
 
 from llava.cli import WATCH_PARENT_ENV, check_conv_mode
 from llava.eval.answer_identity import IDENTITY_FIELDS
@@ -25,44 +28,38 @@ from llava.eval.answers import AnswersFile, hold_lock
 from llava.eval.questions import Question, check_images, chunk_questions, number_repeats
 from llava.eval.run_identity import answer_record, model_identity, requested_identity, skipped_record
 from llava.inference import (
+    LlavaAsking,
+    Sample,
     add_model_args,
-    build_prompt,
+    asking_for,
     default_device,
-    generate_batch,
     generation_kwargs,
     load_from_args,
 )
-from llava.mm_utils import process_images, tokenizer_image_token
+from llava.model.checkpoint import native_checkpoint
 from llava.model.pruning import PruningConfig
 
 # What LLaVA's model_vqa_loader generates at most; the other entry points use 1024, as upstream.
 DEFAULT_MAX_NEW_TOKENS = 128
+# A native checkpoint's files that decide its prompts (chat template, processor settings, tokenizer).
+PROCESSOR_FILES = ("chat_template.jinja", "chat_template.json", "processor_config.json", "preprocessor_config.json",
+                   "tokenizer_config.json", "tokenizer.json", "special_tokens_map.json")
+CHAT_TEMPLATE = "chat_template"  # the conv_mode a native checkpoint's answers record (see `prompt_identity`)
 
 
 # --------------------------------------------------------------------------- prompts and pixels
 
 
-@dataclass
-class Sample:
-    index: int  # into the questions being answered
-    input_ids: Any  # (L,) LongTensor with IMAGE_TOKEN_INDEX
-    pixels: Any  # (3, S, S) or (crops, 3, S, S) tensor, None without an image
-    image_size: tuple[int, int] | None  # (width, height)
-    error: str | None = None  # --skip-bad-images: why the image could not be loaded (then nothing else is set)
-
-
 class QuestionDataset:
-    """Prompt ids and pixels of each question; runs in DataLoader workers. `anyres_mode`: the model's own
-    (`model.pruning.anyres_mode`), which decides an anyres image's crop grid."""
+    """Each question as a `Sample` (prompt and image, read in DataLoader workers) through `asking`, the model's way
+    of asking (`llava.inference.asking_for`). Without `asking`: our model's (`LlavaAsking`) from the tokenizer, image
+    processor, config, conv_mode and `anyres_mode` (the model's own, `model.pruning.anyres_mode`, which decides an
+    anyres image's crop grid)."""
 
-    def __init__(self, questions: list[Question], tokenizer, image_processor, model_config, conv_mode: str,
-                 skip_bad_images: bool = False, anyres_mode: str | None = None):
+    def __init__(self, questions: list[Question], tokenizer, image_processor, model_config, conv_mode: str | None,
+                 skip_bad_images: bool = False, anyres_mode: str | None = None, asking=None):
         self.questions = questions
-        self.tokenizer = tokenizer
-        self.image_processor = image_processor
-        self.model_config = model_config
-        self.anyres_mode = anyres_mode
-        self.conv_mode = conv_mode
+        self.asking = asking or LlavaAsking(tokenizer, image_processor, model_config, conv_mode, anyres_mode)
         self.skip_bad_images = skip_bad_images
 
     def __len__(self) -> int:
@@ -75,13 +72,8 @@ class QuestionDataset:
         except (OSError, ValueError) as err:  # passed the header check, fails to decode (e.g. truncated data)
             if not self.skip_bad_images:
                 raise
-            return Sample(index, None, None, None, error=f"cannot read image ({err})")
-        prompt = build_prompt(q.query, 0 if image is None else 1, self.conv_mode)
-        ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
-        if image is None:
-            return Sample(index, ids, None, None)
-        pixels = process_images([image], self.image_processor, self.model_config, anyres_mode=self.anyres_mode)[0]
-        return Sample(index, ids, pixels, image.size)
+            return Sample(index, error=f"cannot read image ({err})")
+        return self.asking.sample(index, q.query, [] if image is None else [image])
 
 
 def _collate(samples: list[Sample]) -> list[Sample]:
@@ -165,10 +157,35 @@ def _finish_answered(answers: AnswersFile, n_mine: int, chunk: str) -> str:
     return answers.path
 
 
+def processor_fingerprint(model_dir: Path) -> str:
+    """``sha256:<16 hex>`` of the files a native checkpoint's chat template, processor and tokenizer are read from
+    (`PROCESSOR_FILES`, those present): an edited template or processor setting changes the prompts."""
+    digest = hashlib.sha256()
+    for name in PROCESSOR_FILES:
+        path = model_dir / name
+        digest.update(name.encode() + b"\0" + (path.read_bytes() if path.is_file() else b"<none>") + b"\0")
+    return "sha256:" + digest.hexdigest()[:16]
+
+
+def prompt_identity(args, prompt_options: dict | None) -> tuple[argparse.Namespace, dict | None]:
+    """(flags, prompt options) as the run identity records them. A transformers-native checkpoint
+    (llava/model/native.py) adds ``processor``: its `processor_fingerprint`; its prompts come from the chat template,
+    so --conv-mode, which they do not read, is recorded as ``chat_template`` (Video-LLaVA, which has no template and
+    reads --conv-mode, keeps it)."""
+    model_dir, native = native_checkpoint(args.model_path)
+    if native is None:
+        return args, prompt_options
+    options = {**(prompt_options or {}), "processor": processor_fingerprint(model_dir)}
+    if native is VideoLlavaForConditionalGeneration:
+        return args, options
+    return argparse.Namespace(**{**vars(args), "conv_mode": CHAT_TEMPLATE}), options
+
+
 def _run_locked(args, questions: list[Question], n_records: int, prompt_options: dict | None) -> str:
     mine = chunk_questions(questions, n_records, args.num_chunks, args.chunk_idx)
     answers = AnswersFile(args.answers_file, overwrite=args.overwrite)
-    fields = _refuse_other_runs(args, answers, questions, prompt_options)
+    id_args, prompt_options = prompt_identity(args, prompt_options)
+    fields = _refuse_other_runs(id_args, answers, questions, prompt_options)
     pending = [q for q in mine if q.key not in answers.done]
     resumed = len(mine) - len(pending)
     chunk = _chunk_label(args)
@@ -177,7 +194,7 @@ def _run_locked(args, questions: list[Question], n_records: int, prompt_options:
         return _finish_answered(answers, len(mine), chunk)
     bad = check_images(pending, skip_bad=args.skip_bad_images)
     tokenizer, model, image_processor, _ = load_from_args(args)
-    identity = model_identity(args, model, prompt_options)
+    identity = model_identity(id_args, model, prompt_options)
     answers.check(identity)
     if not pending:
         return _finish_answered(answers, len(mine), chunk)
@@ -187,10 +204,10 @@ def _run_locked(args, questions: list[Question], n_records: int, prompt_options:
             print(f"[answers] skipped question {q.question_id!r}: {bad[q.key]}: {q.image.describe()}",
                   file=sys.stderr)
     todo = [q for q in pending if q.key not in bad]
-    dataset = QuestionDataset(todo, tokenizer, image_processor, model.config, args.conv_mode,
-                              skip_bad_images=args.skip_bad_images, anyres_mode=model.pruning.anyres_mode)
+    dataset = QuestionDataset(todo, None, None, None, None, skip_bad_images=args.skip_bad_images,
+                              asking=asking_for(model, tokenizer, image_processor, args.conv_mode))
     bar = tqdm_bar(len(mine), resumed + len(bad), os.path.basename(args.question_file) + chunk)
-    _answer_all(args, answers, dataset, (model, tokenizer), identity, bar)
+    _answer_all(args, answers, dataset, model, identity, bar)
     answers.finish()
     if answers.skipped or bad:
         print(f"[answers] questions with unreadable images were skipped (unanswered): {answers.skipped_path}",
@@ -198,9 +215,9 @@ def _run_locked(args, questions: list[Question], n_records: int, prompt_options:
     return answers.path
 
 
-def _answer_all(args, answers: AnswersFile, dataset: QuestionDataset, model_and_tokenizer, identity, bar) -> None:
-    """Answer every question of `dataset` in batches of --batch-size, appending each answer (or skip) as it comes."""
-    model, tokenizer = model_and_tokenizer
+def _answer_all(args, answers: AnswersFile, dataset: QuestionDataset, model, identity, bar) -> None:
+    """Answer every question of `dataset` in batches of --batch-size (through its `asking`), appending each answer
+    (or skip) as it comes."""
     loader = DataLoader(dataset, batch_size=args.batch_size, shuffle=False, num_workers=_num_workers(args),
                         collate_fn=_collate)
     gen_kwargs = generation_kwargs(args)
@@ -212,7 +229,7 @@ def _answer_all(args, answers: AnswersFile, dataset: QuestionDataset, model_and_
                     answers.append_skipped(skipped_record(todo[sample.index], sample.error, identity))
             good = [s for s in samples if s.error is None]
             if good:
-                for sample, (text, v_tokens) in zip(good, generate_batch(model, tokenizer, good, gen_kwargs)):
+                for sample, (text, v_tokens) in zip(good, dataset.asking.generate(model, good, gen_kwargs)):
                     answers.append(answer_record(todo[sample.index], text, v_tokens, identity))
             bar.update(len(samples))
 

@@ -12,7 +12,8 @@ import shortuuid
 from llava.eval.answer_identity import IDENTITY_FIELDS, RunIdentity, run_identity
 from llava.eval.questions import Question
 from llava.mm_utils import get_model_name_from_path
-from llava.model.checkpoint import read_llava_config, resolve_local_dir
+from llava.integrations.transformers.handle import HANDLE_ATTRIBUTE
+from llava.model.checkpoint import native_checkpoint, read_llava_config, resolve_local_dir
 from llava.model.pruning import PruningConfig
 
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".index.json", ".pt", ".pth")
@@ -39,8 +40,10 @@ def checkpoint_fingerprint(model_path: str, model_base: str | None = None) -> st
 
 
 def checkpoint_is_anyres(model_path: str) -> bool:
-    """Whether the checkpoint's config asks for anyres (LLaVA-1.6), read from config.json without loading."""
-    return read_llava_config(resolve_local_dir(model_path)).is_anyres
+    """Whether the checkpoint's config asks for anyres (LLaVA-1.6), read from config.json without loading. A
+    transformers-native checkpoint (llava/model/native.py) tiles as its processor does: anyres_mode does not apply."""
+    model_dir, native = native_checkpoint(model_path)
+    return native is None and read_llava_config(model_dir).is_anyres
 
 
 def _identity(args, pruning, anyres: bool, prompt_options: dict | None) -> RunIdentity:
@@ -61,7 +64,11 @@ def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIde
 
 
 def model_identity(args, model, prompt_options: dict | None = None) -> RunIdentity:
-    """The identity of the loaded model: resolved budget, method and its parameters, (anyres checkpoints) mode."""
+    """The identity of the loaded model: resolved budget, method and its parameters, (anyres checkpoints) mode.
+    A transformers-native model: its pruning handle's settings (no anyres mode, see `checkpoint_is_anyres`)."""
+    handle = model.__dict__.get(HANDLE_ATTRIBUTE)
+    if handle is not None:
+        return _identity(args, handle.pruning, False, prompt_options)
     return _identity(args, model.pruning, model.config.is_anyres, prompt_options)
 
 

@@ -8,10 +8,11 @@ lmms-eval's `generate_until` requests exactly as our own eval runner answers a q
   transformers-native families, `llava.model.native`, with their processor).
 - Pruning settings: the command-line flags of every entry point (`PruningConfig.add_cli_args` / `from_args`), fed
   from the model_args: pruning_method, visual_token_num (absent = every token), anyres_mode, fastv_layer.
-- Prompts: `llava.inference.build_prompt` with `conv_template` (default: the checkpoint's own, else vicuna_v1), the
-  image(s) first, as `llava.eval.answering.QuestionDataset`; native models: their processor's chat template.
-- Batches: up to --batch_size requests with the same generation settings go through
-  `llava.inference.generate_batch` (left padding), so answers equal batch size 1 under greedy decoding.
+- Prompts and batches: the eval runner's way of asking (`llava.inference.asking_for`): `build_prompt` with
+  `conv_template` (default: the checkpoint's own, else vicuna_v1), the image first, and `generate_batch`; native
+  models: their processor's chat template and `generate_native_batch`. Up to --batch_size requests with the same
+  generation settings share one left-padded `generate`, so answers equal batch size 1 under greedy decoding (our
+  model with several images per request: one request at a time).
 - Kept visual tokens: each answer is returned as lmms-eval's `GenerationResult` whose token counts carry
   `v_token_num`; the evaluator writes them into each logged sample's ``token_counts`` (lmms_eval/evaluator.py,
   `_process_document_results`). Their mean over every rank goes through lmms-eval's `log_metrics`, which the
@@ -35,21 +36,19 @@ from lmms_eval.api.model import lmms
 from lmms_eval.models.model_utils.gen_metrics import log_metrics
 from PIL import Image
 
-from llava.eval.answering import DEFAULT_MAX_NEW_TOKENS, Sample
+from llava.eval.answering import DEFAULT_MAX_NEW_TOKENS
 from llava.image_io import to_rgb
 from llava.inference import (
     answer,
-    answer_native,
+    asking_for,
     build_prompt,
     check_device,
     default_device,
-    generate_batch,
     generation_kwargs,
     native_handle,
-    native_prompt,
     resolve_conv_mode,
 )
-from llava.mm_utils import get_model_name_from_path, process_images, tokenizer_image_token
+from llava.mm_utils import get_model_name_from_path
 from llava.model.builder import load_pretrained_model
 from llava.model.pruning import PruningConfig, PruningRequest
 
@@ -142,6 +141,7 @@ class FasterVLM(lmms):
             vision_tower_path=vision_tower_path, pruning=parse_pruning(options))
         self.native = native_handle(self.model) is not None
         self.conv_mode = conv_template if self.native else resolve_conv_mode(conv_template, self.model.config)
+        self.asking = asking_for(self.model, self.tokenizer, self.processor, self.conv_mode)
 
     @property
     def device(self) -> str:
@@ -169,39 +169,26 @@ class FasterVLM(lmms):
             raise ValueError(f"{WHERE}: task {task!r} gives {kinds} visuals; only images are supported")
         return context, [to_rgb(v) for v in visuals]
 
-    def _sample(self, index: int, query: str, images: list[Image.Image]) -> Sample:
-        """One prompt as `llava.eval.answering.QuestionDataset` builds it (for at most one image)."""
-        prompt = build_prompt(query, len(images), self.conv_mode)
-        ids = tokenizer_image_token(prompt, self.tokenizer, return_tensors="pt")
-        if not images:
-            return Sample(index, ids, None, None)
-        pixels = process_images(images, self.processor, self.model.config,
-                                anyres_mode=self.model.pruning.anyres_mode)[0]
-        return Sample(index, ids, pixels, images[0].size)
-
     def _one_by_one(self, inputs: list[tuple[str, list]], gen: dict) -> list[tuple[str, int]]:
-        """Native models and multi-image prompts: one `generate` per request."""
+        """Our model with a multi-image prompt: one `generate` per request (`generate_batch` takes one image each)."""
         out = []
         for query, images in inputs:
-            if self.native:
-                prompt = native_prompt(self.processor, query, len(images), self.conv_mode)
-                out.append(answer_native(self.model, self.processor, prompt, images, **gen))
-            else:
-                prompt = build_prompt(query, len(images), self.conv_mode)
-                with torch.inference_mode():
-                    text, kept, _ = answer(self.model, self.tokenizer, self.processor, prompt, images, **gen)
-                out.append((text, int(kept[0]) if isinstance(kept, list) else int(kept)))
+            prompt = build_prompt(query, len(images), self.conv_mode)
+            with torch.inference_mode():
+                text, kept, _ = answer(self.model, self.tokenizer, self.processor, prompt, images, **gen)
+            out.append((text, int(kept[0]) if isinstance(kept, list) else int(kept)))
         return out
 
     def _answer(self, reqs: list[Instance]) -> list[tuple[str, int]]:
-        """(text cut at the stop strings, visual tokens kept) of requests sharing generation settings."""
+        """(text cut at the stop strings, visual tokens kept) of requests sharing generation settings: one batch
+        through the model's way of asking (`llava.inference.asking_for`), as the eval runner's loop."""
         gen, stops = decoding(reqs[0].args[1])
         inputs = [self._inputs(req) for req in reqs]
-        if self.native or any(len(images) > 1 for _, images in inputs):
+        if not self.native and any(len(images) > 1 for _, images in inputs):
             out = self._one_by_one(inputs, gen)
         else:
-            samples = [self._sample(i, query, images) for i, (query, images) in enumerate(inputs)]
-            out = generate_batch(self.model, self.tokenizer, samples, gen)
+            samples = [self.asking.sample(i, query, images) for i, (query, images) in enumerate(inputs)]
+            out = self.asking.generate(self.model, samples, gen)
         return [(cut_at(text, stops), kept) for text, kept in out]
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
