@@ -136,7 +136,7 @@ def _refuse_other_runs(args, answers: AnswersFile, questions: list[Question], pr
     """Before the model loads: refuse a file another run wrote. Returns the identity fields compared so far."""
     if not (answers.records or answers.skipped):
         return IDENTITY_FIELDS
-    identity, fields = requested_identity(args, prompt_options)
+    identity, fields = requested_identity(*prompt_identity(args, prompt_options))
     answers.check(identity, fields)
     answers.check_prompts({q.key: q.prompt for q in questions})
     return fields
@@ -184,8 +184,7 @@ def prompt_identity(args, prompt_options: dict | None) -> tuple[argparse.Namespa
 def _run_locked(args, questions: list[Question], n_records: int, prompt_options: dict | None) -> str:
     mine = chunk_questions(questions, n_records, args.num_chunks, args.chunk_idx)
     answers = AnswersFile(args.answers_file, overwrite=args.overwrite)
-    id_args, prompt_options = prompt_identity(args, prompt_options)
-    fields = _refuse_other_runs(id_args, answers, questions, prompt_options)
+    fields = _refuse_other_runs(args, answers, questions, prompt_options)
     pending = [q for q in mine if q.key not in answers.done]
     resumed = len(mine) - len(pending)
     chunk = _chunk_label(args)
@@ -194,7 +193,8 @@ def _run_locked(args, questions: list[Question], n_records: int, prompt_options:
         return _finish_answered(answers, len(mine), chunk)
     bad = check_images(pending, skip_bad=args.skip_bad_images)
     tokenizer, model, image_processor, _ = load_from_args(args)
-    identity = model_identity(id_args, model, prompt_options)
+    id_args, id_options = prompt_identity(args, prompt_options)
+    identity = model_identity(id_args, model, id_options)
     answers.check(identity)
     if not pending:
         return _finish_answered(answers, len(mine), chunk)
