@@ -85,6 +85,9 @@ NATIVE_SHAPES = {
 }
 
 
+QWEN_EOS = 151645  # Qwen2.5-VL's <|im_end|> (its config's eos_token_id; bos 151643)
+
+
 def _qwen2(s: NativeShape) -> dict:
     """The Qwen2 decoder's config arguments."""
     width, layers, heads, kv_heads, mlp = s.llm
@@ -110,6 +113,8 @@ def qwen_config(s: NativeShape) -> Qwen2_5_VLConfig:
     vision = dict(depth=layers, hidden_size=width, num_heads=heads, intermediate_size=mlp, out_hidden_size=s.llm[0],
                   fullatt_block_indexes=list(s.fullatt), patch_size=14, spatial_merge_size=2, window_size=112)
     text = {**_qwen2(s), "rope_parameters": {"rope_type": "default", "rope_theta": 1e6, "mrope_section": sections}}
+    if s.vocab <= QWEN_EOS:  # the small shapes' vocabularies have no row for Qwen's own <|endoftext|> / <|im_end|>
+        text.update(bos_token_id=None, eos_token_id=None)
     v = s.vocab
     return Qwen2_5_VLConfig(vision_config=vision, text_config=text, vision_start_token_id=v - 4,
                             vision_end_token_id=v - 3, image_token_id=v - 2, video_token_id=v - 1)
