@@ -76,6 +76,12 @@ def reference(family, image_folder, pruning: tuple | None = None) -> list[tuple[
     return out
 
 
+@pytest.fixture(scope="module")
+def full(family, question_file) -> list[tuple[str, int]]:
+    """The unmodified model's answers and visual tokens per question (`reference` at full budget)."""
+    return reference(family, question_file[1])
+
+
 def run_loader(path, question_file, answers, *flags) -> list[dict]:
     """model_vqa_loader on the native directory: the answer records in question order."""
     qfile, folder = question_file
@@ -86,8 +92,8 @@ def run_loader(path, question_file, answers, *flags) -> list[dict]:
     return sorted(records, key=lambda r: r["question_id"])
 
 
-def test_full_budget_equals_transformers_generate(family, question_file, tmp_path):
-    expected = reference(family, question_file[1])
+def test_full_budget_equals_transformers_generate(family, question_file, full, tmp_path):
+    expected = full
     assert len({a for a, _ in expected}) > 1  # different answers: a mix-up of questions would show
     records = run_loader(family[1], question_file, tmp_path / "a.jsonl", "--batch-size", "3")
     assert [(r["text"], r["v_token_num"]) for r in records] == expected
@@ -96,9 +102,9 @@ def test_full_budget_equals_transformers_generate(family, question_file, tmp_pat
 
 
 @pytest.mark.parametrize("method, budget", [("uniform", 4), ("random", 3)])
-def test_pruned_equals_apply_pruning_by_hand_at_batch_1_and_3(family, question_file, tmp_path, method, budget):
+def test_pruned_equals_apply_pruning_by_hand_at_batch_1_and_3(family, question_file, full, tmp_path, method,
+                                                               budget):
     expected = reference(family, question_file[1], (method, budget))
-    full = reference(family, question_file[1])
     assert all(kept < n for (_, kept), (_, n) in zip(expected, full))  # the budget does prune
     flags = ("--pruning-method", method, "--visual-token-num", str(budget))
     one = run_loader(family[1], question_file, tmp_path / "b1.jsonl", *flags, "--batch-size", "1")
