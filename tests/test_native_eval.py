@@ -113,14 +113,17 @@ def test_pruned_equals_apply_pruning_by_hand_at_batch_1_and_3(family, question_f
     assert [(r["text"], r["v_token_num"]) for r in three] == expected
 
 
-def test_resume_refuses_an_edited_chat_template(tok_dir, question_file, tmp_path):
-    """The chat template is part of the run identity: a file written before the template changed is not resumed."""
+def test_resume_keeps_answers_and_refuses_an_edited_chat_template(tok_dir, question_file, tmp_path):
+    """The same run resumes (the first answer is kept as written, the other two are added); the chat template is
+    part of the run identity: after it changes, the file is not resumed."""
     path = write_native_dir(tmp_path / "ov", tok_dir, "onevision")
     answers = tmp_path / "a.jsonl"
     qfile, folder = question_file
     first = tmp_path / "first.jsonl"
     first.write_text(qfile.read_text().splitlines(keepends=True)[0])
-    run_loader(path, (first, folder), answers)
+    (written,) = run_loader(path, (first, folder), answers)
+    resumed = run_loader(path, question_file, answers)
+    assert [r["question_id"] for r in resumed] == ["q0", "q1", "q2"] and resumed[0] == written
     template = path / "chat_template.jinja"
     template.write_text(template.read_text().replace("<|im_start|>assistant\n", "<|im_start|>assistant\n\n"))
     with pytest.raises(ValueError, match="processor"):
