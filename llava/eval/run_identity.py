@@ -56,11 +56,15 @@ def requested_identity(args, prompt_options: dict | None = None) -> tuple[RunIde
     """The identity known before the model loads, and which of its fields are meaningful yet.
 
     Everything but the budget when ``--visual-token-num`` is not given: "all tokens" is resolved from the vision
-    tower, so a file of a pruned run is compared against the resolved budget once the model is loaded."""
+    tower, so a file of a pruned run is compared against the resolved budget once the model is loaded. A
+    transformers-native checkpoint without a budget leaves the method unresolved too: its tower may have no [CLS],
+    and then a [CLS] method keeps every token as `uniform` (llava/model/native.py, `install_pruning`)."""
     request = PruningConfig.from_args(args)  # checked: a clear error for a bad flag
     identity = _identity(args, request, checkpoint_is_anyres(args.model_path), prompt_options)
-    fields = tuple(f for f in IDENTITY_FIELDS if f != "visual_token_num" or request.visual_token_num is not None)
-    return identity, fields
+    unresolved = () if request.visual_token_num is not None else ("visual_token_num",)
+    if unresolved and native_checkpoint(args.model_path)[1] is not None:
+        unresolved += ("pruning_method",)
+    return identity, tuple(f for f in IDENTITY_FIELDS if f not in unresolved)
 
 
 def model_identity(args, model, prompt_options: dict | None = None) -> RunIdentity:
