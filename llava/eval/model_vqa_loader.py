@@ -25,6 +25,13 @@ recorded in ``<answers stem>.skipped.jsonl`` and left unanswered (the scorers' c
 
 ``--batch-size N`` (LLaVA itself answers one question at a time) left-pads N prompts and prunes
 each sample's visual tokens on its own; greedy answers equal those of batch size 1.
+
+A transformers-native directory (LLaVA-OneVision-hf, Qwen2.5-VL, Qwen3-VL, Video-LLaVA-hf; see
+:mod:`llava.model.native`) is asked through its processor's chat template: one image entry, then
+the question file's ``text`` as it is (with the benchmark's suffix); ``--conv-mode`` is not read
+(recorded as ``chat_template``, next to a fingerprint of the template / processor files), except
+for Video-LLaVA, which has no template. Batches are the processor's left-padded ones, and each
+answer's ``v_token_num`` is the pruning handle's count for that sample.
 """
 
 from __future__ import annotations
