@@ -21,6 +21,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
+from transformers import AutoTokenizer
 
 from llava.eval import model_vqa_loader
 from llava.eval.scoring import easyvqa as easyvqa_scorer
@@ -129,12 +130,17 @@ def test_accuracy_and_answers_equal_the_runners(runner, lmms_batch1):
     assert accuracy(results) == report["accuracy"]
 
 
-def test_v_token_num_is_logged_per_sample_and_its_mean_in_the_results(runner, lmms_batch1):
+def test_v_token_num_is_logged_per_sample_and_its_mean_in_the_results(tiny_llava, runner, lmms_batch1):
     records, _ = runner
     results, logged = lmms_batch1
     assert [s["token_counts"][0]["v_token_num"] for s in logged] == [r["v_token_num"] for r in records]
     mean = sum(r["v_token_num"] for r in records) / len(records)
     assert results["throughput"]["avg_v_token_num"] == mean == TOKENS
+    # answer tokens: the runner's answers (equal to the plugin's) tokenized by the checkpoint's own tokenizer
+    tokenizer = AutoTokenizer.from_pretrained(tiny_llava)
+    lengths = [len(tokenizer(r["text"], add_special_tokens=False).input_ids) for r in records]
+    assert [s["token_counts"][0]["output_tokens"] for s in logged] == lengths
+    assert results["throughput"]["total_gen_tokens"] == sum(lengths) > 0
 
 
 def test_batch_size_4_answers_as_batch_1(tiny_llava, tmp_path, lmms_batch1):
@@ -187,13 +193,17 @@ def test_mean_visual_tokens_in_the_results_leaves_out_padding_requests(monkeypat
     model = object.__new__(FasterVLM)  # no checkpoint: only the bookkeeping around `_answer` is under test
     model._world_size, model.batch_size_per_rank, model._device = 1, 2, "cpu"
     kept = {"a": 10, "b": 20, "c": 33, "pad": 1000}
-    monkeypatch.setattr(model, "_answer", lambda reqs: [(r.args[0] + "!", kept[r.args[0]]) for r in reqs])
+    generated = {"a": 1, "b": 2, "c": 4, "pad": 100}
+    monkeypatch.setattr(model, "_answer", lambda reqs: [(r.args[0] + "!", kept[r.args[0]], generated[r.args[0]])
+                                                        for r in reqs])
     requests = [Instance("generate_until", (ctx, {}, None, i, "t", "test"), idx=0,
                          metadata={"task": "t", "doc_id": i, "repeats": 1, PADDING_KEY: ctx == "pad"})
                 for i, ctx in enumerate(["a", "b", "c", "pad"])]
     reset_logged_metrics()
     out = model.generate_until(requests)
     assert [(r.text, r.token_counts.to_dict()) for r in out] == \
-        [("a!", {"v_token_num": 10}), ("b!", {"v_token_num": 20}), ("c!", {"v_token_num": 33}),
-         ("pad!", {"v_token_num": 1000})]
-    assert summarize_logged_metrics()["avg_v_token_num"] == 21
+        [("a!", {"output_tokens": 1, "v_token_num": 10}), ("b!", {"output_tokens": 2, "v_token_num": 20}),
+         ("c!", {"output_tokens": 4, "v_token_num": 33}), ("pad!", {"output_tokens": 100, "v_token_num": 1000})]
+    summary = summarize_logged_metrics()
+    assert summary["avg_v_token_num"] == 21  # (10 + 20 + 33) / 3
+    assert summary["total_gen_tokens"] == 7  # 1 + 2 + 4, the padding request left out

@@ -179,9 +179,11 @@ class FasterVLM(lmms):
             out.append((text, int(kept[0]) if isinstance(kept, list) else int(kept)))
         return out
 
-    def _answer(self, reqs: list[Instance]) -> list[tuple[str, int]]:
-        """(text cut at the stop strings, visual tokens kept) of requests sharing generation settings: one batch
-        through the model's way of asking (`llava.inference.asking_for`), as the eval runner's loop."""
+    def _answer(self, reqs: list[Instance]) -> list[tuple[str, int, int]]:
+        """(text cut at the stop strings, visual tokens kept, answer tokens) of requests sharing generation
+        settings: one batch through the model's way of asking (`llava.inference.asking_for`), as the eval runner's
+        loop. Answer tokens: the generated text (before the stop-string cut) tokenized again without special tokens,
+        i.e. the generated ids less EOS up to tokenizer round-trip differences."""
         gen, stops = decoding(reqs[0].args[1])
         inputs = [self._inputs(req) for req in reqs]
         if not self.native and any(len(images) > 1 for _, images in inputs):
@@ -189,28 +191,32 @@ class FasterVLM(lmms):
         else:
             samples = [self.asking.sample(i, query, images) for i, (query, images) in enumerate(inputs)]
             out = self.asking.generate(self.model, samples, gen)
-        return [(cut_at(text, stops), kept) for text, kept in out]
+        return [(cut_at(text, stops), kept, len(self.tokenizer(text, add_special_tokens=False).input_ids))
+                for text, kept in out]
 
     def generate_until(self, requests: list[Instance]) -> list[GenerationResult]:
-        """Answers in request order, in batches of --batch_size; logs the mean visual tokens kept (all ranks)."""
+        """Answers in request order, in batches of --batch_size; logs the mean visual tokens kept and the answer
+        tokens generated (all ranks) into lmms-eval's throughput summary."""
         start, answered = time.perf_counter(), [None] * len(requests)
         for idx in batches(requests, self.batch_size_per_rank):
-            for i, (text, kept) in zip(idx, self._answer([requests[i] for i in idx])):
-                answered[i] = GenerationResult(text, VisualTokenCounts(v_token_num=kept))
-        real = [r.token_counts.v_token_num for r, q in zip(answered, requests) if not q.metadata.get(PADDING_KEY)]
-        self._log_visual_tokens(real, time.perf_counter() - start)
+            for i, (text, kept, n_out) in zip(idx, self._answer([requests[i] for i in idx])):
+                answered[i] = GenerationResult(text, VisualTokenCounts(output_tokens=n_out, v_token_num=kept))
+        real = [r.token_counts for r, q in zip(answered, requests) if not q.metadata.get(PADDING_KEY)]
+        self._log_throughput(real, time.perf_counter() - start)
         return answered
 
-    def _log_visual_tokens(self, kept: list[int], seconds: float) -> None:
-        """The mean of `kept` over every rank's real (not padding) requests into lmms-eval's metrics log."""
-        totals = torch.tensor([float(sum(kept)), float(len(kept))], dtype=torch.float64)
+    def _log_throughput(self, counts: list[VisualTokenCounts], seconds: float) -> None:
+        """Over every rank's real (not padding) requests: the mean visual tokens kept and the answer tokens
+        generated, into lmms-eval's metrics log (its summary divides those tokens by the elapsed time)."""
+        totals = torch.tensor([float(sum(c.v_token_num for c in counts)), float(len(counts)),
+                               float(sum(c.output_tokens for c in counts))], dtype=torch.float64)
         if self._world_size > 1 and dist.is_available() and dist.is_initialized():
             totals = totals.to(self._device)
             dist.all_reduce(totals)  # every rank calls generate_until once per request type, so this matches up
-        total, count = totals.tolist()
+        kept, count, generated = totals.tolist()
         if count:
-            log_metrics(total_elapsed_time=seconds, total_gen_tokens=0, avg_speed=0.0,
-                        additional_metrics={"v_token_num": total / count})
+            log_metrics(total_elapsed_time=seconds, total_gen_tokens=int(generated), avg_speed=generated / seconds,
+                        additional_metrics={"v_token_num": kept / count})
 
     # ----------------------------------------------------------------------- not supported
 
