@@ -23,7 +23,6 @@ from transformers import (
     LlavaOnevisionConfig,
     LlavaOnevisionForConditionalGeneration,
     LlavaOnevisionImageProcessorPil,
-    Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
     Qwen2Config,
     Qwen2VLImageProcessorPil,
@@ -38,6 +37,7 @@ from llava.eval import run_llava
 from llava.integrations.transformers import apply_pruning
 from llava.model.native import native_classes
 from tests.conftest import pil_image
+from tests.qwen_helpers import tiny_qwen2_5_vl_config
 
 SIDE, PATCH = 32, 8
 P = (SIDE // PATCH) ** 2  # OneVision: 16 tokens per crop
@@ -119,15 +119,7 @@ def _qwen_images():
 
 def _qwen2_5_vl(tokenizer):
     """Tiny random Qwen2.5-VL: 2 vision blocks (block 1 full attention), 2-layer LLM with M-RoPE."""
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1e4},
-                         bos_token_id=None, eos_token_id=None, pad_token_id=0),
-        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           patch_size=2, spatial_merge_size=2, temporal_patch_size=2, window_size=8,
-                           fullatt_block_indexes=[1], in_channels=3, tokens_per_second=2),
-        **_qwen_ids(tokenizer))
+    config = tiny_qwen2_5_vl_config(len(tokenizer), 2, **_qwen_ids(tokenizer))
     return Qwen2_5_VLForConditionalGeneration(config).eval(), _qwen_images(), {}
 
 

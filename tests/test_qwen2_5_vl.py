@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import pytest
 import torch
-from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+from transformers import Qwen2_5_VLForConditionalGeneration
 from transformers.vision_utils import get_vision_window_index
 
 from llava.integrations.transformers import apply_pruning
 from llava.model.pruning import METHODS
+from tests.qwen_helpers import tiny_qwen2_5_vl_config
 
 IMAGE_PAD, VIDEO_PAD, START, END = 60, 61, 58, 59
 # engineer SC registers attention_received (llava/model/pruning/received.py); skipped until it is there
@@ -30,15 +31,8 @@ IMAGE_A, IMAGE_B, VIDEO = (1, 8, 12), (1, 4, 8), (2, 4, 6)  # grid_thw: 24, 8 me
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    config = Qwen2_5_VLConfig(
-        text_config=dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
-                         num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=512,
-                         rope_parameters={"rope_type": "default", "mrope_section": [1, 1, 2], "rope_theta": 1e4},
-                         bos_token_id=None, eos_token_id=None, pad_token_id=0),
-        vision_config=dict(depth=2, hidden_size=16, intermediate_size=32, num_heads=2, out_hidden_size=32,
-                           patch_size=2, spatial_merge_size=2, temporal_patch_size=2, window_size=8,
-                           fullatt_block_indexes=[1], in_channels=3, tokens_per_second=2),
-        image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD, vision_start_token_id=START, vision_end_token_id=END)
+    config = tiny_qwen2_5_vl_config(64, 3, image_token_id=IMAGE_PAD, video_token_id=VIDEO_PAD,
+                                    vision_start_token_id=START, vision_end_token_id=END)
     model = Qwen2_5_VLForConditionalGeneration(config).eval()
     model.generation_config.pad_token_id, model.generation_config.eos_token_id = 0, None
     return model
