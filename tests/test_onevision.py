@@ -222,6 +222,19 @@ def video_inputs(processor, videos: torch.Tensor, prompts=None) -> dict:
     return {**processor.tokenizer(texts, return_tensors="pt", padding=True), **inputs}
 
 
+def spliced_and_pruned(model, batch, token_id: int, tokens: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Sample 0's prompt embeddings with transformers' visual `tokens` (n, D) at its `token_id` placeholders, then
+    the placeholders whose `keep` (n,) is False dropped -> (L', D)."""
+    ids = batch["input_ids"][0]
+    spots = ids == token_id
+    assert int(spots.sum()) == tokens.shape[0]  # transformers' tokens fill exactly the processor's placeholders
+    seq = model.get_input_embeddings()(ids).clone()
+    seq[spots] = tokens
+    kept = torch.ones_like(spots)
+    kept[spots] = keep
+    return seq[kept]
+
+
 @torch.no_grad()
 def video_oracle_embeds(model, batch, kept: list[int] | list[list[int]]) -> torch.Tensor:
     """One sample with one video: transformers' pooled tokens per frame (its `get_video_features`), the `kept`
@@ -232,14 +245,7 @@ def video_oracle_embeds(model, batch, kept: list[int] | list[list[int]]) -> torc
     q = (pooled.shape[0] - 1) // n_frames
     per_frame = kept if kept and isinstance(kept[0], list) else [kept] * n_frames
     keep_video = torch.tensor([i % q in per_frame[i // q] for i in range(n_frames * q)] + [True])
-    ids = batch["input_ids"][0]
-    spots = ids == model.config.video_token_id
-    assert int(spots.sum()) == pooled.shape[0]  # transformers' features fill exactly the processor's placeholders
-    seq = model.get_input_embeddings()(ids).clone()
-    seq[spots] = pooled
-    keep = torch.ones_like(spots)
-    keep[spots] = keep_video
-    return seq[keep]
+    return spliced_and_pruned(model, batch, model.config.video_token_id, pooled, keep_video)
 
 
 @torch.no_grad()
@@ -405,14 +411,7 @@ def resized_oracle_embeds(model, batch, base_kept: list[int], grid_kept: list[in
     raster = (~newline[P:]).long().cumsum(0) - 1  # each grid token's raster index on the h' x w' grid
     keep = torch.cat([torch.isin(torch.arange(P), torch.tensor(base_kept)),
                       newline[P:] | torch.isin(raster, torch.tensor(grid_kept))])
-    ids = batch["input_ids"][0]
-    spots = ids == model.config.image_token_id
-    assert int(spots.sum()) == tokens.shape[0]  # transformers' tokens fill exactly the processor's placeholders
-    seq = model.get_input_embeddings()(ids).clone()
-    seq[spots] = tokens
-    kept = torch.ones_like(spots)
-    kept[spots] = keep
-    return seq[kept]
+    return spliced_and_pruned(model, batch, model.config.image_token_id, tokens, keep)
 
 
 @pytest.mark.parametrize("method, shapes", [("uniform", ["tall", "wide3"]), ("random", ["tall", "wide"]),
