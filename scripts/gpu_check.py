@@ -6,8 +6,9 @@
     (b) bf16 / fp16 vs float32: (1) selection arithmetic: each selector, given the low-precision tower outputs, keeps
         exactly what it keeps given the same values in float32; (2) the whole model in bf16 / fp16 vs in float32 on the
         same images and weights: kept sets of fastervlm, visionzip, vispruner and FastV.
-    (c) `python -m llava.bench.efficiency --synthetic 7b` rows and `scripts/bench_vision_tower.py` on the GPU, their
-        CSV / PNG written under the output directory.
+    (c) `python -m llava.bench.efficiency --synthetic 7b` rows (and the LLaVA-OneVision-7B / Qwen2.5-VL-7B rows of
+        `--synthetic onevision-7b / qwen2.5-vl-7b`) and `scripts/bench_vision_tower.py` on the GPU, their CSV / PNG
+        written under the output directory.
 
 The model is `llava.bench.synthetic`'s LLaVA-1.5-shaped model with random weights (`--shape`: the real 7B shape on a
 GPU, `tiny` on a CPU), its matrices redrawn larger (as llava/model/tiny.py does) so attention is peaked and a ranking
@@ -329,11 +330,15 @@ def flash_vs_sdpa(report: Report, model, name: str, pixels, ids, budgets, sdpa_k
     return stored
 
 
+NATIVE_7B = ("onevision-7b", "qwen2.5-vl-7b")  # transformers' LLaVA-OneVision / Qwen2.5-VL at 7B (bench/native.py)
+
+
 def run_benchmarks(report: Report, args, device: torch.device, out: Path) -> None:
     """(c): the efficiency rows of the 7B shape and the vision tower benchmark, each in its own process."""
     if device.type != "cuda":
         reason = "no CUDA device" if not torch.cuda.is_available() else "--device cpu was given"
-        report.add("(c) efficiency --synthetic 7b", "SKIP", f"{reason}; 7B rows on a CPU would take hours")
+        for shape in ("7b",) + NATIVE_7B:
+            report.add(f"(c) efficiency --synthetic {shape}", "SKIP", f"{reason}; 7B rows on a CPU would take hours")
         report.add("(c) bench_vision_tower.py", "SKIP", f"{reason}; the CPU numbers are in README.md")
         return
     runs = {
@@ -343,6 +348,11 @@ def run_benchmarks(report: Report, args, device: torch.device, out: Path) -> Non
              "--new-tokens", "32", "--repeats", str(args.repeats), "--warmup", "1",
              "--output-dir", str(out / "efficiency")],
             out / "efficiency" / "efficiency_synthetic-7b.csv"),
+        **{f"(c) efficiency --synthetic {shape}": (  # the methods without [CLS], 75/90/95% fewer (the defaults)
+            [sys.executable, "-m", "llava.bench.efficiency", "--synthetic", shape, "--device", "cuda",
+             "--new-tokens", "32", "--repeats", str(args.repeats), "--warmup", "1",
+             "--output-dir", str(out / "efficiency")],
+            out / "efficiency" / f"efficiency_synthetic-{shape}.csv") for shape in NATIVE_7B},
         "(c) bench_vision_tower.py": (
             [sys.executable, str(REPO / "scripts" / "bench_vision_tower.py"), "--device", "cuda", "--batch", "1",
              "--repeats", "20", "--csv", str(out / "bench_vision_tower.csv"),
@@ -350,7 +360,7 @@ def run_benchmarks(report: Report, args, device: torch.device, out: Path) -> Non
             out / "bench_vision_tower.csv"),
     }
     for name, (command, product) in runs.items():
-        log = out / (name.split()[1].replace(".py", "") + ".log")
+        log = out / (name.split()[-1].replace(".py", "") + ".log")
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
         start = time.perf_counter()
         try:

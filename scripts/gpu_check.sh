@@ -2,7 +2,8 @@
 # GPU checks in one command (see scripts/gpu_check.py for what is checked and how it is judged):
 #     bash scripts/gpu_check.sh [OUT_DIR] [gpu_check.py options...]
 # (a) flash_attention_2 vs sdpa: kept sets identical, logits close; (b) bf16 / fp16 kept sets vs float32;
-# (c) `python -m llava.bench.efficiency --synthetic 7b` rows and scripts/bench_vision_tower.py on the GPU.
+# (c) `python -m llava.bench.efficiency --synthetic 7b` (and onevision-7b, qwen2.5-vl-7b) rows and
+# scripts/bench_vision_tower.py on the GPU.
 # Estimated 3-5 minutes on one large GPU (not yet timed on one). Without a GPU (or without flash-attn) it prints a
 # SKIP line for each part it cannot run, runs the rest on the CPU (bf16 kept sets of a tiny model), and exits 0
 # unless a check fails.

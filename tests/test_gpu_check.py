@@ -76,6 +76,8 @@ def test_the_cpu_run_says_what_it_skipped_and_exits_0(cpu_run):
     lines = proc.stdout.splitlines()
     for skipped in ("SKIP  (a) flash_attention_2 vs sdpa: no CUDA device (torch.cuda.is_available() is False)",
                     "SKIP  (c) efficiency --synthetic 7b: no CUDA device; 7B rows on a CPU would take hours",
+                    "SKIP  (c) efficiency --synthetic onevision-7b: no CUDA device; 7B rows on a CPU would take hours",
+                    "SKIP  (c) efficiency --synthetic qwen2.5-vl-7b: no CUDA device; 7B rows on a CPU would take hours",
                     "SKIP  (c) bench_vision_tower.py: no CUDA device; the CPU numbers are in README.md"):
         assert skipped in lines
     # bf16 is what a CPU runs; fp16 is left to the GPU (not asked for here, so not even a SKIP)
