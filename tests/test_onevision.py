@@ -426,6 +426,15 @@ def test_resized_grid_full_budget_equals_the_unmodified_model(max2_model, max2_p
         assert torch.equal(max2_model.generate(**batch, max_new_tokens=4, do_sample=False), greedy)
 
 
+def test_fastv_keeps_of_a_resized_grid_what_the_selectors_give_the_llm(max2_model, max2_processor):
+    """"tall" (1 + 3 crops, resized to 9 x 3): at 4 per crop the selectors give the LLM 4 + 7 + 9 = 20 tokens (by
+    hand: round(4 x 27 / 16) = 7 grid tokens, 9 newlines); FastV keeps as many, not 4 x 4 crops = 16."""
+    batch = max2_inputs(max2_processor, ["tall"], seed=23)
+    with apply_pruning(max2_model, "fastv", visual_token_num=4, llm_layer=1) as pruning:
+        logits(max2_model, batch)
+        assert pruning.last_v_token_num == 20
+
+
 @torch.no_grad()
 def test_resized_grid_uniform_equals_the_oracle_with_decode(max2_model, max2_processor):
     """4 of 16 base patches and 7 of the 27 resized grid tokens (by hand); 9 newlines; 3 greedy tokens."""

@@ -40,12 +40,20 @@ def check_tower_supports(tower: nn.Module, method: str, what: str) -> None:
 class VisualStream:
     """One kind of visual input of a call: `key` is its `mm_encoder_outputs` key ("image" / "video"), `token_id` the
     placeholder its processor wrote, `tokens` the pipeline's result per item (an image, or a video's frames), `full`
-    each item's placeholder count at full budget."""
+    each item's placeholder count at full budget, `llm_budgets` what an in-LLM method (FastV) keeps of each item
+    (None: `visual_token_num` x the item's crops / frames)."""
 
     key: str
     token_id: int
     tokens: VisualTokens
     full: list[int]
+    llm_budgets: list[int] | None = None
+
+    def in_llm_budgets(self, per_crop: int) -> list[int]:
+        """Per item, the visual tokens an in-LLM method keeps at `per_crop` per crop / frame."""
+        if self.llm_budgets is not None:
+            return self.llm_budgets
+        return [per_crop * a.shape[0] for a in self.tokens.cls_attn]
 
 
 class LlavaAdapter:

@@ -116,6 +116,7 @@ class PruningHandle:
         keep = torch.ones_like(input_ids, dtype=torch.bool)
         visual_positions = torch.zeros_like(keep)
         v_token_num, cls_attn, features, empty = [0] * batch, [[] for _ in range(batch)], {}, None
+        llm_budgets = [0] * batch  # what an in-LLM method keeps per sample
         for stream in self.adapter.streams(visual):
             placeholders = input_ids == stream.token_id  # (B, L)
             if attention_mask is not None:
@@ -126,15 +127,15 @@ class PruningHandle:
             else:
                 keep &= kept_placeholders(placeholders, owner, stream.full, stream.tokens.counts)
             visual_positions |= placeholders
-            for i, b in enumerate(owner):
+            for i, (b, budget) in enumerate(zip(owner, stream.in_llm_budgets(self.pruning.visual_token_num))):
                 v_token_num[b] += stream.tokens.counts[i]
                 cls_attn[b].append(stream.tokens.cls_attn[i])
+                llm_budgets[b] += budget
             features[stream.key] = stream.tokens.embeds
             empty = stream.tokens.cls_attn[0].new_zeros(0, 0)
         cls_attn = [torch.cat(a) if a else empty for a in cls_attn]
         if self.llm_pruner is not None:  # every placeholder stays; the decoder hooks prune after layer K
-            budgets = [self.pruning.visual_token_num * a.shape[0] for a in cls_attn]
-            v_token_num = self.llm_pruner.arm(visual_positions, budgets)
+            v_token_num = self.llm_pruner.arm(visual_positions, llm_budgets)
         ids, mask, new_labels = drop_positions(keep, input_ids, attention_mask, labels, self._pad_id())
         extra = {}
         if hasattr(self.adapter, "pruned_call_inputs"):  # Qwen: the unpruned prompt's positions at the kept columns

@@ -104,7 +104,10 @@ class OnevisionAdapter(LlavaNextAdapter):
         tokens = self.image_tokens(self.split_crops(visual["pixel_values"], crops), sizes, resized)
         full = [self.resized_grid.full_tokens(s) if r else self.pipeline.full_tokens(s) if tile
                 else self.tower.num_patches + 1 for s, tile, r in zip(sizes, tiled, resized)]
-        return VisualStream("image", self.model.config.image_token_id, tokens, full)
+        per_crop = self.pipeline.pruning.visual_token_num
+        llm = [self.resized_grid.llm_budget(per_crop, s) if r else per_crop * c
+               for s, r, c in zip(sizes, resized, crops)]
+        return VisualStream("image", self.model.config.image_token_id, tokens, full, llm)
 
     def image_tokens(self, pixels: list[torch.Tensor], sizes: list, resized: list[bool]) -> VisualTokens:
         """Per image (crops_i, 3, S, S): the images transformers keeps at grid resolution through the pipeline in one

@@ -18,7 +18,8 @@ the resize, as the video path prunes after transformers' 2x2 pooling (onevision_
    resized projector outputs (the tokens the LLM gets, as the public DivPrune code and our video path do);
 4. budget: the grid is ONE selection unit of h'w' tokens and keeps k' = floor(v h'w' / P + 1/2) of them (the same
    fraction v / P as every crop; at least 1, at most h'w'), in raster order. fastv keeps every token here and
-   prunes inside the LLM, to its budget of v x crops per image (handle.py), as for every anyres image;
+   prunes inside the LLM to k + k' + h' tokens of the image (`llm_budget`: the selectors' count, not v x crops,
+   which would count the crops that the resize merged);
 5. layout: base crop's kept tokens, then the grid's kept tokens row by row with one `image_newline` after EVERY
    one of the h' rows, kept or not: the convention of `llava.model.merge.merge_grid_upstream`, whose newlines are
    never pruned. An image gives k + k' + h' tokens (full budget: P + h'(w' + 1), the processor's count).
@@ -91,6 +92,13 @@ class DownsampledGrid:
     def shape(self, image_size: tuple[int, int]) -> tuple[int, int] | None:
         """(h', w') of a tiled image's resized grid, None when transformers does not resize it."""
         return resized_shape(self.pipeline.grid_layout(image_size), image_size, self.max_crops)
+
+    def llm_budget(self, per_crop: int, image_size: tuple[int, int]) -> int:
+        """What FastV keeps of a resized image at `per_crop`: as many tokens as the selectors give the LLM, k + k' +
+        h' (base crop, the grid's share `grid_budget`, one per row for the newlines, which FastV ranks among the
+        rest); at full budget every token."""
+        height, width = self.shape(image_size)
+        return per_crop + grid_budget(per_crop, self.pipeline.tower.num_patches, height * width) + height
 
     def full_tokens(self, image_size: tuple[int, int]) -> int:
         """P + h'(w' + 1): what the processor counted for a resized image."""
