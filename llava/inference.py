@@ -225,7 +225,9 @@ class LlavaAsking:
 
 class NativeAsking:
     """A transformers-native model: `native_prompt` (the processor's chat template; Video-LLaVA: `conv_mode`), the
-    images kept as PIL for the processor, batches through `generate_native_batch`."""
+    images kept as PIL for the processor, batches through `generate_native_batch`. Under FastV each sample is asked
+    alone: FastV refuses a batch whose samples drop different numbers of tokens (any two Qwen images of different
+    sizes, OneVision grids that differ, image and text-only samples), and greedy answers equal batch 1 anyway."""
 
     def __init__(self, processor, conv_mode: str | None = None):
         self.processor, self.conv_mode = processor, conv_mode
@@ -235,6 +237,8 @@ class NativeAsking:
         return Sample(index, prompt=prompt, images=list(images))
 
     def generate(self, model, samples: list[Sample], gen_kwargs: dict) -> list[tuple[str, int]]:
+        if native_handle(model).llm_pruner is not None and len(samples) > 1:
+            return [answer for s in samples for answer in self.generate(model, [s], gen_kwargs)]
         return generate_native_batch(model, self.processor, samples, gen_kwargs)
 
 
