@@ -164,19 +164,28 @@ def _answer_as_rank(plan: Plan, module: str) -> None:
     # imported by name like the entry points: it needs torch, which plain and dry runs never load
     distributed = importlib.import_module("llava.eval.distributed")
     launch, name = plan.launch, plan.bench.name
-    argv = plan.chunk_argv(launch.rank) + distributed.device_args(launch, passed_value(plan.passthrough, "--device"))
+    error = None
+    try:  # e.g. a LOCAL_RANK beyond the GPUs this process sees: reported to rank 0 like a failed answer
+        device = distributed.device_args(launch, passed_value(plan.passthrough, "--device"))
+    except Exception as err:
+        device, error = [], err
+    argv = plan.chunk_argv(launch.rank) + device
     print(f"[{name}] rank {launch.rank}/{launch.world_size} on {launch.host}: {module_command(module, argv)}",
           flush=True)
     if plan.dry_run:
+        if error is not None:
+            raise error
         if launch.rank == 0:
             _merge_chunks(plan)
         return
     with distributed.RankGroup(launch, plan.rank_timeout) as group:
-        error = None
-        try:
-            importlib.import_module(module).main(argv)  # takes its chunk file's lock itself
-        except (Exception, SystemExit) as err:  # posted to rank 0 first, raised below (argparse exits)
-            error = err
+        if error is None:
+            try:
+                importlib.import_module(module).main(argv)  # takes its chunk file's lock itself
+            except SystemExit as err:  # argparse exits; status 0 (or None) is a success
+                error = err if err.code not in (0, None) else None
+            except Exception as err:  # posted to rank 0 first, raised below
+                error = err
         group.report(error)
         if launch.rank != 0:
             if not group.wait_released():

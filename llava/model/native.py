@@ -136,8 +136,8 @@ def install_pruning(model, request: PruningRequest):
     settings = dict(seed=request.seed, llm_layer=request.llm_layer)
     try:
         return apply_pruning(model, request.method, request.visual_token_num, **settings)
-    except ValueError:
-        if request.visual_token_num is not None or not needs_cls(request.method):
+    except ValueError as err:  # only the no-[CLS] refusal (adapters.check_tower_supports) is replaced
+        if request.visual_token_num is not None or not needs_cls(request.method) or "no [CLS] token" not in str(err):
             raise
     return apply_pruning(model, "uniform", None, **settings)
 
