@@ -91,7 +91,9 @@ def settings_key(gen_kwargs: dict) -> str:
 
 def decoding(gen_kwargs: dict) -> tuple[dict, list[str]]:
     """lmms-eval's generation_kwargs -> (`generate` keywords as `llava.inference.generation_kwargs` builds them,
-    stop strings). Greedy unless do_sample with a temperature above 0; max_new_tokens defaults to our runner's."""
+    stop strings). As LLaVA's `--temperature`: sampling exactly when the temperature is above 0, unless do_sample is
+    False (then greedy); do_sample=True without a temperature stays greedy (lmms-eval's own models may read these
+    two keys differently). max_new_tokens defaults to our runner's."""
     temperature = float(gen_kwargs.get("temperature") or 0) if gen_kwargs.get("do_sample", True) else 0.0
     flags = argparse.Namespace(temperature=temperature, top_p=gen_kwargs.get("top_p"),
                                num_beams=int(gen_kwargs.get("num_beams") or 1),
