@@ -108,6 +108,11 @@ def test_full_budget_equals_the_unmodified_model(model, processor, method, shape
     """fastv on one image: its budget is P x crops (48 for the 2x1 grid), at least the image's 44 tokens; in a batch
     its per-sample drop counts would differ, which FastV refuses (llava/model/pruning/fastv.py)."""
     batch = inputs(processor, [pil_image(*IMAGES[shape], seed=i + 1) for i, shape in enumerate(shapes)])
+    assert_full_budget_is_the_model(model, batch, method)
+
+
+def assert_full_budget_is_the_model(model, batch, method: str) -> None:
+    """Logits and 4 greedy tokens of `method` at P per crop equal the unmodified model's."""
     expected = logits(model, batch)
     greedy = model.generate(**batch, max_new_tokens=4, do_sample=False)
     with apply_pruning(model, method, visual_token_num=P):
@@ -418,12 +423,7 @@ def resized_oracle_embeds(model, batch, base_kept: list[int], grid_kept: list[in
                                             ("divprune", ["wide3"]), ("attention_received", ["tall"]),
                                             ("fastv", ["tall"])])
 def test_resized_grid_full_budget_equals_the_unmodified_model(max2_model, max2_processor, method, shapes):
-    batch = max2_inputs(max2_processor, shapes, seed=21)
-    expected = logits(max2_model, batch)
-    greedy = max2_model.generate(**batch, max_new_tokens=4, do_sample=False)
-    with apply_pruning(max2_model, method, visual_token_num=P):
-        assert torch.allclose(logits(max2_model, batch), expected, atol=1e-5)
-        assert torch.equal(max2_model.generate(**batch, max_new_tokens=4, do_sample=False), greedy)
+    assert_full_budget_is_the_model(max2_model, max2_inputs(max2_processor, shapes, seed=21), method)
 
 
 def test_fastv_keeps_of_a_resized_grid_what_the_selectors_give_the_llm(max2_model, max2_processor):
