@@ -21,6 +21,7 @@ from transformers.models.llava_next.modeling_llava_next import get_anyres_image_
 from llava.model.convert_hf import check_supported
 from llava.model.multimodal_encoder.clip_encoder import CLIPVisionTower
 from llava.model.pipeline import VisualTokenPipeline, VisualTokens
+from llava.model.placeholders import kept_placeholders
 from llava.model.pruning import PruningConfig
 from llava.model.pruning.registry import methods_without_cls, needs_cls
 
@@ -107,6 +108,17 @@ class LlavaAdapter:
         tokens = self.pipeline(self.crops(visual["pixel_values"], sizes), sizes)
         full = [self.pipeline.full_tokens(s) for s in (sizes or [None] * len(tokens.embeds))]
         return [VisualStream("image", self.model.config.image_token_id, tokens, full)]
+
+    @staticmethod
+    def kept_placeholders(placeholders: torch.Tensor, owner: list[int], stream: VisualStream) -> torch.Tensor:
+        """Positions to keep (B, L) bool: all text, and of each item's placeholders as many as it kept tokens (they
+        are re-numbered: LLaVA's convention; `placeholders.kept_placeholders`)."""
+        return kept_placeholders(placeholders, owner, stream.full, stream.tokens.counts)
+
+    def pruned_call_inputs(self, input_ids: torch.Tensor, attention_mask: torch.Tensor | None, keep: torch.Tensor,
+                           pruned_mask: torch.Tensor | None, visual: dict) -> dict:
+        """Further model inputs of the pruned call (Qwen: the unpruned prompt's positions); none for LLaVA."""
+        return {}
 
     def encoder_outputs(self, features: dict[str, list[torch.Tensor]]) -> dict:
         """The kept features per stream key, (n_i, D) per item, as transformers' Llava models take pre-computed

@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from llava.integrations.transformers.adapters import LlavaAdapter
-from llava.model.placeholders import assign_images, drop_positions, kept_placeholders
+from llava.model.placeholders import assign_images, drop_positions
 from llava.model.pruning import get_llm_pruner
 
 HANDLE_ATTRIBUTE = "fastervlm"  # model.fastervlm: the installed PruningHandle
@@ -122,10 +122,7 @@ class PruningHandle:
             if attention_mask is not None:
                 placeholders &= attention_mask.bool()
             owner = assign_images(placeholders.sum(dim=1).tolist(), stream.full)
-            if hasattr(self.adapter, "kept_placeholders"):  # kept tokens keep their own positions (Qwen: M-RoPE)
-                keep &= self.adapter.kept_placeholders(placeholders, owner, stream)
-            else:
-                keep &= kept_placeholders(placeholders, owner, stream.full, stream.tokens.counts)
+            keep &= self.adapter.kept_placeholders(placeholders, owner, stream)  # Qwen: the kept tokens' own slots
             visual_positions |= placeholders
             for i, (b, budget) in enumerate(zip(owner, stream.in_llm_budgets(self.pruning.visual_token_num))):
                 v_token_num[b] += stream.tokens.counts[i]
@@ -137,9 +134,7 @@ class PruningHandle:
         if self.llm_pruner is not None:  # every placeholder stays; the decoder hooks prune after layer K
             v_token_num = self.llm_pruner.arm(visual_positions, llm_budgets)
         ids, mask, new_labels = drop_positions(keep, input_ids, attention_mask, labels, self._pad_id())
-        extra = {}
-        if hasattr(self.adapter, "pruned_call_inputs"):  # Qwen: the unpruned prompt's positions at the kept columns
-            extra = self.adapter.pruned_call_inputs(input_ids, attention_mask, keep, mask, visual)
+        extra = self.adapter.pruned_call_inputs(input_ids, attention_mask, keep, mask, visual)  # Qwen: positions
         return PrunedInputs(ids, mask, new_labels, features, v_token_num, cls_attn, extra)
 
     def _take_visual(self, kwargs: dict) -> dict:
