@@ -197,13 +197,13 @@ def test_a_rank_killed_outside_torchrun_is_named_as_lost_within_the_timeout(tmp_
         lock = answers_path(tmp_path, "lost").with_suffix("") / "2_1.jsonl.lock"
         wait_for(lock.exists, 180, "rank 1 to start answering")  # it has joined the store by then
         procs[1].send_signal(signal.SIGKILL)
-        start = time.monotonic()
-        code, _, err = finish(procs[0], timeout=120)  # would hang forever with a plain wait
+        # without the heartbeat rule rank 0 would wait forever: communicate's timeout raises then
+        code, _, err = finish(procs[0], timeout=120)
     finally:
         for proc in procs:
             proc.kill()
-    assert code != 0 and time.monotonic() - start < 90
-    assert f"rank 1 (host {socket.gethostname()}): lost: no heartbeat for 3 s" in err
+    assert code != 0
+    assert f"rank 1 (host {socket.gethostname()}): lost: no heartbeat for 3 s" in err  # the 3 s rule named it
     assert not answers_path(tmp_path, "lost").exists()
 
 
