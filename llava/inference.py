@@ -125,14 +125,9 @@ def native_prompt(processor, query: str, n_images: int, conv_mode: str | None = 
 
 def answer_native(model, processor, prompt: str, images, **gen_kwargs) -> tuple[str, int]:
     """Generate for one prompt about `images` with a native model and its processor; returns (the new tokens'
-    text, visual tokens kept)."""
-    batch = processor(text=[prompt], images=images, return_tensors="pt")
-    batch = {k: v.to(model.device, dtype=model.dtype) if v.is_floating_point() else v.to(model.device)
-             for k, v in batch.items() if isinstance(v, torch.Tensor)}
-    with torch.inference_mode():
-        out = model.generate(**batch, **gen_kwargs)
-    new = out[0, batch["input_ids"].shape[1]:]
-    return processor.tokenizer.decode(new, skip_special_tokens=True).strip(), native_handle(model).last_v_token_num
+    text, visual tokens kept): `generate_native_batch` on a batch of one."""
+    (answer,) = generate_native_batch(model, processor, [Sample(0, prompt=prompt, images=list(images))], gen_kwargs)
+    return answer
 
 
 def generate_batch(model, tokenizer, samples, gen_kwargs: dict) -> list[tuple[str, int]]:
