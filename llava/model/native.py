@@ -4,8 +4,8 @@ llava-hf LLaVA-1.5 / 1.6 ones (model_type "llava" / "llava_next"), which `llava.
 Today: Video-LLaVA, LLaVA-OneVision, and whatever Qwen-family classes are registered there.
 
 Here: which directories are native (`native_class`), their processor built without torchvision
-(`load_native_processor`), the loader (`load_native`), and one chat-template question (`answer_native`) for
-`llava.eval.run_llava`.
+(`load_native_processor`) and the loader (`load_native`). Asking them (chat-template prompts, batches) is
+`llava.inference` (`NativeAsking`, `answer_native`).
 
 Torchvision: transformers 5.x builds every video processor and the default ("torchvision" backend) image processors
 on it, and it cannot be installed here beside the CPU torch. The image processor is therefore loaded with the "pil"
@@ -22,9 +22,9 @@ from transformers import AutoImageProcessor, AutoTokenizer, VideoLlavaForConditi
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING
 
 from llava.integrations.transformers import ADAPTERS, apply_pruning
+from llava.integrations.transformers.adapters import NeedsClsError
 from llava.integrations.transformers.video_llava import VideoLlavaInputs
 from llava.model.pruning import PruningRequest
-from llava.model.pruning.registry import needs_cls
 
 CONVERTED_TYPES = ("llava", "llava_next")  # llava-hf LLaVA-1.5 / 1.6: converted into our own model instead
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json")
@@ -99,8 +99,8 @@ def _sub_processor(name: str, model_dir: Path):
 
 def load_native_processor(model_dir: Path, model):
     """The checkpoint's processor: AutoProcessor's class for the config, built part by part (see the module
-    docstring); Video-LLaVA: `VideoLlavaInputs`, its processor without torchvision (video_llava.py)."""
-    check_processor_files(model_dir)
+    docstring); Video-LLaVA: `VideoLlavaInputs`, its processor without torchvision (video_llava.py). Its files were
+    checked by `load_native` before the weights were read (`check_processor_files`)."""
     if isinstance(model, VideoLlavaForConditionalGeneration):
         tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
         return VideoLlavaInputs(tokenizer, _sub_processor("image_processor", model_dir),
@@ -136,8 +136,8 @@ def install_pruning(model, request: PruningRequest):
     settings = dict(seed=request.seed, llm_layer=request.llm_layer)
     try:
         return apply_pruning(model, request.method, request.visual_token_num, **settings)
-    except ValueError as err:  # only the no-[CLS] refusal (adapters.check_tower_supports) is replaced
-        if request.visual_token_num is not None or not needs_cls(request.method) or "no [CLS] token" not in str(err):
+    except NeedsClsError:  # only the no-[CLS] refusal (adapters.check_tower_supports) is replaced
+        if request.visual_token_num is not None:
             raise
     return apply_pruning(model, "uniform", None, **settings)
 

@@ -26,15 +26,19 @@ from llava.model.pruning import PruningConfig
 from llava.model.pruning.registry import methods_without_cls, needs_cls
 
 
+class NeedsClsError(ValueError):
+    """A method that reads the [CLS] token asked of a tower that has none (`check_tower_supports`)."""
+
+
 def check_tower_supports(tower: nn.Module, method: str, what: str) -> None:
     """Refuse, once when the pruning is applied, a method that reads the [CLS] token (fastervlm, visionzip,
     vispruner: `needs_cls`, declared next to each method in llava/model/pruning) on a tower that declares
     `has_cls = False`, naming the methods that work there (`methods_without_cls`)."""
     if getattr(tower, "has_cls", True) or not needs_cls(method):
         return
-    raise ValueError(f"pruning method {method!r} ranks patches by the [CLS] token's attention, but {what}'s vision "
-                     f"tower ({type(tower).__name__}) has no [CLS] token; use a method that needs no [CLS]: "
-                     f"{', '.join(methods_without_cls())} (llava/integrations/transformers/adapters.py)")
+    raise NeedsClsError(f"pruning method {method!r} ranks patches by the [CLS] token's attention, but {what}'s "
+                        f"vision tower ({type(tower).__name__}) has no [CLS] token; use a method that needs no [CLS]: "
+                        f"{', '.join(methods_without_cls())} (llava/integrations/transformers/adapters.py)")
 
 
 @dataclass(frozen=True)
